@@ -1,0 +1,1 @@
+"""Benchmarks that print one JSON line of figures; see docs/benchmarks.md."""

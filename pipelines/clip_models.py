@@ -1,0 +1,99 @@
+"""CLIP through open_clip: real checkpoints by name and tag, or random weights for the presets.
+
+Models are cached per process by (name, pretrained, device), so VQGAN-CLIP's guide and Blended
+Latent Diffusion's ranker are one object when they name the same model.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+TINY_CLIP = "faraday-tiny-clip"
+_CONFIG_DIR = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(_CONFIG_DIR)
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """``pretrained`` is an open_clip tag (``openai``), a local weights file, or ``""`` for random."""
+
+    model: str
+    pretrained: str = ""
+
+
+@dataclass
+class ClipBundle:
+    spec: ClipSpec
+    model: nn.Module
+    tokenizer: open_clip.tokenizer.SimpleTokenizer
+    input_size: int
+    context_length: int
+    mean: torch.Tensor  # (3, 1, 1), on the model's device
+    std: torch.Tensor
+    device: torch.device
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1], shape (N, 3, H, W), normalised as CLIP was trained."""
+        return (images - self.mean) / self.std
+
+    def token_count(self, text: str) -> int:
+        """Tokens the text needs, including start and end tokens, before any truncation."""
+        return len(self.tokenizer.encode(text)) + 2
+
+    @torch.no_grad()
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """Unnormalised text embeddings, (len(texts), D), float32."""
+        tokens = self.tokenizer(texts).to(self.device)
+        return self.model.encode_text(tokens).float()
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Unnormalised embeddings of [0, 1] images already at ``input_size``; keeps gradients."""
+        return self.model.encode_image(self.normalize(images)).float()
+
+
+_cache: dict[tuple[ClipSpec, str], ClipBundle] = {}
+_lock = threading.Lock()
+
+
+def load_clip(spec: ClipSpec, device: torch.device, cache_dir: Path | None = None) -> ClipBundle:
+    """Load (once per process) the CLIP model the spec names, frozen and in eval mode."""
+    key = (spec, str(device))
+    with _lock:
+        if key in _cache:
+            return _cache[key]
+        pretrained = spec.pretrained or None
+        log.info("loading CLIP %s (%s) on %s", spec.model, pretrained or "random weights", device)
+        model = open_clip.create_model(
+            spec.model,
+            pretrained=pretrained,
+            device=device,
+            cache_dir=str(cache_dir) if cache_dir else None,
+        )
+        model.eval().requires_grad_(False)
+        visual = model.visual
+        size = visual.image_size
+        input_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        mean = torch.tensor(getattr(visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN)
+        std = torch.tensor(getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD)
+        tokenizer = open_clip.get_tokenizer(spec.model)
+        bundle = ClipBundle(
+            spec=spec,
+            model=model,
+            tokenizer=tokenizer,
+            input_size=input_size,
+            context_length=int(getattr(model, "context_length", 77)),
+            mean=mean.view(3, 1, 1).to(device),
+            std=std.view(3, 1, 1).to(device),
+            device=device,
+        )
+        _cache[key] = bundle
+        return bundle

@@ -1,0 +1,36 @@
+"""One loaded pipeline per kind per process, built from ModelSettings on first use.
+
+Each pipeline module exposes a class with ``from_settings(settings: ModelSettings)`` that loads
+its models (shared through the per-process caches in the model modules) and returns a callable
+following :mod:`pipelines.interface`.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from pipelines.interface import Pipeline
+from pipelines.settings import ModelSettings
+
+KINDS = ("imagine", "edit")
+
+_loaded: dict[tuple[str, ModelSettings], Pipeline] = {}
+_lock = threading.Lock()
+
+
+def load_pipeline(kind: str, settings: ModelSettings) -> Pipeline:
+    """The pipeline for ``kind`` ("imagine" = VQGAN-CLIP, "edit" = Blended Latent Diffusion)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown pipeline kind {kind!r}; expected one of {', '.join(KINDS)}")
+    with _lock:
+        key = (kind, settings)
+        if key not in _loaded:
+            if kind == "imagine":
+                from pipelines.vqgan_clip import VqganClipPipeline
+
+                _loaded[key] = VqganClipPipeline.from_settings(settings)
+            else:
+                from pipelines.blended import BlendedLatentDiffusionPipeline
+
+                _loaded[key] = BlendedLatentDiffusionPipeline.from_settings(settings)
+        return _loaded[key]

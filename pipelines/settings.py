@@ -1,0 +1,75 @@
+"""Which models the pipelines use and where they come from.
+
+One frozen dataclass that both the command line and the bot build from the ``[models]`` table of
+``config.toml``; its defaults are the documented defaults there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+PRESETS = ("tiny", "random-full", "default")
+
+# Crowson's notebook and most forks default to the ImageNet f16 16384-code VQGAN.
+VQGAN_F16_16384_CONFIG_URL = (
+    "https://heibox.uni-heidelberg.de/d/a7530b09fed84f80a887/files/?p=%2Fconfigs%2Fmodel.yaml&dl=1"
+)
+VQGAN_F16_16384_CHECKPOINT_URL = (
+    "https://heibox.uni-heidelberg.de/d/a7530b09fed84f80a887/files/?p=%2Fckpts%2Flast.ckpt&dl=1"
+)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    preset: str = "default"
+    device: str = "auto"
+    dtype: str = "auto"
+    cache_dir: Path = Path("data/models")
+    # VQGAN-CLIP's guide.
+    clip_model: str = "ViT-B-32"
+    clip_pretrained: str = "openai"
+    # A local path or an http(s) URL; URLs are downloaded into cache_dir.
+    vqgan_config: str = VQGAN_F16_16384_CONFIG_URL
+    vqgan_config_sha256: str = ""
+    vqgan_checkpoint: str = VQGAN_F16_16384_CHECKPOINT_URL
+    vqgan_checkpoint_sha256: str = ""
+    # Full unpickling of a checkpoint that weights_only loading rejects is allowed only when its
+    # sha256 is pinned above or the owner sets this.
+    trust_checkpoints: bool = False
+    # Blended Latent Diffusion: a diffusers model id or a local folder.
+    diffusion_model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    # BLD's ranker (paper section 4.4 uses ViT-B/16).
+    ranker_clip_model: str = "ViT-B-16"
+    ranker_clip_pretrained: str = "openai"
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def problems(self) -> list[str]:
+        """Every reason these settings are unusable, one human-readable line each."""
+        out: list[str] = []
+        if self.preset not in PRESETS:
+            out.append(f"models.preset = {self.preset!r}: must be one of {', '.join(PRESETS)}")
+        if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
+            out.append(
+                f"models.dtype = {self.dtype!r}: must be auto, float32, float16 or bfloat16"
+            )
+        if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
+            out.append(f"models.device = {self.device!r}: must be auto, cpu, cuda or cuda:N")
+        return out
+
+    @classmethod
+    def from_mapping(cls, table: dict[str, Any]) -> ModelSettings:
+        """Build from a TOML table; unknown keys are an error, not silently ignored."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise ValueError(f"unknown key(s) in [models]: {', '.join(unknown)}")
+        values = dict(table)
+        if "cache_dir" in values:
+            values["cache_dir"] = Path(values["cache_dir"])
+        return cls(**values)
