@@ -24,7 +24,7 @@ open_clip.add_model_config(_CONFIG_DIR)
 
 @dataclass(frozen=True)
 class ClipSpec:
-    """``pretrained`` is an open_clip tag (``openai``), a local weights file, or ``""`` for random."""
+    """``pretrained``: an open_clip tag (``openai``), a local weights file, or ``""`` (random)."""
 
     model: str
     pretrained: str = ""
