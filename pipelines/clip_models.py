@@ -6,6 +6,7 @@ Latent Diffusion's ranker are one object when they name the same model.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 TINY_CLIP = "faraday-tiny-clip"
+# Seed of random-weight models (pretrained ""), so they are the same in every process.
+RANDOM_WEIGHTS_SEED = 0
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(_CONFIG_DIR)
 
@@ -72,12 +75,18 @@ def load_clip(spec: ClipSpec, device: torch.device, cache_dir: Path | None = Non
             return _cache[key]
         pretrained = spec.pretrained or None
         log.info("loading CLIP %s (%s) on %s", spec.model, pretrained or "random weights", device)
-        model = open_clip.create_model(
-            spec.model,
-            pretrained=pretrained,
-            device=device,
-            cache_dir=str(cache_dir) if cache_dir else None,
-        )
+        with contextlib.ExitStack() as stack:
+            if pretrained is None:
+                # Random weights are seeded so that two processes (or a rebuild) get the same
+                # model; only the CPU generator is forked because open_clip initialises on the CPU.
+                stack.enter_context(torch.random.fork_rng(devices=[]))
+                torch.random.default_generator.manual_seed(RANDOM_WEIGHTS_SEED)
+            model = open_clip.create_model(
+                spec.model,
+                pretrained=pretrained,
+                device=device,
+                cache_dir=str(cache_dir) if cache_dir else None,
+            )
         model.eval().requires_grad_(False)
         visual = model.visual
         size = visual.image_size
@@ -97,3 +106,9 @@ def load_clip(spec: ClipSpec, device: torch.device, cache_dir: Path | None = Non
         )
         _cache[key] = bundle
         return bundle
+
+
+def clear_cache() -> None:
+    """Forget every loaded model (tests use this to prove random builds are repeatable)."""
+    with _lock:
+        _cache.clear()
