@@ -20,6 +20,7 @@ from pipelines import clip_models
 from pipelines.clip_models import RANDOM_WEIGHTS_SEED, TINY_CLIP, ClipBundle, ClipSpec, load_clip
 from pipelines.settings import ModelSettings
 from pipelines.vqgan import VQGAN, VqganConfig
+from pipelines.vqgan_loading import load_vqgan_from_settings
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,6 @@ def load_vqgan(settings: ModelSettings, device: torch.device) -> VQGAN:
         elif settings.preset == "random-full":
             model = build_random_vqgan(VqganConfig.f16_16384())
         elif settings.preset == "default":
-            from pipelines.vqgan_loading import load_vqgan_from_settings
-
             model = load_vqgan_from_settings(settings)
         else:  # ModelSettings validates the preset, so this is a programming error
             raise ValueError(f"unknown preset {settings.preset!r}")

@@ -1,0 +1,266 @@
+"""Reading weights out of PyTorch checkpoints without trusting them by default.
+
+``torch.load(weights_only=True)`` is tried first; it refuses any pickled object that is not a
+tensor or plain container. Real taming checkpoints are Lightning files whose ``callbacks`` entry
+pickles Lightning's ``ModelCheckpoint`` class, so they are refused that way. Full unpickling can
+run arbitrary code, so it is allowed only for a file whose sha256 the owner pinned, or when the
+owner says ``models.trust_checkpoints = true``.
+
+The extracted weights are then cached as safetensors, so every later load reads plain tensors
+and never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pickle
+import tempfile
+import types
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from pipelines.downloads import ModelFileError, cached_path_for_url, fetch, is_url, sha256_of
+
+log = logging.getLogger(__name__)
+
+# The training loss (LPIPS + discriminator) rides along in taming checkpoints; inference never
+# uses it, and building it would download VGG weights.
+DROPPED_PREFIXES = ("loss.",)
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTO = b"\x80"
+
+
+def opt_in_hint(sha256_key: str) -> str:
+    return (
+        f"to allow it, pin the file's sha256 in config.toml ({sha256_key} = \"...\") or set "
+        "models.trust_checkpoints = true, and only for a file from a source you trust"
+    )
+
+
+class _MissingClass:
+    """Stands in for a pickled class whose module is not installed (e.g. Lightning callbacks).
+
+    Only ``state_dict`` is used from a checkpoint, so the rest may be inert placeholders.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args = args
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+class _TolerantUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return super().find_class(module, name)
+        except (ImportError, AttributeError):
+            log.info("checkpoint refers to %s.%s, which is not installed; using a placeholder",
+                     module, name)
+            return type(name, (_MissingClass,), {"__module__": module})
+
+
+# torch.load takes a pickle *module*; this one is pickle with the tolerant Unpickler swapped in.
+_tolerant_pickle = types.ModuleType("faraday_tolerant_pickle")
+_tolerant_pickle.__dict__.update(pickle.__dict__)
+_tolerant_pickle.Unpickler = _TolerantUnpickler  # type: ignore[attr-defined]
+
+
+def _check_is_torch_file(path: Path, what: str) -> None:
+    with path.open("rb") as f:
+        head = f.read(4)
+    if not (head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_PROTO)):
+        raise ModelFileError(f"{what}: {path} is not a PyTorch checkpoint")
+
+
+def _unreadable(path: Path, what: str, exc: BaseException) -> ModelFileError:
+    detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return ModelFileError(
+        f"{what}: {path} is not a readable PyTorch checkpoint ({detail[:200]}); it may be "
+        "truncated or corrupt"
+    )
+
+
+def read_checkpoint(
+    path: Path,
+    *,
+    what: str,
+    sha256_key: str,
+    pinned_sha256: str = "",
+    trust: bool = False,
+    pin_verified: bool = False,
+) -> Any:
+    """The unpickled contents of ``path`` under the trust policy in the module docstring.
+
+    ``pin_verified`` says the caller already checked ``path`` against ``pinned_sha256``, which
+    saves hashing a large file twice.
+    """
+    _check_is_torch_file(path, what)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not str(exc).startswith("Weights only load failed"):
+            raise _unreadable(path, what, exc) from None
+        refusal = str(exc)
+    except Exception as exc:
+        raise _unreadable(path, what, exc) from None
+
+    if trust:
+        log.warning("%s: %s holds pickled objects; unpickling it fully because "
+                    "models.trust_checkpoints is true", what, path)
+    elif pinned_sha256:
+        actual = pinned_sha256.lower() if pin_verified else sha256_of(path)
+        if actual != pinned_sha256.lower():
+            raise ModelFileError(
+                f"{what}: {path} holds pickled objects and its sha256 {actual} differs from the "
+                f"pinned {pinned_sha256.lower()}; refusing to unpickle it"
+            )
+        log.info("%s: %s matches its pinned sha256; unpickling it fully", what, path)
+    else:
+        blocked = next((line for line in refusal.splitlines() if "Unsupported global" in line), "")
+        reason = f" ({blocked.strip()[:160]})" if blocked else ""
+        raise ModelFileError(
+            f"{what}: {path} holds pickled objects that safe loading refuses{reason}; "
+            + opt_in_hint(sha256_key)
+        )
+    try:
+        return torch.load(
+            path, map_location="cpu", weights_only=False, pickle_module=_tolerant_pickle
+        )
+    except Exception as exc:
+        raise _unreadable(path, what, exc) from None
+
+
+def extract_state_dict(contents: Any, *, what: str, path: Path) -> dict[str, torch.Tensor]:
+    """The model weights of a Lightning checkpoint (its ``state_dict``) or of a bare state dict,
+    without the training loss."""
+    if isinstance(contents, Mapping) and isinstance(contents.get("state_dict"), Mapping):
+        weights = contents["state_dict"]
+    elif isinstance(contents, Mapping) and contents:
+        weights = contents
+    else:
+        raise ModelFileError(f"{what}: {path} holds no state dict")
+    out: dict[str, torch.Tensor] = {}
+    for key, value in weights.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise ModelFileError(
+                f"{what}: {path} is neither a Lightning checkpoint with a 'state_dict' nor a "
+                f"bare state dict (entry {key!r} is a {type(value).__name__})"
+            )
+        if not key.startswith(DROPPED_PREFIXES):
+            out[key] = value
+    if not out:
+        raise ModelFileError(f"{what}: {path} holds no model weights")
+    return out
+
+
+def extracted_cache_path(source: str, cache_dir: Path) -> Path:
+    """Where the safetensors copy of ``source``'s weights lives.
+
+    Next to the download for a URL; in the cache folder for a local file, whose own folder may
+    not be writable.
+    """
+    if is_url(source):
+        download = cached_path_for_url(source, cache_dir)
+        return download.with_name(download.stem + ".weights.safetensors")
+    local = Path(source).expanduser().resolve()
+    path_hash = hashlib.sha256(str(local).encode()).hexdigest()[:12]
+    return cache_dir / f"local-{local.stem}-{path_hash}.weights.safetensors"
+
+
+def _source_identity(source: str) -> dict[str, str]:
+    """What the cache records about its source, to tell later whether it still matches."""
+    if is_url(source):
+        return {"source": source}
+    local = Path(source).expanduser().resolve()
+    stat = local.stat()
+    return {"source": str(local), "size": str(stat.st_size), "mtime_ns": str(stat.st_mtime_ns)}
+
+
+def _cache_is_current(cache: Path, source: str, pinned_sha256: str) -> bool:
+    try:
+        with safe_open(str(cache), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError) as exc:
+        log.warning("ignoring unreadable weights cache %s: %s", cache, exc)
+        return False
+    if pinned_sha256:
+        # The pin names the file by content, so the cache is right wherever the file now is.
+        return meta.get("sha256") == pinned_sha256.lower()
+    if is_url(source):
+        return meta.get("source") == source
+    local = Path(source).expanduser()
+    if not local.is_file():
+        return False  # fetch() will then say clearly that the file is gone
+    current = _source_identity(source)
+    return all(meta.get(k) == v for k, v in current.items())
+
+
+def _save_cache(weights: dict[str, torch.Tensor], cache: Path, metadata: dict[str, str]) -> None:
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=cache.parent, prefix=cache.name + ".", suffix=".part")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        # Tensors in a checkpoint may be views into shared storage, which safetensors refuses.
+        save_file({k: v.detach().contiguous().clone() for k, v in weights.items()}, str(tmp),
+                  metadata=metadata)
+        os.replace(tmp, cache)
+    except OSError as exc:
+        log.warning("could not cache weights at %s (%s); the next load will unpickle again",
+                    cache, exc)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_weights(
+    source: str,
+    *,
+    cache_dir: Path,
+    what: str,
+    sha256_key: str,
+    pinned_sha256: str = "",
+    trust: bool = False,
+    progress: bool = True,
+) -> dict[str, torch.Tensor]:
+    """The weights in the checkpoint ``source`` names (a local path or a URL), via the cache.
+
+    ``what`` and ``sha256_key`` name the config keys in messages
+    (``models.vqgan_checkpoint`` / ``models.vqgan_checkpoint_sha256``).
+    """
+    cache = extracted_cache_path(source, cache_dir)
+    if cache.is_file() and _cache_is_current(cache, source, pinned_sha256):
+        log.info("%s: loading cached weights %s", what, cache)
+        return load_file(str(cache))
+
+    path = fetch(source, cache_dir, what=what, sha256=pinned_sha256, progress=progress)
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except SafetensorError as exc:
+            raise _unreadable(path, what, exc) from None
+    contents = read_checkpoint(
+        path,
+        what=what,
+        sha256_key=sha256_key,
+        pinned_sha256=pinned_sha256,
+        trust=trust,
+        pin_verified=bool(pinned_sha256),  # fetch() refuses a file that does not match its pin
+    )
+    weights = extract_state_dict(contents, what=what, path=path)
+    del contents
+    metadata = _source_identity(source)
+    if pinned_sha256:
+        # fetch() verified the pin, so the content hash is known without reading the file again.
+        metadata["sha256"] = pinned_sha256.lower()
+    metadata["dropped_prefixes"] = ",".join(DROPPED_PREFIXES)
+    _save_cache(weights, cache, metadata)
+    return weights

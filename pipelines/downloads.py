@@ -1,0 +1,204 @@
+"""Model files by local path or URL: URLs are fetched once into the cache folder and validated.
+
+A download goes to a temporary file beside its destination and is renamed into place only after
+it has been checked, so an interrupted or rejected download never leaves a file that a later run
+would mistake for a good one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Literal
+
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+FileKind = Literal["yaml", "checkpoint"]
+
+DEFAULT_TIMEOUT_S = 30.0
+_CHUNK = 1 << 20
+_USER_AGENT = "faraday-model-fetch/0.1"
+
+
+class ModelFileError(RuntimeError):
+    """A model file is missing, unreachable or not what it should be.
+
+    ``str(exc)`` is one human-readable line that says what to do about it.
+    """
+
+
+def is_url(source: str) -> bool:
+    return source.startswith(("http://", "https://"))
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cached_path_for_url(url: str, cache_dir: Path) -> Path:
+    """Where ``url`` is stored once downloaded.
+
+    Names carry a hash of the URL because different models share file names: every heibox VQGAN
+    is ``configs/model.yaml`` plus ``ckpts/last.ckpt``.
+    """
+    parsed = urllib.parse.urlsplit(url)
+    # Seafile share links (heibox) name the file in the ``p`` query parameter, not the path.
+    inner = urllib.parse.parse_qs(parsed.query).get("p", [""])[0]
+    name = Path(inner).name or Path(parsed.path).name or "download"
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    stem, suffix = os.path.splitext(name)
+    url_hash = hashlib.sha256(url.encode()).hexdigest()[:12]
+    return cache_dir / f"{stem}-{url_hash}{suffix}"
+
+
+def _looks_like_html(head: bytes) -> bool:
+    text = head.lstrip().lower()
+    return text.startswith((b"<!doctype html", b"<html", b"<head", b"<body"))
+
+
+def _html_message(what: str, where: str) -> str:
+    return (
+        f"{what}: {where} is an HTML page, not the file (some mirrors answer a dead link with a "
+        "'Link does not exist' page); check the URL, or download the file yourself and set a "
+        "local path in config.toml"
+    )
+
+
+def check_not_html(path: Path, what: str, where: str) -> None:
+    """Refuse a web page saved in place of a model file."""
+    with path.open("rb") as f:
+        head = f.read(512)
+    if _looks_like_html(head):
+        raise ModelFileError(_html_message(what, where))
+
+
+def _verify_pin(path: Path, sha256: str, what: str, where: str) -> None:
+    actual = sha256_of(path)
+    if actual != sha256.lower():
+        raise ModelFileError(
+            f"{what}: {where} has sha256 {actual}, but config.toml pins {sha256.lower()}; "
+            "the file is not the one expected (corrupt download or wrong URL)"
+        )
+
+
+def fetch(
+    source: str,
+    cache_dir: Path,
+    *,
+    what: str,
+    sha256: str = "",
+    timeout: float = DEFAULT_TIMEOUT_S,
+    progress: bool = True,
+) -> Path:
+    """A local path to the file ``source`` names, downloading it into ``cache_dir`` if needed.
+
+    ``what`` names the file in messages (e.g. ``"models.vqgan_config"``). ``sha256``, when not
+    empty, must match the file's contents; a mismatching download is deleted.
+    """
+    if not is_url(source):
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise ModelFileError(f"{what}: local file {path} does not exist")
+        check_not_html(path, what, str(path))
+        if sha256:
+            _verify_pin(path, sha256, what, str(path))
+        return path
+
+    destination = cached_path_for_url(source, cache_dir)
+    if destination.is_file():
+        if not sha256:
+            log.debug("%s: using cached %s", what, destination)
+            return destination
+        try:
+            _verify_pin(destination, sha256, what, str(destination))
+            return destination
+        except ModelFileError:
+            # The pin changed or the cache was damaged; fetching again is the honest fix.
+            log.warning("%s: cached %s does not match the pinned sha256; fetching again",
+                        what, destination)
+            destination.unlink()
+    _download(source, destination, what=what, sha256=sha256, timeout=timeout, progress=progress)
+    return destination
+
+
+def _download(
+    url: str, destination: Path, *, what: str, sha256: str, timeout: float, progress: bool
+) -> None:
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    log.info("%s: downloading %s to %s", what, url, destination)
+    request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
+    fd, tmp_name = tempfile.mkstemp(
+        dir=destination.parent, prefix=destination.name + ".", suffix=".part"
+    )
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                response = urllib.request.urlopen(request, timeout=timeout)
+            except urllib.error.HTTPError as exc:
+                raise ModelFileError(
+                    f"{what}: downloading {url} failed with HTTP {exc.code} {exc.reason}"
+                ) from None
+            except (urllib.error.URLError, TimeoutError, OSError) as exc:
+                reason = getattr(exc, "reason", exc)
+                raise ModelFileError(
+                    f"{what}: could not reach {url} ({reason}); on a machine without internet, "
+                    "fetch the file elsewhere and set a local path in config.toml"
+                ) from None
+            with response:
+                content_type = response.headers.get("Content-Type", "")
+                if content_type.split(";")[0].strip().lower() == "text/html":
+                    raise ModelFileError(_html_message(what, url))
+                length = response.headers.get("Content-Length")
+                total = int(length) if length and length.isdigit() else None
+                digest = hashlib.sha256()
+                first = True
+                with tqdm(
+                    total=total,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    desc=destination.name,
+                    disable=not progress,
+                ) as bar:
+                    while True:
+                        try:
+                            chunk = response.read(_CHUNK)
+                        except (TimeoutError, OSError) as exc:
+                            raise ModelFileError(
+                                f"{what}: download of {url} broke off ({exc})"
+                            ) from None
+                        if not chunk:
+                            break
+                        if first and _looks_like_html(chunk[:512]):
+                            raise ModelFileError(_html_message(what, url))
+                        first = False
+                        digest.update(chunk)
+                        out.write(chunk)
+                        bar.update(len(chunk))
+        if total is not None and tmp.stat().st_size != total:
+            raise ModelFileError(
+                f"{what}: download of {url} is incomplete "
+                f"({tmp.stat().st_size} of {total} bytes); try again"
+            )
+        if sha256 and digest.hexdigest() != sha256.lower():
+            raise ModelFileError(
+                f"{what}: {url} has sha256 {digest.hexdigest()}, but config.toml pins "
+                f"{sha256.lower()}; the download was deleted"
+            )
+        os.replace(tmp, destination)
+    finally:
+        tmp.unlink(missing_ok=True)
