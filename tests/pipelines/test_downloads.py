@@ -1,0 +1,215 @@
+"""Fetching model files from a URL: once, verified, and never an HTML page in their place.
+
+A real HTTP server on 127.0.0.1 stands in for the model host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from pipelines.downloads import ModelFileError, cached_path_for_url, fetch
+
+CHECKPOINT_BYTES = b"PK\x03\x04" + bytes(range(256)) * 64
+YAML_BYTES = b"model:\n  target: taming.models.vqgan.VQModel\n"
+HTML_BYTES = b"<!DOCTYPE html>\n<html><body><h2>Link does not exist :-(</h2></body></html>\n"
+
+
+@dataclass
+class FakeHost:
+    base: str
+    # path -> (status, content type, body)
+    routes: dict[str, tuple[int, str, bytes]] = field(default_factory=dict)
+    hits: Counter[str] = field(default_factory=Counter)
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+
+@pytest.fixture
+def host() -> Iterator[FakeHost]:
+    fake = FakeHost(base="")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            fake.hits[self.path] += 1
+            status, content_type, body = fake.routes.get(
+                self.path, (404, "text/plain", b"not found")
+            )
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    fake.base = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield fake
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def leftovers(cache: Path) -> list[str]:
+    return sorted(p.name for p in cache.iterdir()) if cache.exists() else []
+
+
+def test_download_lands_in_the_cache_with_a_progress_bar(
+    host: FakeHost, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    host.routes["/ckpts/last.ckpt"] = (200, "application/octet-stream", CHECKPOINT_BYTES)
+    path = fetch(host.url("/ckpts/last.ckpt"), tmp_path, what="models.vqgan_checkpoint")
+    assert path.parent == tmp_path
+    assert path.read_bytes() == CHECKPOINT_BYTES
+    assert path.name.startswith("last-") and path.suffix == ".ckpt"
+    assert leftovers(tmp_path) == [path.name]  # no temporary file left behind
+    assert path.name in capsys.readouterr().err  # tqdm's bar names the file
+
+
+def test_second_fetch_is_served_from_the_cache(host: FakeHost, tmp_path: Path):
+    url = host.url("/configs/model.yaml")
+    host.routes["/configs/model.yaml"] = (200, "application/x-yaml", YAML_BYTES)
+    pin = hashlib.sha256(YAML_BYTES).hexdigest()
+    first = fetch(url, tmp_path, what="models.vqgan_config", sha256=pin, progress=False)
+    second = fetch(url, tmp_path, what="models.vqgan_config", sha256=pin, progress=False)
+    assert first == second
+    assert host.hits["/configs/model.yaml"] == 1
+
+
+def test_sha256_mismatch_is_rejected_and_nothing_is_kept(host: FakeHost, tmp_path: Path):
+    host.routes["/last.ckpt"] = (200, "application/octet-stream", CHECKPOINT_BYTES)
+    with pytest.raises(ModelFileError, match=r"sha256 .* pins") as refused:
+        fetch(host.url("/last.ckpt"), tmp_path, what="models.vqgan_checkpoint",
+              sha256="ab" * 32, progress=False)
+    assert "models.vqgan_checkpoint" in str(refused.value)
+    assert leftovers(tmp_path) == []
+
+
+def test_damaged_cached_file_is_fetched_again_when_pinned(host: FakeHost, tmp_path: Path):
+    url = host.url("/last.ckpt")
+    host.routes["/last.ckpt"] = (200, "application/octet-stream", CHECKPOINT_BYTES)
+    pin = hashlib.sha256(CHECKPOINT_BYTES).hexdigest()
+    path = fetch(url, tmp_path, what="ckpt", sha256=pin, progress=False)
+    path.write_bytes(b"damaged")
+    assert fetch(url, tmp_path, what="ckpt", sha256=pin, progress=False).read_bytes() == (
+        CHECKPOINT_BYTES
+    )
+    assert host.hits["/last.ckpt"] == 2
+
+
+@pytest.mark.parametrize("content_type", ["text/html; charset=utf-8", "application/octet-stream"])
+def test_html_page_is_rejected(host: FakeHost, tmp_path: Path, content_type: str):
+    # Some mirrors answer a dead link with a 200 "Link does not exist" page, whatever its type.
+    host.routes["/configs/model.yaml"] = (200, content_type, HTML_BYTES)
+    with pytest.raises(ModelFileError, match="HTML page, not the file"):
+        fetch(host.url("/configs/model.yaml"), tmp_path, what="models.vqgan_config",
+              progress=False)
+    assert leftovers(tmp_path) == []
+
+
+def test_http_error_is_reported(host: FakeHost, tmp_path: Path):
+    with pytest.raises(ModelFileError, match="HTTP 404"):
+        fetch(host.url("/missing.ckpt"), tmp_path, what="models.vqgan_checkpoint",
+              progress=False)
+    assert leftovers(tmp_path) == []
+
+
+def test_unreachable_host_says_to_use_a_local_path(tmp_path: Path):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ModelFileError, match=r"could not reach .* local path"):
+        fetch(f"http://127.0.0.1:{port}/last.ckpt", tmp_path, what="x", timeout=5,
+              progress=False)
+
+
+def test_local_path_is_used_as_is(tmp_path: Path):
+    local = tmp_path / "mine.ckpt"
+    local.write_bytes(CHECKPOINT_BYTES)
+    cache = tmp_path / "cache"
+    assert fetch(str(local), cache, what="x") == local
+    pin = hashlib.sha256(CHECKPOINT_BYTES).hexdigest()
+    assert fetch(str(local), cache, what="x", sha256=pin) == local
+    assert not cache.exists()
+
+
+def test_local_path_problems_are_clear_and_do_not_delete_the_file(tmp_path: Path):
+    with pytest.raises(ModelFileError, match=r"local file .*absent\.ckpt does not exist"):
+        fetch(str(tmp_path / "absent.ckpt"), tmp_path, what="x")
+    local = tmp_path / "mine.ckpt"
+    local.write_bytes(CHECKPOINT_BYTES)
+    with pytest.raises(ModelFileError, match="sha256"):
+        fetch(str(local), tmp_path, what="x", sha256="cd" * 32)
+    assert local.exists()
+    page = tmp_path / "saved-from-browser.yaml"
+    page.write_bytes(HTML_BYTES)
+    with pytest.raises(ModelFileError, match="HTML page"):
+        fetch(str(page), tmp_path, what="x")
+
+
+def test_heibox_links_get_distinct_readable_cache_names(tmp_path: Path):
+    # Every heibox VQGAN is configs/model.yaml + ckpts/last.ckpt; only the share id differs.
+    a = "https://heibox.uni-heidelberg.de/d/a7530b09fed84f80a887/files/?p=%2Fconfigs%2Fmodel.yaml&dl=1"
+    b = "https://heibox.uni-heidelberg.de/d/8088892a516d4e3baf92/files/?p=%2Fconfigs%2Fmodel.yaml&dl=1"
+    path_a, path_b = cached_path_for_url(a, tmp_path), cached_path_for_url(b, tmp_path)
+    assert path_a != path_b
+    for path in (path_a, path_b):
+        assert path.parent == tmp_path
+        assert path.name.startswith("model-") and path.suffix == ".yaml"
+
+
+def test_default_preset_loads_a_vqgan_from_urls_and_then_needs_only_its_cache(
+    host: FakeHost, tmp_path: Path
+):
+    import torch
+
+    from pipelines import presets
+    from pipelines.settings import ModelSettings
+    from pipelines.vqgan import VqganConfig
+    from tests.pipelines.test_vqgan_loading import (
+        assert_same_weights,
+        lightning_checkpoint,
+        random_vqgan,
+        save_with_fake_module,
+        yaml_for,
+    )
+
+    model = random_vqgan(VqganConfig.tiny(), seed=2024)
+    ckpt = tmp_path / "upload.ckpt"
+    save_with_fake_module(lightning_checkpoint(model, pickled_class=True), ckpt)
+    host.routes["/configs/model.yaml"] = (200, "text/plain", yaml_for(model.config).encode())
+    host.routes["/ckpts/last.ckpt"] = (200, "application/octet-stream", ckpt.read_bytes())
+    settings = ModelSettings(
+        preset="default",
+        cache_dir=tmp_path / "models",
+        vqgan_config=host.url("/configs/model.yaml"),
+        vqgan_checkpoint=host.url("/ckpts/last.ckpt"),
+        vqgan_checkpoint_sha256=hashlib.sha256(ckpt.read_bytes()).hexdigest(),
+    )
+    presets.clear_caches()
+    try:
+        assert_same_weights(presets.load_vqgan(settings, torch.device("cpu")), model)
+        cached_ckpt = cached_path_for_url(settings.vqgan_checkpoint, settings.cache_dir)
+        cached_ckpt.unlink()  # the extracted safetensors copy is all a later load needs
+
+        presets.clear_caches()
+        assert_same_weights(presets.load_vqgan(settings, torch.device("cpu")), model)
+    finally:
+        presets.clear_caches()
+    assert host.hits["/ckpts/last.ckpt"] == 1
+    assert host.hits["/configs/model.yaml"] == 1
