@@ -16,6 +16,8 @@ import open_clip
 import torch
 from torch import nn
 
+from pipelines.downloads import ModelFileError
+
 log = logging.getLogger(__name__)
 
 TINY_CLIP = "faraday-tiny-clip"
@@ -67,6 +69,19 @@ _cache: dict[tuple[ClipSpec, str], ClipBundle] = {}
 _lock = threading.Lock()
 
 
+def _clip_load_error(spec: ClipSpec, exc: RuntimeError) -> ModelFileError:
+    """open_clip's failure as one line that says which setting to fix."""
+    detail = (str(exc).splitlines() or [type(exc).__name__])[0][:240]
+    hint = ""
+    if spec.pretrained and "download" in detail.lower():
+        hint = (
+            "; on a machine without internet, fetch the weights elsewhere and set the pretrained "
+            "value to the local file's path"
+        )
+    weights = spec.pretrained or "random weights"
+    return ModelFileError(f"CLIP {spec.model} ({weights}) could not be loaded: {detail}{hint}")
+
+
 def load_clip(spec: ClipSpec, device: torch.device, cache_dir: Path | None = None) -> ClipBundle:
     """Load (once per process) the CLIP model the spec names, frozen and in eval mode."""
     key = (spec, str(device))
@@ -81,12 +96,15 @@ def load_clip(spec: ClipSpec, device: torch.device, cache_dir: Path | None = Non
                 # model; only the CPU generator is forked because open_clip initialises on the CPU.
                 stack.enter_context(torch.random.fork_rng(devices=[]))
                 torch.random.default_generator.manual_seed(RANDOM_WEIGHTS_SEED)
-            model = open_clip.create_model(
-                spec.model,
-                pretrained=pretrained,
-                device=device,
-                cache_dir=str(cache_dir) if cache_dir else None,
-            )
+            try:
+                model = open_clip.create_model(
+                    spec.model,
+                    pretrained=pretrained,
+                    device=device,
+                    cache_dir=str(cache_dir) if cache_dir else None,
+                )
+            except RuntimeError as exc:
+                raise _clip_load_error(spec, exc) from exc
         model.eval().requires_grad_(False)
         visual = model.visual
         size = visual.image_size

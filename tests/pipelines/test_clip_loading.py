@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 
 from pipelines import clip_models
 from pipelines.clip_models import TINY_CLIP, ClipBundle, ClipSpec, load_clip
+from pipelines.downloads import ModelFileError
 
 CPU = torch.device("cpu")
 TEXTS = ["a castle on a hill", "an oil painting of a clock showing 12:30"]
@@ -89,3 +90,19 @@ def test_models_are_cached_per_spec_and_frozen():
     assert load_clip(ClipSpec(TINY_CLIP, ""), CPU) is first
     assert not first.model.training
     assert not any(p.requires_grad for p in first.model.parameters())
+
+
+def test_missing_weights_file_is_one_clear_line(tmp_path: Path):
+    spec = ClipSpec(TINY_CLIP, str(tmp_path / "absent.pt"))
+    with pytest.raises(ModelFileError, match="not a known tag or valid file path") as refused:
+        load_clip(spec, CPU)
+    assert "absent.pt" in str(refused.value)
+    assert "\n" not in str(refused.value)
+
+
+def test_tag_that_cannot_be_downloaded_says_how_to_work_offline(tmp_path: Path):
+    # HF_HUB_OFFLINE=1 (tests/conftest.py) makes the hub fail at once instead of timing out; an
+    # empty cache folder keeps weights someone downloaded earlier out of the picture.
+    with pytest.raises(ModelFileError, match="local file's path") as refused:
+        load_clip(ClipSpec("ViT-B-32", "openai"), CPU, cache_dir=tmp_path)
+    assert str(refused.value).startswith("CLIP ViT-B-32 (openai) could not be loaded")
