@@ -1,0 +1,115 @@
+"""``python -m bot [--config PATH]``: start the Discord bot.
+
+Start-up: read and validate the config, open the store, prune old results, load the preset's
+models once, recover interrupted jobs, start the worker, connect. SIGINT or SIGTERM stops taking
+jobs, lets the running job stop at its next step (it is re-queued for the next start), posts the
+last message edits, disconnects and closes the store.
+
+Bad configuration or a missing token: one line per problem on stderr, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+from bot.config import (
+    DEFAULT_CONFIG_PATH,
+    MISSING_TOKEN_MESSAGE,
+    Config,
+    ConfigError,
+    discord_token,
+    load_config,
+)
+
+log = logging.getLogger("bot")
+
+EXIT_BAD_INPUT = 2
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bot", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--config",
+        default=str(DEFAULT_CONFIG_PATH),
+        metavar="PATH",
+        help="the TOML configuration file (default: %(default)s)",
+    )
+    return parser.parse_args(argv)
+
+
+async def run(config: Config, token: str) -> int:
+    import discord
+
+    from bot.app import FaradayBot
+
+    bot = await FaradayBot.create(config)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # not on Windows
+            loop.add_signal_handler(signum, stop.set)
+    exit_code = 0
+    try:
+        try:
+            await bot.start_services()
+        except Exception as exc:
+            log.exception("start-up failed")
+            print(f"error: start-up failed: {exc}", file=sys.stderr)
+            return 1
+        client = asyncio.create_task(bot.start(token), name="discord-client")
+        stopper = asyncio.create_task(stop.wait(), name="signal-wait")
+        done, _ = await asyncio.wait({client, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if client in done and client.exception() is not None:
+            exc = client.exception()
+            if isinstance(exc, discord.LoginFailure):
+                print(f"error: Discord refused the token in DISCORD_TOKEN ({exc})",
+                      file=sys.stderr)
+                exit_code = EXIT_BAD_INPUT
+            else:
+                log.error("the Discord connection failed", exc_info=exc)
+                exit_code = 1
+        else:
+            log.info("shutting down")
+        stopper.cancel()
+        await bot.stop_services()
+        if not client.done():
+            await bot.close()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await client
+    finally:
+        if not bot.is_closed():
+            await bot.close()
+        await bot.store.close()
+        log.info("stopped")
+    return exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    problems: list[str] = []
+    config: Config | None = None
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        problems.extend(f"config error: {problem}" for problem in exc.problems)
+    token = discord_token()
+    if token is None:
+        problems.append(MISSING_TOKEN_MESSAGE)
+    if problems or config is None:
+        for line in problems:
+            print(line, file=sys.stderr)
+        return EXIT_BAD_INPUT
+    logging.basicConfig(
+        level=config.logging.level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return asyncio.run(run(config, token))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Where the bot keeps files under the data folder, and how it writes them without tearing.
+
+A file is written to a temporary name in the same folder, flushed to disk, then renamed over its
+final name. A reader (or a restart after a crash) sees either the old file or the whole new one,
+never half of one; the store commits a row that names a file only after that rename.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class DataPaths:
+    """The layout of the data folder. Paths stored in SQLite are relative to ``root``."""
+
+    root: Path
+
+    @property
+    def inputs(self) -> Path:
+        return self.root / "inputs"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    @property
+    def previews(self) -> Path:
+        return self.root / "previews"
+
+    def make_dirs(self) -> None:
+        for folder in (self.root, self.inputs, self.results, self.previews):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def relative(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def absolute(self, stored: str) -> Path:
+        return self.root / stored
+
+    def input_path(self, data: bytes) -> Path:
+        # Content-addressed, so a continuation that reuses an image stores it once.
+        return self.inputs / f"{hashlib.sha256(data).hexdigest()}.img"
+
+    def result_path(self, job_id: int, rank: int) -> Path:
+        return self.results / f"job-{job_id}-{rank}.png"
+
+    def preview_path(self, job_id: int) -> Path:
+        return self.previews / f"job-{job_id}.png"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and a rename, fsyncing the file first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_name)
+        raise
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,0 +1,419 @@
+"""Turns scheduler events into Discord messages, through a small sink the cogs implement.
+
+One progress message per job, edited at most once every ``progress_interval`` seconds and always
+with the newest state: events only overwrite the job's wanted state, and a per-job task renders
+whatever is newest when the interval allows, so a stale backlog cannot form. When the job ends,
+the progress message gets its final state and the results go out as one message (numbered grid,
+scores, number reactions), whose id the store maps to the job.
+
+Discord failures never reach the scheduler: a deleted message is replaced by a fresh one, a
+missing permission is logged (results stay in the store), and 5xx errors are retried with
+exponential backoff. The job's outcome is settled before any of this runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from typing import Protocol, TypeVar
+
+from PIL import Image
+
+from bot.config import RetryConfig
+from bot.events import (
+    JobFinished,
+    JobInfo,
+    JobProgress,
+    JobQueued,
+    JobRequeued,
+    JobStarted,
+    QueueMoved,
+    SchedulerEvent,
+)
+from bot.files import png_bytes
+from bot.grid import numbered_grid
+from bot.jobs import JobStatus
+from bot.progress_text import (
+    NUMBER_EMOJIS,
+    clip,
+    describe_job,
+    format_duration,
+    progress_bar,
+    queued_line,
+    results_content,
+    running_lines,
+)
+from bot.store import ResultRecord, Store
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+PROGRESS = "progress"
+RESULTS = "results"
+
+
+@dataclass(frozen=True)
+class OutgoingFile:
+    filename: str
+    data: bytes
+
+
+class MessageGone(Exception):
+    """404 / Unknown Message: the message was deleted; the publisher posts a fresh one."""
+
+
+class NoPermission(Exception):
+    """403: the bot may not post or edit there. Logged; the job completes regardless."""
+
+
+class TransientSendError(Exception):
+    """5xx or a network error: worth retrying after a pause."""
+
+
+class ChannelSink(Protocol):
+    """What the publisher needs from Discord. A cog implements it with discord.py."""
+
+    async def send(self, channel_id: int, content: str, files: list[OutgoingFile]) -> int:
+        """Post a message; returns its id."""
+
+    async def edit(
+        self, channel_id: int, message_id: int, content: str, files: list[OutgoingFile] | None
+    ) -> None:
+        """Replace a message's content; ``files=None`` keeps its attachments, a list replaces
+        them."""
+
+    async def add_reactions(self, channel_id: int, message_id: int, emojis: list[str]) -> None:
+        """Add reactions in order."""
+
+
+@dataclass
+class _Wanted:
+    """What the job's progress message should show now."""
+
+    phase: str  # "queued" | "running" | "done" | "failed" | "cancelled" | "requeued"
+    position: int | None = None
+    eta: float | None = None
+    step: int = 0
+    total: int | None = None
+    started: float | None = None
+    elapsed: float | None = None  # frozen once the job has ended
+    preview: Image.Image | None = None
+    preview_key: object = None  # changes whenever ``preview`` shows something new
+    error: str | None = None
+    results: list[ResultRecord] = field(default_factory=list)
+
+    @property
+    def final(self) -> bool:
+        return self.phase in ("done", "failed", "cancelled", "requeued")
+
+
+@dataclass
+class _JobView:
+    info: JobInfo
+    wanted: _Wanted
+    version: int = 1
+    shown_version: int = 0
+    message_id: int | None = None
+    shown_preview_key: object = None
+    last_shown: float | None = None
+    retry_at: float = 0.0
+    failures: int = 0
+    muted: bool = False  # 403 on the progress message: stop editing it
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task | None = None
+
+
+class Publisher:
+    """A scheduler listener (call it with events) that keeps Discord messages up to date."""
+
+    def __init__(
+        self,
+        store: Store,
+        progress_interval: float = 4.0,
+        retry: RetryConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.progress_interval = progress_interval
+        self.retry = retry or RetryConfig()
+        self._clock = clock
+        self._sink: ChannelSink | None = None
+        self._sink_ready = asyncio.Event()
+        self._views: dict[int, _JobView] = {}
+        self._closing = False
+
+    # -- wiring ------------------------------------------------------------------------------
+
+    def set_sink(self, sink: ChannelSink) -> None:
+        """Called by the cog that talks to Discord; jobs wait for it before posting anything."""
+        self._sink = sink
+        self._sink_ready.set()
+
+    @property
+    def sink(self) -> ChannelSink | None:
+        return self._sink
+
+    def __call__(self, event: SchedulerEvent) -> None:
+        if isinstance(event, QueueMoved):
+            for job_id, (position, eta) in event.waiting.items():
+                view = self._views.get(job_id)
+                if view and view.wanted.phase == "queued" and view.wanted.position != position:
+                    self._want(view, replace(view.wanted, position=position, eta=eta))
+            return
+        view = self._views.get(event.job.job_id)
+        if isinstance(event, JobQueued):
+            wanted = _Wanted("queued", position=event.position, eta=event.eta_seconds)
+            if view is None:
+                self._track(event.job, wanted)
+            else:
+                self._want(view, wanted)
+            return
+        if view is None:
+            view = self._track(event.job, _Wanted("queued"))
+        if isinstance(event, JobStarted):
+            self._want(view, _Wanted("running", total=event.total_steps,
+                                     started=event.started_monotonic))
+        elif isinstance(event, JobProgress):
+            self._want(view, replace(view.wanted, phase="running", step=event.step,
+                                     total=event.total, eta=event.eta_seconds,
+                                     started=event.started_monotonic, preview=event.preview,
+                                     preview_key=event.preview_step))
+        elif isinstance(event, JobFinished):
+            previous = view.wanted
+            started = event.started_monotonic or previous.started
+            elapsed = None if started is None else self._clock() - started
+            preview = event.last_preview if event.last_preview is not None else previous.preview
+            key = previous.preview_key if preview is previous.preview else ("final", event.step)
+            self._want(view, _Wanted(
+                event.status.value,
+                step=event.step if event.step is not None else previous.step,
+                total=event.total if event.total is not None else previous.total,
+                started=started,
+                elapsed=elapsed,
+                preview=preview if event.status is JobStatus.CANCELLED else previous.preview,
+                preview_key=key if event.status is JobStatus.CANCELLED else previous.preview_key,
+                error=event.error,
+                results=list(event.results),
+            ))
+        elif isinstance(event, JobRequeued):
+            self._want(view, replace(view.wanted, phase="requeued"))
+
+    def _track(self, info: JobInfo, wanted: _Wanted) -> _JobView:
+        view = _JobView(info, wanted)
+        view.changed.set()
+        self._views[info.job_id] = view
+        view.task = asyncio.get_running_loop().create_task(
+            self._drive(view), name=f"publish-job-{info.job_id}"
+        )
+        return view
+
+    def _want(self, view: _JobView, wanted: _Wanted) -> None:
+        if view.wanted.final:
+            return  # nothing follows the end of a job
+        view.wanted = wanted
+        view.version += 1
+        view.changed.set()
+
+    async def wait_settled(self) -> None:
+        """Until every job's messages are in their final state (tests, shutdown)."""
+        while True:
+            tasks = [v.task for v in self._views.values() if v.task and not v.task.done()]
+            if not tasks:
+                return
+            await asyncio.wait(tasks)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Give pending final edits a moment, then stop every job's task."""
+        self._closing = True
+        tasks = [v.task for v in self._views.values() if v.task and not v.task.done()]
+        finals = [v.task for v in self._views.values()
+                  if v.task and not v.task.done() and v.wanted.final]
+        if finals and self._sink is not None:
+            await asyncio.wait(finals, timeout=timeout)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    # -- one job's messages ------------------------------------------------------------------
+
+    async def _drive(self, view: _JobView) -> None:
+        try:
+            await self._sink_ready.wait()
+            existing = await self.store.message_for_job(view.info.job_id, PROGRESS)
+            if existing is not None:  # a job from before a restart keeps its message
+                view.message_id = existing.message_id
+            while True:
+                await view.changed.wait()
+                now = self._clock()
+                ready_at = max(view.retry_at, (view.last_shown or -1e18) + self.progress_interval)
+                if now < ready_at:
+                    await asyncio.sleep(ready_at - now)
+                view.changed.clear()
+                version, wanted = view.version, view.wanted
+                if not view.muted:
+                    await self._show(view, wanted, version)
+                else:
+                    view.shown_version = version
+                if view.shown_version < view.version:
+                    view.changed.set()  # newer state, or a retry of this one
+                    continue
+                if wanted.final:
+                    if wanted.phase == "done":
+                        await self._post_results(view, wanted)
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("publishing job %d failed; the job itself is unaffected",
+                          view.info.job_id)
+        finally:
+            if self._views.get(view.info.job_id) is view:
+                del self._views[view.info.job_id]
+
+    def _content(self, view: _JobView, wanted: _Wanted) -> str:
+        info = view.info
+        header = describe_job(info.job_id, info.kind, info.user_id, info.params)
+        elapsed = wanted.elapsed
+        if elapsed is None and wanted.started is not None:
+            elapsed = self._clock() - wanted.started
+        if wanted.phase == "queued":
+            body = queued_line(wanted.position, wanted.eta)
+        elif wanted.phase == "running":
+            body = running_lines(wanted.step, wanted.total, elapsed or 0.0, wanted.eta)
+        elif wanted.phase == "done":
+            steps = (f"step {wanted.total}/{wanted.total} {progress_bar(1, 1)}\n"
+                     if wanted.total else "")
+            body = f"{steps}✅ Done in {format_duration(elapsed)}; the results are below."
+        elif wanted.phase == "cancelled":
+            at = f" at step {wanted.step}/{wanted.total}" if wanted.total else ""
+            kept = " The last preview is kept above." if wanted.preview is not None else ""
+            body = f"🛑 Cancelled{at}.{kept}"
+        elif wanted.phase == "requeued":
+            body = "⏸️ Paused: the bot is restarting. This job continues after the restart."
+        else:
+            body = f"⚠️ Failed: {wanted.error or 'unknown error'}"
+        return clip(f"{header}\n{body}")
+
+    async def _show(self, view: _JobView, wanted: _Wanted, version: int) -> None:
+        """One send or edit of the progress message. Never raises except on cancellation."""
+        assert self._sink is not None
+        sink = self._sink
+        info = view.info
+        content = self._content(view, wanted)
+        new_preview = wanted.preview is not None and wanted.preview_key != view.shown_preview_key
+        encoded: list[OutgoingFile] = []
+
+        async def preview_files() -> list[OutgoingFile]:
+            # PNG encoding is CPU work: off the loop, and only when the image must be sent.
+            if wanted.preview is not None and not encoded:
+                data = await asyncio.to_thread(png_bytes, wanted.preview)
+                encoded.append(OutgoingFile(f"job-{info.job_id}-preview.png", data))
+            return encoded
+
+        try:
+            if view.message_id is not None:
+                try:
+                    await sink.edit(info.channel_id, view.message_id, content,
+                                    await preview_files() if new_preview else None)
+                except MessageGone:
+                    log.info("job %d: progress message %d was deleted; posting a fresh one",
+                             info.job_id, view.message_id)
+                    view.message_id = None
+            if view.message_id is None:
+                view.message_id = await sink.send(info.channel_id, content, await preview_files())
+                await self.store.link_message(view.message_id, info.channel_id, info.job_id,
+                                              PROGRESS)
+            view.shown_version = version
+            view.shown_preview_key = wanted.preview_key if wanted.preview is not None else None
+            view.failures = 0
+        except NoPermission:
+            log.warning("job %d: no permission to post progress in channel %d; the job goes on "
+                        "and its results stay in the store", info.job_id, info.channel_id)
+            view.muted = True
+            view.shown_version = version
+        except TransientSendError as exc:
+            view.failures += 1
+            if view.failures >= self.retry.max_attempts:
+                log.warning("job %d: giving up on a progress update after %d attempts (%s)",
+                            info.job_id, view.failures, exc)
+                view.shown_version = version
+                view.failures = 0
+            else:
+                view.retry_at = self._clock() + self._backoff(view.failures)
+        except Exception:
+            log.exception("job %d: unexpected error updating the progress message", info.job_id)
+            view.shown_version = version
+        finally:
+            view.last_shown = self._clock()
+
+    def _backoff(self, failures: int) -> float:
+        return min(self.retry.base_delay_seconds * 2 ** (failures - 1),
+                   self.retry.max_delay_seconds)
+
+    async def _retrying(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run ``operation``, retrying TransientSendError with exponential backoff."""
+        for attempt in range(1, self.retry.max_attempts + 1):
+            try:
+                return await operation()
+            except TransientSendError as exc:
+                if attempt == self.retry.max_attempts:
+                    raise
+                delay = self._backoff(attempt)
+                log.info("%s failed (%s); retry %d in %.1f s", what, exc, attempt, delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _post_results(self, view: _JobView, wanted: _Wanted) -> None:
+        assert self._sink is not None
+        sink = self._sink
+        info = view.info
+        results = wanted.results[: len(NUMBER_EMOJIS)]
+        if not results:
+            return
+        try:
+            grid = await asyncio.to_thread(_grid_png, results)
+        except OSError:
+            log.exception("job %d: its result files could not be read", info.job_id)
+            return
+        content = results_content(
+            describe_job(info.job_id, info.kind, info.user_id, info.params),
+            [r.score for r in results],
+            [r.seed for r in results],
+        )
+        files = [OutgoingFile(f"job-{info.job_id}-results.png", grid)]
+        try:
+            message_id = await self._retrying(
+                f"posting results of job {info.job_id}",
+                lambda: sink.send(info.channel_id, content, files),
+            )
+            await self.store.link_message(message_id, info.channel_id, info.job_id, RESULTS)
+            await self._retrying(
+                f"reacting to results of job {info.job_id}",
+                lambda: sink.add_reactions(info.channel_id, message_id,
+                                           list(NUMBER_EMOJIS[: len(results)])),
+            )
+        except NoPermission:
+            log.warning("job %d: no permission to post results in channel %d; they stay in "
+                        "the store", info.job_id, info.channel_id)
+        except MessageGone:
+            log.info("job %d: the results message was deleted before its reactions were added",
+                     info.job_id)
+        except TransientSendError as exc:
+            log.error("job %d: Discord kept failing (%s); the results stay in the store",
+                      info.job_id, exc)
+
+
+def _grid_png(results: list[ResultRecord]) -> bytes:
+    images = []
+    for result in results:
+        with Image.open(result.path) as image:
+            images.append(image.convert("RGB"))
+    return png_bytes(numbered_grid(images))

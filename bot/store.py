@@ -1,0 +1,554 @@
+"""The bot's durable state: jobs, their results and the Discord messages that show them.
+
+SQLite through aiosqlite, in WAL mode so readers never wait for the writer. The schema is
+versioned with ``PRAGMA user_version`` and migrated forward at start-up.
+
+Input images are not stored in the rows. Each is written (atomically, content-addressed) to
+``data/inputs/`` and the job's JSON names the file. Attachments can be megabytes; kept out of the
+rows they do not bloat the WAL, the recovery scan over queued jobs stays cheap, and a continuation
+that reuses a result image stores nothing new. Files are always written before the row that names
+them commits, so a committed row never points at a missing or partial file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from bot.files import DataPaths, write_atomic
+from bot.jobs import JobKind, JobRequest, JobStatus
+
+log = logging.getLogger(__name__)
+
+INTERRUPTED_TWICE = "interrupted twice (the bot stopped while this job ran, two times)"
+
+# Each entry moves the schema from version i to i + 1. Never edit a shipped entry; append.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        user_id INTEGER NOT NULL,
+        channel_id INTEGER NOT NULL,
+        guild_id INTEGER,
+        request_json TEXT NOT NULL,
+        status TEXT NOT NULL,
+        fair_round INTEGER NOT NULL,
+        interruptions INTEGER NOT NULL DEFAULT 0,
+        total_steps INTEGER,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        error TEXT,
+        preview_path TEXT,
+        parent_result_id INTEGER REFERENCES results(id) ON DELETE SET NULL
+    );
+    CREATE INDEX jobs_status_order ON jobs(status, fair_round, id);
+    CREATE INDEX jobs_user ON jobs(user_id);
+    CREATE TABLE results (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        rank INTEGER NOT NULL,
+        score REAL NOT NULL,
+        seed INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        UNIQUE (job_id, rank)
+    );
+    CREATE TABLE messages (
+        message_id INTEGER PRIMARY KEY,
+        channel_id INTEGER NOT NULL,
+        job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        role TEXT NOT NULL CHECK (role IN ('progress', 'results')),
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX messages_job ON messages(job_id, role);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: int
+    request: JobRequest
+    status: JobStatus
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    error: str | None
+    parent_result_id: int | None
+    fair_round: int
+    interruptions: int
+    total_steps: int | None
+    preview_path: Path | None  # the last preview of a cancelled job, when there was one
+
+
+@dataclass(frozen=True)
+class QueuedJob:
+    """A job's scheduling facts without its input images (what the queue needs to order it)."""
+
+    id: int
+    kind: JobKind
+    user_id: int
+    channel_id: int
+    fair_round: int
+    params: dict[str, Any]
+    status: JobStatus
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    id: int
+    job_id: int
+    rank: int
+    score: float
+    seed: int
+    path: Path  # absolute; a PNG under data/results/
+
+
+@dataclass(frozen=True)
+class NewResult:
+    """A result whose image file is already on disk, waiting for its row."""
+
+    rank: int
+    score: float
+    seed: int
+    path: Path
+
+
+@dataclass(frozen=True)
+class MessageLink:
+    message_id: int
+    channel_id: int
+    job_id: int
+    role: str  # "progress" | "results"
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    requeued: list[int]
+    failed: list[int]
+    queued: list[int]  # every job now waiting, in run order
+
+
+@dataclass(frozen=True)
+class StepTiming:
+    kind: JobKind
+    params: dict[str, Any]
+    seconds_per_step: float
+
+
+class Store:
+    def __init__(self, db: aiosqlite.Connection, paths: DataPaths) -> None:
+        self._db = db
+        self.paths = paths
+
+    @classmethod
+    async def open(cls, database: Path, data_dir: Path) -> Store:
+        paths = DataPaths(Path(data_dir))
+        await asyncio.to_thread(paths.make_dirs)
+        database.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(database)
+        db.row_factory = aiosqlite.Row
+        await db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit survives power loss too, not only a process crash.
+        await db.execute("PRAGMA synchronous=FULL")
+        await db.execute("PRAGMA foreign_keys=ON")
+        await db.execute("PRAGMA busy_timeout=5000")
+        store = cls(db, paths)
+        await store._migrate()
+        return store
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def _migrate(self) -> None:
+        async with self._db.execute("PRAGMA user_version") as cursor:
+            row = await cursor.fetchone()
+        version = int(row[0]) if row else 0
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"the database schema is version {version}, newer than this bot knows "
+                f"({SCHEMA_VERSION}); upgrade the bot or use another storage.database"
+            )
+        for index in range(version, SCHEMA_VERSION):
+            log.info("migrating the database schema to version %d", index + 1)
+            await self._db.executescript(
+                f"BEGIN; {MIGRATIONS[index]} PRAGMA user_version = {index + 1}; COMMIT;"
+            )
+
+    async def schema_version(self) -> int:
+        async with self._db.execute("PRAGMA user_version") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    async def insert_job(self, request: JobRequest, fair_round: int) -> JobRecord:
+        """Persist a new queued job; its input images are on disk before the row commits."""
+        images_json = await asyncio.to_thread(self._write_inputs, request.images)
+        document = {
+            "kind": request.kind.value,
+            "user_id": request.user_id,
+            "channel_id": request.channel_id,
+            "guild_id": request.guild_id,
+            "params": request.params,
+            "images": images_json,
+            "parent_result_id": request.parent_result_id,
+        }
+        now = time.time()
+        cursor = await self._db.execute(
+            "INSERT INTO jobs (kind, user_id, channel_id, guild_id, request_json, status,"
+            " fair_round, created_at, parent_result_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                request.kind.value,
+                request.user_id,
+                request.channel_id,
+                request.guild_id,
+                json.dumps(document),
+                JobStatus.QUEUED.value,
+                fair_round,
+                now,
+                request.parent_result_id,
+            ),
+        )
+        await self._db.commit()
+        job_id = cursor.lastrowid
+        assert job_id is not None
+        return JobRecord(
+            id=job_id,
+            request=request,
+            status=JobStatus.QUEUED,
+            created_at=now,
+            started_at=None,
+            finished_at=None,
+            error=None,
+            parent_result_id=request.parent_result_id,
+            fair_round=fair_round,
+            interruptions=0,
+            total_steps=None,
+            preview_path=None,
+        )
+
+    def _write_inputs(self, images: dict[str, bytes | list[bytes]]) -> dict[str, Any]:
+        def one(data: bytes) -> str:
+            path = self.paths.input_path(data)
+            if not path.exists():
+                write_atomic(path, data)
+            return self.paths.relative(path)
+
+        return {
+            name: [one(d) for d in value] if isinstance(value, list) else one(value)
+            for name, value in images.items()
+        }
+
+    def _read_inputs(self, images: dict[str, Any]) -> dict[str, bytes | list[bytes]]:
+        def one(stored: str) -> bytes:
+            return self.paths.absolute(stored).read_bytes()
+
+        return {
+            name: [one(s) for s in value] if isinstance(value, list) else one(value)
+            for name, value in images.items()
+        }
+
+    async def get_job(self, job_id: int) -> JobRecord | None:
+        async with self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            return None
+        document = json.loads(row["request_json"])
+        images = await asyncio.to_thread(self._read_inputs, document.get("images", {}))
+        request = JobRequest(
+            kind=JobKind(document["kind"]),
+            user_id=document["user_id"],
+            channel_id=document["channel_id"],
+            guild_id=document["guild_id"],
+            params=document["params"],
+            images=images,
+            parent_result_id=document.get("parent_result_id"),
+        )
+        preview = row["preview_path"]
+        return JobRecord(
+            id=row["id"],
+            request=request,
+            status=JobStatus(row["status"]),
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            error=row["error"],
+            parent_result_id=row["parent_result_id"],
+            fair_round=row["fair_round"],
+            interruptions=row["interruptions"],
+            total_steps=row["total_steps"],
+            preview_path=self.paths.absolute(preview) if preview else None,
+        )
+
+    async def job_status(self, job_id: int) -> JobStatus | None:
+        async with self._db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)) as cursor:
+            row = await cursor.fetchone()
+        return JobStatus(row[0]) if row else None
+
+    async def pending_jobs(self) -> list[QueuedJob]:
+        """Queued and running jobs, in run order (fair round, then arrival)."""
+        async with self._db.execute(
+            "SELECT id, kind, user_id, channel_id, fair_round, request_json, status FROM jobs"
+            " WHERE status IN ('queued', 'running') ORDER BY fair_round, id"
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [
+            QueuedJob(
+                id=row["id"],
+                kind=JobKind(row["kind"]),
+                user_id=row["user_id"],
+                channel_id=row["channel_id"],
+                fair_round=row["fair_round"],
+                params=json.loads(row["request_json"])["params"],
+                status=JobStatus(row["status"]),
+            )
+            for row in rows
+        ]
+
+    async def last_round_by_user(self) -> dict[int, int]:
+        async with self._db.execute(
+            "SELECT user_id, MAX(fair_round) FROM jobs GROUP BY user_id"
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return {int(row[0]): int(row[1]) for row in rows}
+
+    async def last_started_round(self) -> int:
+        async with self._db.execute(
+            "SELECT MAX(fair_round) FROM jobs WHERE started_at IS NOT NULL"
+        ) as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    async def mark_running(self, job_id: int, total_steps: int | None) -> None:
+        await self._db.execute(
+            "UPDATE jobs SET status = 'running', started_at = ?, total_steps = ? WHERE id = ?",
+            (time.time(), total_steps, job_id),
+        )
+        await self._db.commit()
+
+    async def requeue(self, job_id: int) -> None:
+        """Put a running job back in the queue after a clean shutdown (not an interruption)."""
+        await self._db.execute(
+            "UPDATE jobs SET status = 'queued' WHERE id = ? AND status = 'running'", (job_id,)
+        )
+        await self._db.commit()
+
+    async def finish_job(
+        self,
+        job_id: int,
+        status: JobStatus,
+        error: str | None = None,
+        preview_path: Path | None = None,
+    ) -> bool:
+        """Mark a queued or running job failed or cancelled. False if it had already finished."""
+        assert status in (JobStatus.FAILED, JobStatus.CANCELLED)
+        cursor = await self._db.execute(
+            "UPDATE jobs SET status = ?, finished_at = ?, error = ?, preview_path = ?"
+            " WHERE id = ? AND status IN ('queued', 'running')",
+            (
+                status.value,
+                time.time(),
+                error,
+                self.paths.relative(preview_path) if preview_path else None,
+                job_id,
+            ),
+        )
+        await self._db.commit()
+        return cursor.rowcount > 0
+
+    async def complete_job(self, job_id: int, results: Iterable[NewResult]) -> list[ResultRecord]:
+        """Record a job's results (files already written) and mark it done, in one transaction."""
+        rows: list[ResultRecord] = []
+        try:
+            # A job re-run after a crash may have left result rows from nowhere; it cannot, since
+            # rows and status commit together, but a rerun replaces rather than duplicates.
+            await self._db.execute("DELETE FROM results WHERE job_id = ?", (job_id,))
+            for result in results:
+                cursor = await self._db.execute(
+                    "INSERT INTO results (job_id, rank, score, seed, path) VALUES (?, ?, ?, ?, ?)",
+                    (job_id, result.rank, result.score, result.seed,
+                     self.paths.relative(result.path)),
+                )
+                assert cursor.lastrowid is not None
+                rows.append(
+                    ResultRecord(cursor.lastrowid, job_id, result.rank, result.score, result.seed,
+                                 result.path)
+                )
+            await self._db.execute(
+                "UPDATE jobs SET status = 'done', finished_at = ?, error = NULL WHERE id = ?",
+                (time.time(), job_id),
+            )
+            await self._db.commit()
+        except BaseException:
+            await self._db.rollback()
+            raise
+        return rows
+
+    async def recover(self) -> RecoveryReport:
+        """After a crash: jobs left running are re-queued once, then failed (interrupted twice)."""
+        async with self._db.execute(
+            "SELECT id, interruptions FROM jobs WHERE status = 'running' ORDER BY id"
+        ) as cursor:
+            rows = await cursor.fetchall()
+        requeued: list[int] = []
+        failed: list[int] = []
+        now = time.time()
+        for row in rows:
+            if row["interruptions"] >= 1:
+                failed.append(row["id"])
+                await self._db.execute(
+                    "UPDATE jobs SET status = 'failed', error = ?, finished_at = ?,"
+                    " interruptions = interruptions + 1 WHERE id = ?",
+                    (INTERRUPTED_TWICE, now, row["id"]),
+                )
+            else:
+                requeued.append(row["id"])
+                await self._db.execute(
+                    "UPDATE jobs SET status = 'queued', interruptions = interruptions + 1"
+                    " WHERE id = ?",
+                    (row["id"],),
+                )
+        await self._db.commit()
+        queued = [job.id for job in await self.pending_jobs()]
+        return RecoveryReport(requeued=requeued, failed=failed, queued=queued)
+
+    async def recent_step_timings(self, limit: int) -> list[StepTiming]:
+        """Seconds per step of the latest finished jobs, to seed ETAs after a restart."""
+        async with self._db.execute(
+            "SELECT kind, request_json, started_at, finished_at, total_steps FROM jobs"
+            " WHERE status = 'done' AND total_steps > 0 AND started_at IS NOT NULL"
+            " ORDER BY finished_at DESC LIMIT ?",
+            (limit,),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [
+            StepTiming(
+                kind=JobKind(row["kind"]),
+                params=json.loads(row["request_json"])["params"],
+                seconds_per_step=(row["finished_at"] - row["started_at"]) / row["total_steps"],
+            )
+            for row in reversed(rows)
+        ]
+
+    async def count_jobs(self, status: JobStatus | None = None) -> int:
+        query = "SELECT COUNT(*) FROM jobs" + (" WHERE status = ?" if status else "")
+        async with self._db.execute(query, (status.value,) if status else ()) as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    # -- results -----------------------------------------------------------------------------
+
+    def _result(self, row: aiosqlite.Row) -> ResultRecord:
+        return ResultRecord(
+            id=row["id"],
+            job_id=row["job_id"],
+            rank=row["rank"],
+            score=row["score"],
+            seed=row["seed"],
+            path=self.paths.absolute(row["path"]),
+        )
+
+    async def results_for_job(self, job_id: int) -> list[ResultRecord]:
+        async with self._db.execute(
+            "SELECT * FROM results WHERE job_id = ? ORDER BY rank", (job_id,)
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [self._result(row) for row in rows]
+
+    async def get_result(self, result_id: int) -> ResultRecord | None:
+        async with self._db.execute("SELECT * FROM results WHERE id = ?", (result_id,)) as cursor:
+            row = await cursor.fetchone()
+        return self._result(row) if row else None
+
+    # -- messages ----------------------------------------------------------------------------
+
+    async def link_message(self, message_id: int, channel_id: int, job_id: int, role: str) -> None:
+        await self._db.execute(
+            "INSERT OR REPLACE INTO messages (message_id, channel_id, job_id, role, created_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (message_id, channel_id, job_id, role, time.time()),
+        )
+        await self._db.commit()
+
+    async def message_role(self, message_id: int) -> MessageLink | None:
+        async with self._db.execute(
+            "SELECT * FROM messages WHERE message_id = ?", (message_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            return None
+        return MessageLink(row["message_id"], row["channel_id"], row["job_id"], row["role"])
+
+    async def message_for_job(self, job_id: int, role: str) -> MessageLink | None:
+        """The newest message showing ``job_id`` in ``role``."""
+        async with self._db.execute(
+            "SELECT * FROM messages WHERE job_id = ? AND role = ?"
+            " ORDER BY created_at DESC, message_id DESC LIMIT 1",
+            (job_id, role),
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            return None
+        return MessageLink(row["message_id"], row["channel_id"], row["job_id"], row["role"])
+
+    # -- retention ---------------------------------------------------------------------------
+
+    async def prune(self, older_than_days: int) -> int:
+        """Delete finished jobs (with their results, messages and files) older than the limit.
+
+        Returns how many jobs were removed. ``0`` days keeps everything.
+        """
+        if older_than_days <= 0:
+            return 0
+        cutoff = time.time() - older_than_days * 86_400
+        async with self._db.execute(
+            "SELECT id, preview_path FROM jobs WHERE status IN ('done', 'failed', 'cancelled')"
+            " AND finished_at < ?",
+            (cutoff,),
+        ) as cursor:
+            jobs = await cursor.fetchall()
+        if not jobs:
+            return 0
+        ids = [row["id"] for row in jobs]
+        marks = ",".join("?" * len(ids))
+        async with self._db.execute(
+            f"SELECT path FROM results WHERE job_id IN ({marks})", ids
+        ) as cursor:
+            files = [row["path"] for row in await cursor.fetchall()]
+        files += [row["preview_path"] for row in jobs if row["preview_path"]]
+        await self._db.execute(f"DELETE FROM jobs WHERE id IN ({marks})", ids)
+        await self._db.commit()
+        # Inputs are shared by content; keep those any remaining job still names.
+        async with self._db.execute("SELECT request_json FROM jobs") as cursor:
+            still_used = {
+                stored
+                for row in await cursor.fetchall()
+                for stored in _stored_inputs(json.loads(row[0]).get("images", {}))
+            }
+        await asyncio.to_thread(self._delete_files, files, still_used)
+        return len(ids)
+
+    def _delete_files(self, files: list[str], inputs_in_use: set[str]) -> None:
+        for stored in files:
+            self.paths.absolute(stored).unlink(missing_ok=True)
+        for path in self.paths.inputs.glob("*.img"):
+            if self.paths.relative(path) not in inputs_in_use:
+                path.unlink(missing_ok=True)
+
+
+def _stored_inputs(images: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    for value in images.values():
+        out.extend(value if isinstance(value, list) else [value])
+    return out

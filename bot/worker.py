@@ -1,0 +1,124 @@
+"""The dedicated worker thread, and the hand-off that carries progress from it to the event loop.
+
+The pipeline runs only on :class:`WorkerThread`; the event loop awaits its result. Progress comes
+back through :class:`LatestOnlyMailbox`: the worker overwrites one slot and schedules at most one
+wake-up on the loop at a time, so a pipeline faster than the loop can never build a backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def _settle(future: asyncio.Future, result: object, error: BaseException | None) -> None:
+    if future.done():  # the awaiting task was cancelled (shutdown); nobody wants the answer
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class WorkerThread:
+    """One daemon thread running blocking callables one at a time, in submission order.
+
+    Daemon, so a pipeline that ignores cancellation cannot keep the process alive at shutdown.
+    """
+
+    def __init__(self, name: str = "faraday-worker") -> None:
+        self._tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._started = False
+
+    @property
+    def ident(self) -> int | None:
+        return self._thread.ident
+
+    @property
+    def name(self) -> str:
+        return self._thread.name
+
+    def start(self) -> None:
+        if not self._started:
+            self._started = True
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the thread to exit after whatever it is running now."""
+        if self._started:
+            self._tasks.put(None)
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    async def run(self, work: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._tasks.put((work, loop, future))
+        return await future
+
+    def _main(self) -> None:
+        while True:
+            item = self._tasks.get()
+            if item is None:
+                return
+            work, loop, future = item
+            result: object = None
+            error: BaseException | None = None
+            try:
+                result = work()
+            except BaseException as exc:  # handed to the awaiting coroutine, not swallowed
+                error = exc
+            try:
+                loop.call_soon_threadsafe(_settle, future, result, error)
+            except RuntimeError:
+                log.debug("event loop closed before the worker's result could be delivered")
+
+
+class LatestOnlyMailbox(Generic[T]):
+    """Thread-safe hand-off keeping only the newest item; delivers on the loop's thread."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, deliver: Callable[[T], None]) -> None:
+        self._loop = loop
+        self._deliver = deliver
+        self._lock = threading.Lock()
+        self._pending: T | None = None
+        self._wakeup_scheduled = False
+        self.posted = 0
+        self.delivered = 0
+
+    def post(self, item: T) -> None:
+        """Called from the worker thread. Never blocks on the loop."""
+        with self._lock:
+            self._pending = item
+            self.posted += 1
+            if self._wakeup_scheduled:
+                return  # the scheduled drain will pick up this newer item instead
+            self._wakeup_scheduled = True
+        try:
+            self._loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:
+            log.debug("event loop closed; progress dropped")
+
+    def _drain(self) -> None:
+        with self._lock:
+            item = self._pending
+            self._pending = None
+            self._wakeup_scheduled = False
+        if item is None:
+            return
+        self.delivered += 1
+        self._deliver(item)
+
+    def flush(self) -> None:
+        """Deliver a pending item now (on the loop), e.g. before reporting the job's end."""
+        self._drain()
