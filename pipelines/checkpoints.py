@@ -40,7 +40,7 @@ _PICKLE_PROTO = b"\x80"
 
 def opt_in_hint(sha256_key: str) -> str:
     return (
-        f"to allow it, pin the file's sha256 in config.toml ({sha256_key} = \"...\") or set "
+        f'to allow it, pin the file\'s sha256 in config.toml ({sha256_key} = "...") or set '
         "models.trust_checkpoints = true, and only for a file from a source you trust"
     )
 
@@ -63,8 +63,11 @@ class _TolerantUnpickler(pickle.Unpickler):
         try:
             return super().find_class(module, name)
         except (ImportError, AttributeError):
-            log.info("checkpoint refers to %s.%s, which is not installed; using a placeholder",
-                     module, name)
+            log.info(
+                "checkpoint refers to %s.%s, which is not installed; using a placeholder",
+                module,
+                name,
+            )
             return type(name, (_MissingClass,), {"__module__": module})
 
 
@@ -114,8 +117,12 @@ def read_checkpoint(
         raise _unreadable(path, what, exc) from None
 
     if trust:
-        log.warning("%s: %s holds pickled objects; unpickling it fully because "
-                    "models.trust_checkpoints is true", what, path)
+        log.warning(
+            "%s: %s holds pickled objects; unpickling it fully because "
+            "models.trust_checkpoints is true",
+            what,
+            path,
+        )
     elif pinned_sha256:
         actual = pinned_sha256.lower() if pin_verified else sha256_of(path)
         if actual != pinned_sha256.lower():
@@ -211,12 +218,16 @@ def _save_cache(weights: dict[str, torch.Tensor], cache: Path, metadata: dict[st
     tmp = Path(tmp_name)
     try:
         # Tensors in a checkpoint may be views into shared storage, which safetensors refuses.
-        save_file({k: v.detach().contiguous().clone() for k, v in weights.items()}, str(tmp),
-                  metadata=metadata)
+        save_file(
+            {k: v.detach().contiguous().clone() for k, v in weights.items()},
+            str(tmp),
+            metadata=metadata,
+        )
         os.replace(tmp, cache)
     except OSError as exc:
-        log.warning("could not cache weights at %s (%s); the next load will unpickle again",
-                    cache, exc)
+        log.warning(
+            "could not cache weights at %s (%s); the next load will unpickle again", cache, exc
+        )
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -127,8 +127,9 @@ def fetch(
             return destination
         except ModelFileError:
             # The pin changed or the cache was damaged; fetching again is the honest fix.
-            log.warning("%s: cached %s does not match the pinned sha256; fetching again",
-                        what, destination)
+            log.warning(
+                "%s: cached %s does not match the pinned sha256; fetching again", what, destination
+            )
             destination.unlink()
     _download(source, destination, what=what, sha256=sha256, timeout=timeout, progress=progress)
     return destination

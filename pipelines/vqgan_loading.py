@@ -125,8 +125,7 @@ def build_vqgan(config: VqganConfig, weights: dict[str, torch.Tensor], *, what: 
             "the config and the checkpoint must come from the same model"
         )
     model.load_state_dict(weights, strict=True, assign=True)
-    left_on_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()]
-                    if t.is_meta]
+    left_on_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left_on_meta:  # a tensor the state dict does not carry: a bug, not a user error
         raise RuntimeError(f"VQGAN tensors not restored from the checkpoint: {left_on_meta}")
     return model
@@ -151,6 +150,7 @@ def load_vqgan_from_settings(settings: ModelSettings, *, progress: bool = True) 
         trust=settings.trust_checkpoints,
         progress=progress,
     )
-    log.info("%s: %d tensors for a VQGAN with %d codes", CHECKPOINT_KEY, len(weights),
-             config.n_embed)
+    log.info(
+        "%s: %d tensors for a VQGAN with %d codes", CHECKPOINT_KEY, len(weights), config.n_embed
+    )
     return build_vqgan(config, weights, what=CHECKPOINT_KEY)

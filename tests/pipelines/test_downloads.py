@@ -94,8 +94,13 @@ def test_second_fetch_is_served_from_the_cache(host: FakeHost, tmp_path: Path):
 def test_sha256_mismatch_is_rejected_and_nothing_is_kept(host: FakeHost, tmp_path: Path):
     host.routes["/last.ckpt"] = (200, "application/octet-stream", CHECKPOINT_BYTES)
     with pytest.raises(ModelFileError, match=r"sha256 .* pins") as refused:
-        fetch(host.url("/last.ckpt"), tmp_path, what="models.vqgan_checkpoint",
-              sha256="ab" * 32, progress=False)
+        fetch(
+            host.url("/last.ckpt"),
+            tmp_path,
+            what="models.vqgan_checkpoint",
+            sha256="ab" * 32,
+            progress=False,
+        )
     assert "models.vqgan_checkpoint" in str(refused.value)
     assert leftovers(tmp_path) == []
 
@@ -117,15 +122,13 @@ def test_html_page_is_rejected(host: FakeHost, tmp_path: Path, content_type: str
     # Some mirrors answer a dead link with a 200 "Link does not exist" page, whatever its type.
     host.routes["/configs/model.yaml"] = (200, content_type, HTML_BYTES)
     with pytest.raises(ModelFileError, match="HTML page, not the file"):
-        fetch(host.url("/configs/model.yaml"), tmp_path, what="models.vqgan_config",
-              progress=False)
+        fetch(host.url("/configs/model.yaml"), tmp_path, what="models.vqgan_config", progress=False)
     assert leftovers(tmp_path) == []
 
 
 def test_http_error_is_reported(host: FakeHost, tmp_path: Path):
     with pytest.raises(ModelFileError, match="HTTP 404"):
-        fetch(host.url("/missing.ckpt"), tmp_path, what="models.vqgan_checkpoint",
-              progress=False)
+        fetch(host.url("/missing.ckpt"), tmp_path, what="models.vqgan_checkpoint", progress=False)
     assert leftovers(tmp_path) == []
 
 
@@ -134,8 +137,7 @@ def test_unreachable_host_says_to_use_a_local_path(tmp_path: Path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with pytest.raises(ModelFileError, match=r"could not reach .* local path"):
-        fetch(f"http://127.0.0.1:{port}/last.ckpt", tmp_path, what="x", timeout=5,
-              progress=False)
+        fetch(f"http://127.0.0.1:{port}/last.ckpt", tmp_path, what="x", timeout=5, progress=False)
 
 
 def test_local_path_is_used_as_is(tmp_path: Path):

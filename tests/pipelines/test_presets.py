@@ -78,9 +78,7 @@ def test_default_clip_specs_follow_the_config():
         ranker_clip_pretrained="/models/ranker.safetensors",
     )
     assert presets.guide_clip_spec(settings) == ClipSpec("ViT-L-14", "laion2b_s32b_b82k")
-    assert presets.ranker_clip_spec(settings) == ClipSpec(
-        "ViT-B-16", "/models/ranker.safetensors"
-    )
+    assert presets.ranker_clip_spec(settings) == ClipSpec("ViT-B-16", "/models/ranker.safetensors")
 
 
 def test_vqgan_identity_names_the_weights():

@@ -323,9 +323,7 @@ def test_corrupt_checkpoint_gives_a_clear_error(tmp_path: Path):
 
 def test_checkpoint_that_does_not_fit_the_config_names_the_mismatch(tiny_files, tmp_path: Path):
     _, _, ckpt = tiny_files
-    other = VqganConfig(
-        ddconfig={**VqganConfig.tiny().ddconfig, "ch": 64}, n_embed=64, embed_dim=8
-    )
+    other = VqganConfig(ddconfig={**VqganConfig.tiny().ddconfig, "ch": 64}, n_embed=64, embed_dim=8)
     config_path = tmp_path / "other.yaml"
     config_path.write_text(yaml_for(other))
     settings = default_settings(tmp_path, config_path, ckpt, trust_checkpoints=True)
