@@ -413,3 +413,12 @@ def test_non_integer_codebook_size_is_refused(tmp_path: Path):
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ModelFileError, match="n_embed must be a positive integer"):
         parse_taming_config(path)
+
+
+def test_read_checkpoint_checks_the_pin_itself_when_the_caller_has_not(tiny_files):
+    model, _, ckpt = tiny_files
+    common = {"what": "ckpt", "sha256_key": "models.vqgan_checkpoint_sha256"}
+    contents = checkpoints.read_checkpoint(ckpt, pinned_sha256=sha256_file(ckpt), **common)
+    assert torch.equal(contents["state_dict"]["quant_conv.weight"], model.quant_conv.weight)
+    with pytest.raises(ModelFileError, match="differs from the pinned"):
+        checkpoints.read_checkpoint(ckpt, pinned_sha256="f" * 64, **common)
