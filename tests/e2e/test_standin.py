@@ -37,6 +37,7 @@ class Seen:
     downloads: list[bytes] = field(default_factory=list)
     raw_reactions: list[discord.RawReactionActionEvent] = field(default_factory=list)
     cached_reactions: list[discord.Reaction] = field(default_factory=list)
+    errors: list[Exception] = field(default_factory=list)
 
 
 class ThrowawayBot(commands.Bot):
@@ -68,9 +69,17 @@ class ThrowawayBot(commands.Bot):
         async def whisper(interaction: discord.Interaction, text: str) -> None:
             await interaction.response.send_message(f"psst: {text}", ephemeral=True)
 
+        @app_commands.command(name="slow", description="Acknowledge too late")
+        async def slow(interaction: discord.Interaction, seconds: float) -> None:
+            await asyncio.sleep(seconds)
+            try:
+                await interaction.response.send_message("finally")
+            except discord.HTTPException as exc:
+                seen.errors.append(exc)
+
         guild = discord.Object(self.guild_id)
-        self.tree.add_command(describe, guild=guild)
-        self.tree.add_command(whisper, guild=guild)
+        for command in (describe, whisper, slow):
+            self.tree.add_command(command, guild=guild)
         await self.tree.sync(guild=guild)
 
     async def on_raw_reaction_add(self, event: discord.RawReactionActionEvent) -> None:
@@ -117,13 +126,13 @@ async def test_command_sync_is_recorded(
 ) -> None:
     async with run_client(bot):
         synced = {c["name"]: c for c in standin.synced_commands(standin.guild_id)}
-        assert set(synced) == {"describe", "whisper"}
+        assert set(synced) == {"describe", "slow", "whisper"}
         options = {o["name"]: o for o in synced["describe"]["options"]}
         assert options["file"]["type"] == 11 and options["file"]["required"] is True
         assert options["private"]["type"] == 5 and not options["private"].get("required")
         assert standin.synced_commands(None) == []
         assert [(scope, names) for scope, names, _ in standin.command_syncs] == [
-            (standin.guild_id, ["describe", "whisper"])
+            (standin.guild_id, ["describe", "slow", "whisper"])
         ]
 
 
@@ -170,6 +179,23 @@ async def test_ephemeral_answers_are_recorded_as_ephemeral(
         )
         answer = await deferred.wait_for_reply()
         assert deferred.deferred and deferred.ephemeral and answer.ephemeral
+
+
+async def test_a_callback_after_the_deadline_is_refused_as_discord_does(
+    standin: DiscordStandin, bot: ThrowawayBot, run_client: RunClient
+) -> None:
+    standin.ack_deadline = 0.2
+    async with run_client(bot):
+        quick = await standin.send_slash_command("whisper", {"text": "now"})
+        await quick.wait_for_reply()
+        assert quick.ack_seconds is not None and quick.ack_seconds < 0.2
+
+        late = await standin.send_slash_command("slow", {"seconds": 0.5})
+        await standin.wait_for(lambda: bot.seen.errors, timeout=5, description="the refusal")
+        (error,) = bot.seen.errors
+        assert isinstance(error, discord.NotFound) and error.code == 10062
+        assert late.callback is None and late.late_callback is not None
+        assert late.replies == []
 
 
 async def test_invocations_a_discord_client_would_refuse_are_refused(
@@ -362,7 +388,8 @@ async def test_bot_config_points_at_the_standin(standin: DiscordStandin, tmp_pat
     config = tomllib.loads(path.read_text())
     assert config["discord"]["api_base_url"] == standin.api_base_url
     assert config["discord"]["gateway_url"] == standin.gateway_url
-    assert config["discord"]["cdn_hosts"] == ["127.0.0.1"]
+    assert config["discord"]["cdn_hosts"] == [standin.cdn_origin]
+    assert standin.cdn_origin.startswith("http://127.0.0.1:")
     assert config["discord"]["guild_ids"] == [standin.guild_id]
     assert config["discord"]["owner_ids"] == [1]
     assert config["scheduler"]["progress_interval"] == 4
@@ -373,3 +400,73 @@ async def test_wait_for_fails_with_a_useful_description(standin: DiscordStandin)
     with pytest.raises(AssertionError, match=r"(?s)waiting for the moon.*no requests yet"):
         await standin.wait_for(lambda: None, timeout=0.1, description="the moon")
     await asyncio.sleep(0)
+
+
+# A bot in another process, configured only through URLs, as `python -m bot` is.
+SUBPROCESS_BOT = """
+import sys, discord, yarl
+api, gateway, channel_id = sys.argv[1], sys.argv[2], int(sys.argv[3])
+discord.http.Route.BASE = api
+discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway)
+
+class Bot(discord.Client):
+    async def on_ready(self):
+        await self.get_channel(channel_id).send(f"up as {self.user.id}")
+
+    async def on_raw_reaction_add(self, event):
+        if event.user_id != self.user.id:
+            await self.get_channel(channel_id).send(f"saw {event.emoji} on {event.message_id}")
+
+import os
+Bot(intents=discord.Intents.default(), guild_ready_timeout=0.05).run(
+    os.environ["DISCORD_TOKEN"], log_handler=None)
+"""
+
+
+async def test_a_bot_subprocess_survives_sigkill_and_a_restart(standin: DiscordStandin) -> None:
+    import os
+    import signal
+    import sys
+
+    async def start_bot() -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            SUBPROCESS_BOT,
+            standin.api_base_url,
+            standin.gateway_url,
+            str(standin.channel_id),
+            env={**os.environ, "DISCORD_TOKEN": standin.token},
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+
+    def posted(prefix: str) -> Callable[[], list]:
+        return lambda: [m for m in standin.bot_messages() if m.content.startswith(prefix)]
+
+    first = await start_bot()
+    try:
+        (hello,) = await standin.wait_for(posted("up as"), timeout=20, description="first start")
+        first.send_signal(signal.SIGKILL)
+        await first.wait()
+        await standin.wait_for(
+            lambda: standin.gateway.active_session is None,
+            timeout=5,
+            description="the stand-in to notice the killed bot",
+        )
+    finally:
+        if first.returncode is None:
+            first.kill()
+            await first.wait()
+
+    second = await start_bot()
+    try:
+        await standin.wait_until_connected(identifies=2, timeout=20)
+        # A reaction on a message the killed process posted reaches the new process.
+        await standin.add_reaction(hello.id, "1️⃣", "alice")
+        (seen,) = await standin.wait_for(posted("saw"), timeout=10, description="the reaction")
+        assert seen.content == f"saw 1️⃣ on {hello.id}"
+    finally:
+        second.terminate()
+        _, stderr = await second.communicate()
+    assert standin.unknown_requests == [], stderr.decode()[-2000:]

@@ -170,12 +170,23 @@ class InteractionHandle:
         self.channel_id = channel_id
         self.payload = payload
         self.callback: Callback | None = None
+        # Stand-in monotonic time the INTERACTION_CREATE went out (set on dispatch).
+        self.dispatched_at: float | None = None
+        # A callback that came after Discord's deadline, refused with 10062 as Discord does.
+        self.late_callback: Callback | None = None
         self.original: StoredMessage | None = None
         self.followups: list[StoredMessage] = []
 
     @property
     def acknowledged(self) -> bool:
         return self.callback is not None
+
+    @property
+    def ack_seconds(self) -> float | None:
+        """How long the bot took to acknowledge, measured by the stand-in."""
+        if self.callback is None or self.dispatched_at is None:
+            return None
+        return self.callback.at - self.dispatched_at
 
     @property
     def deferred(self) -> bool:
@@ -200,6 +211,8 @@ class InteractionHandle:
 
     def describe(self) -> str:
         callback = "no callback" if self.callback is None else f"callback type {self.callback.type}"
+        if self.late_callback is not None:
+            callback += f" (a late callback type {self.late_callback.type} was refused)"
         replies = "; ".join(
             f"{'ephemeral' if m.ephemeral else 'public'} {m.content!r} files={list(m.files)}"
             for m in self.replies

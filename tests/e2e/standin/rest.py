@@ -458,7 +458,16 @@ class RestApi:
             )
         callback_type = int(call.body.get("type", 0))
         data = dict(call.body.get("data") or {})
-        handle.callback = Callback(type=callback_type, data=data, at=call.record.at)
+        callback = Callback(type=callback_type, data=data, at=call.record.at)
+        deadline = self.s.ack_deadline
+        if (
+            deadline is not None
+            and handle.dispatched_at is not None
+            and callback.at - handle.dispatched_at > deadline
+        ):
+            handle.late_callback = callback
+            raise ApiError(404, errors.UNKNOWN_INTERACTION, "Unknown interaction")
+        handle.callback = callback
         message: StoredMessage | None = None
         if callback_type in (CALLBACK_MESSAGE, CALLBACK_DEFERRED):
             ephemeral = int(data.get("flags") or 0) & EPHEMERAL_FLAG

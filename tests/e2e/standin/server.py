@@ -78,9 +78,12 @@ class DiscordStandin:
         bot_permissions: discord.Permissions = DEFAULT_BOT_PERMISSIONS,
         attachment_size_limit: int = discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES,
         heartbeat_interval: float = 41.25,
+        ack_deadline: float | None = 3.0,
     ) -> None:
         self.token = token
         self.attachment_size_limit = attachment_size_limit
+        # Discord refuses an interaction callback that comes later than 3 s after the event.
+        self.ack_deadline = ack_deadline
         self._ids = SnowflakeFactory()
         self._port: int | None = None
         self._runner: web.AppRunner | None = None
@@ -186,8 +189,16 @@ class DiscordStandin:
 
     @property
     def cdn_host(self) -> str:
-        """The host attachment URLs point at; the bot must be configured to trust it."""
+        """The host attachment URLs point at."""
         return "127.0.0.1"
+
+    @property
+    def cdn_origin(self) -> str:
+        """Scheme, host and port of attachment URLs: what the bot must trust for downloads.
+
+        It is plain http on an ephemeral port, so a bare host name would not do.
+        """
+        return self.base_url
 
     @property
     def guild_id(self) -> int:
@@ -211,7 +222,7 @@ class DiscordStandin:
         return {
             "api_base_url": self.api_base_url,
             "gateway_url": self.gateway_url,
-            "cdn_hosts": [self.cdn_host],
+            "cdn_hosts": [self.cdn_origin],
             "guild_ids": [self.guild.id],
             "admin_role_ids": [self.admin_role.id],
         }
@@ -427,12 +438,15 @@ class DiscordStandin:
 
     async def dispatch(self, event: str, data: dict[str, Any], *, timeout: float = 20.0) -> None:
         """Send a gateway event to the connected bot, waiting for it to be connected."""
-        session = await self.wait_for(
+        session = await self._connected_session(event, timeout=timeout)
+        await self.gateway.dispatch_to(session, event, data)
+
+    async def _connected_session(self, event: str, *, timeout: float = 20.0) -> GatewaySession:
+        return await self.wait_for(
             lambda: self.gateway.active_session,
             timeout=timeout,
             description=f"a connected gateway session to dispatch {event}",
         )
-        await self.gateway.dispatch_to(session, event, data)
 
     async def echo(self, event: str, data: dict[str, Any]) -> None:
         """The events Discord sends back about the bot's own actions (no waiting for a bot)."""
@@ -530,7 +544,10 @@ class DiscordStandin:
         )
         self.interactions.append(handle)
         self.interactions_by_token[token] = handle
-        await self.dispatch("INTERACTION_CREATE", payload)
+        session = await self._connected_session("INTERACTION_CREATE")
+        # Set before sending: an in-process bot may answer before the send returns.
+        handle.dispatched_at = time.monotonic()
+        await self.gateway.dispatch_to(session, "INTERACTION_CREATE", payload)
         return handle
 
     def post_user_message(
