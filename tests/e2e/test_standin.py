@@ -326,6 +326,14 @@ async def test_injected_errors_surface_as_discord_exceptions(
         statuses = [r.status for r in standin.requests_matching("POST", r"/messages$")]
         assert statuses == [200, 500, 200, 503]
 
+        # Faults apply to CDN downloads too.
+        attachment = standin.add_cdn_file("my cat.png", png_bytes((1, 2, 3)))
+        assert attachment["filename"] == "my_cat.png"  # Discord rewrites unsafe names
+        standin.fail_next("GET", r"^/cdn/", 404)
+        with pytest.raises(discord.NotFound):
+            await bot.http.get_from_cdn(attachment["url"])
+        assert await bot.http.get_from_cdn(attachment["url"]) == png_bytes((1, 2, 3))
+
 
 async def test_bot_without_manage_messages_cannot_remove_user_reactions(
     standin: DiscordStandin, bot: ThrowawayBot, run_client: RunClient

@@ -272,14 +272,16 @@ class DiscordStandin:
         """
         attachment = StoredAttachment(
             id=self._ids.next(),
-            filename=filename,
+            filename=safe_filename(filename),
             content_type=content_type or guess_content_type(filename),
             data=data,
             url="",
             declared_size=declared_size,
         )
         channel = channel_id or self.channel_id
-        attachment.url = f"{self.base_url}/cdn/attachments/{channel}/{attachment.id}/{filename}"
+        attachment.url = (
+            f"{self.base_url}/cdn/attachments/{channel}/{attachment.id}/{attachment.filename}"
+        )
         self.cdn_files[attachment.id] = attachment
         return attachment.payload()
 
