@@ -1,0 +1,282 @@
+"""What an edit returns: ranking, background modes, sizes, masks and refused requests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from pipelines.blended import (
+    FINETUNE_BACKGROUND_WEIGHT,
+    FINETUNE_LR,
+    FINETUNE_STEPS,
+    PASTE_FEATHER_PIXELS,
+    BlendedLatentDiffusionPipeline,
+    EditRequest,
+    working_size,
+)
+from pipelines.clip_models import TINY_CLIP
+from pipelines.interface import InvalidRequest
+from tests.pipelines.blended_helpers import (
+    SIZE,
+    mask_array,
+    mask_image,
+    source_image,
+    tiny_pipeline,
+)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> BlendedLatentDiffusionPipeline:
+    return tiny_pipeline(tmp_path_factory.mktemp("models"))
+
+
+def request(**options: Any) -> EditRequest:
+    defaults: dict[str, Any] = {"steps": 6, "candidates": 4, "seed": 3, "preview_every": 100}
+    defaults.update(options)
+    prompt = defaults.pop("prompt", "a bowl of oranges")
+    image = defaults.pop("image", source_image())
+    mask = defaults.pop("mask", mask_image())
+    return EditRequest(prompt, image, mask, **defaults)
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+# -- ranking -----------------------------------------------------------------------------------
+
+
+def independent_clip_scores(
+    model: torch.nn.Module, images: list[Image.Image], mask: np.ndarray, prompt: str
+) -> list[float]:
+    """Section 4.4 from scratch with open_clip: CLIP on image × mask, cosine to the prompt."""
+    size = model.visual.image_size
+    size = size[0] if isinstance(size, tuple) else size
+    batch = torch.stack(
+        [torch.from_numpy(np.asarray(i, dtype=np.float32) / 255).permute(2, 0, 1) for i in images]
+    )
+    batch = batch * torch.from_numpy(mask.astype(np.float32))
+    batch = F.interpolate(batch, (size, size), mode="bicubic", antialias=True).clamp(0, 1)
+    mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        image_features = model.encode_image((batch - mean) / std)
+        text_features = model.encode_text(open_clip.get_tokenizer(TINY_CLIP)([prompt]))
+    return F.cosine_similarity(image_features, text_features).tolist()
+
+
+def test_candidates_come_back_ordered_by_their_clip_scores(
+    pipeline: BlendedLatentDiffusionPipeline,
+) -> None:
+    edit = request(candidates=5)
+    result = pipeline(edit)
+    assert [r.rank for r in result.images] == [1, 2, 3, 4, 5]
+    recomputed = independent_clip_scores(
+        pipeline.ranker.model, [r.image for r in result.images], mask_array(), edit.prompt
+    )
+    np.testing.assert_allclose([r.score for r in result.images], recomputed, rtol=0, atol=1e-5)
+    assert recomputed == sorted(recomputed, reverse=True)
+    assert len(set(recomputed)) == 5  # the order is decided by the scores, not by ties
+    assert sorted(r.seed for r in result.images) == [3, 4, 5, 6, 7]
+    assert result.settings["ranker"] == {"model": TINY_CLIP, "pretrained": ""}
+
+
+# -- background modes --------------------------------------------------------------------------
+
+
+def chessboard_distance_to_mask(mask: np.ndarray) -> np.ndarray:
+    rows, cols = np.nonzero(mask)
+    ys, xs = np.mgrid[0 : mask.shape[0], 0 : mask.shape[1]]
+    distance = np.full(mask.shape, np.inf)
+    for r, c in zip(rows, cols, strict=True):
+        distance = np.minimum(distance, np.maximum(abs(ys - r), abs(xs - c)))
+    return distance
+
+
+def test_paste_keeps_every_pixel_beyond_the_feather_exactly(
+    pipeline: BlendedLatentDiffusionPipeline,
+) -> None:
+    source = pixels(source_image())
+    distance = chessboard_distance_to_mask(mask_array())
+    beyond = distance > PASTE_FEATHER_PIXELS
+    within_feather = (distance > 0) & ~beyond
+    plain = pipeline(request(background="none", candidates=2))
+    pasted = pipeline(request(background="paste", candidates=2))
+    assert pasted.settings["paste_feather_pixels"] == PASTE_FEATHER_PIXELS
+    for without, ranked in zip(plain.images, pasted.images, strict=True):
+        result = pixels(ranked.image)
+        assert np.array_equal(result[beyond], source[beyond])
+        # The decoder alone does not reproduce those pixels; paste is what makes them exact.
+        assert not np.array_equal(pixels(without.image)[beyond], source[beyond])
+        # Inside the mask the edit is kept; in the feather it fades between the two.
+        assert np.array_equal(result[mask_array()], pixels(without.image)[mask_array()])
+        assert not np.array_equal(result[within_feather], source[within_feather])
+
+
+def test_finetune_lowers_background_error_and_leaves_the_shared_vae_alone(
+    pipeline: BlendedLatentDiffusionPipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vae = pipeline.components.vae
+    before = {name: tensor.clone() for name, tensor in vae.state_dict().items()}
+    optimisers: list[dict[str, Any]] = []
+    real_adam = torch.optim.Adam
+
+    class RecordingAdam(real_adam):  # type: ignore[misc, valid-type]
+        def __init__(self, params: Any, lr: float, **kwargs: Any) -> None:
+            params = list(params)
+            super().__init__(params, lr=lr, **kwargs)
+            optimisers.append({"lr": lr, "params": params, "steps": 0})
+
+        def step(self, *args: Any, **kwargs: Any) -> Any:
+            optimisers[-1]["steps"] += 1
+            return super().step(*args, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "Adam", RecordingAdam)
+    plain = pipeline(request(background="none"))
+    tuned = pipeline(request(background="finetune"))
+
+    # A random tiny decoder is far from the input, and 75 steps at lr 1e-4 (sized for a real,
+    # nearly right decoder) move it a little; the next test shows the size of the effect.
+    assert background_error(tuned.images[0].image) < background_error(plain.images[0].image)
+    # Only the top-ranked result is reconstructed; the others are the plain decodes.
+    for a, b in zip(plain.images[1:], tuned.images[1:], strict=True):
+        assert np.array_equal(pixels(a.image), pixels(b.image))
+    # The paper's settings, on a private copy of the decoder only.
+    assert len(optimisers) == 1
+    assert optimisers[0]["lr"] == FINETUNE_LR == 1e-4
+    assert optimisers[0]["steps"] == FINETUNE_STEPS == 75
+    decoder_ids = {id(p) for p in vae.decoder.parameters()}
+    assert len(optimisers[0]["params"]) == len(list(vae.decoder.parameters()))
+    assert not decoder_ids & {id(p) for p in optimisers[0]["params"]}
+    assert all(p.dtype == torch.float32 for p in optimisers[0]["params"])
+    assert FINETUNE_BACKGROUND_WEIGHT == 100.0
+    assert tuned.settings["finetune_steps"] == 75
+    assert tuned.settings["finetune_background_weight"] == 100.0
+    after = vae.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[name], after[name]) for name in before)
+    assert all(not p.requires_grad for p in vae.parameters())
+
+
+def test_finetune_with_a_larger_step_rebuilds_much_of_the_background(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    eager = tiny_pipeline(tmp_path_factory.mktemp("models"), finetune_lr=1e-3)
+    plain = eager(request(background="none"))
+    tuned = eager(request(background="finetune"))
+    assert tuned.settings["finetune_lr"] == 1e-3
+    tuned_error = background_error(tuned.images[0].image)
+    plain_error = background_error(plain.images[0].image)
+    assert tuned_error < 0.6 * plain_error, (tuned_error, plain_error)
+
+
+def background_error(image: Image.Image) -> float:
+    outside = ~mask_array()
+    return float(np.abs(pixels(image)[outside] - pixels(source_image())[outside]).mean())
+
+
+# -- sizes and masks ---------------------------------------------------------------------------
+
+
+def test_working_size_scales_the_long_side_and_rounds_to_the_model_multiple() -> None:
+    assert working_size(1000, 800, 512, 64) == (512, 384)
+    assert working_size(800, 1000, 512, 64) == (384, 512)
+    assert working_size(512, 512, 512, 64) == (512, 512)
+    assert working_size(300, 200, 512, 64) == (320, 192)  # never enlarged beyond rounding
+    assert working_size(4000, 100, 512, 64) == (512, 64)  # at least one multiple
+    assert working_size(100, 80, 64, 4) == (64, 52)
+
+
+def test_any_image_size_comes_back_at_the_reported_working_size(
+    pipeline: BlendedLatentDiffusionPipeline,
+) -> None:
+    image = source_image(100, 80)
+    mask = mask_image(100, 80)
+    result = pipeline(request(image=image, mask=mask, max_side=64, candidates=1, steps=2))
+    assert result.images[0].image.size == (64, 52)
+    assert result.settings["working_size"] == [64, 52]
+    assert result.settings["source_size"] == [100, 80]
+    assert any("scaled 100×80 → 64×52" in note for note in result.notes)
+
+
+def test_any_latent_cell_touching_the_mask_is_masked(
+    pipeline: BlendedLatentDiffusionPipeline,
+) -> None:
+    mask = np.zeros((SIZE, SIZE), dtype=np.uint8)
+    mask[9, 13] = 255  # one pixel
+    mask[40:42, 50] = 255  # a two-pixel stroke crossing a cell border
+    edit = request(mask=Image.fromarray(mask, "L"))
+    prepared = pipeline.prepare(edit)
+    factor = pipeline.components.vae_scale_factor
+    cells = {tuple(int(i) for i in ix) for ix in torch.nonzero(prepared.latent_mask[0, 0])}
+    assert cells == {(9 // factor, 13 // factor), (40 // factor, 50 // factor)} | {
+        (41 // factor, 50 // factor)
+    }
+    assert int(prepared.pixel_mask.sum()) == 3
+
+
+def test_alpha_masks_and_luminance_masks_select_the_same_region(
+    pipeline: BlendedLatentDiffusionPipeline,
+) -> None:
+    alpha = np.zeros((SIZE, SIZE, 4), dtype=np.uint8)
+    alpha[..., 3] = mask_array().astype(np.uint8) * 255  # black, but opaque where masked
+    from_alpha = pipeline.prepare(request(mask=Image.fromarray(alpha, "RGBA")))
+    from_luminance = pipeline.prepare(request())
+    assert torch.equal(from_alpha.pixel_mask, from_luminance.pixel_mask)
+    assert torch.equal(from_alpha.latent_mask, from_luminance.latent_mask)
+
+
+def test_a_full_mask_is_allowed(pipeline: BlendedLatentDiffusionPipeline) -> None:
+    full = Image.new("L", (SIZE, SIZE), 255)
+    result = pipeline(request(mask=full, candidates=1, steps=2, background="paste"))
+    assert result.images[0].image.size == (SIZE, SIZE)
+
+
+# -- refused requests --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"candidates": 0}, "candidates must be a whole number from 1 to 8"),
+        ({"candidates": 9}, "candidates must be a whole number from 1 to 8"),
+        ({"steps": 0}, "steps must be a whole number from 1 to 200"),
+        ({"steps": 201}, "steps must be a whole number from 1 to 200"),
+        ({"guidance": -0.5}, "guidance must be a number from 0 to 30"),
+        ({"guidance": 30.5}, "guidance must be a number from 0 to 30"),
+        ({"guidance": float("nan")}, "guidance must be a number from 0 to 30"),
+        ({"blend_start": 1.0}, "blend_start must be below 1"),
+        ({"blend_start": -0.1}, "blend_start must be a number from 0 to 1"),
+        ({"background": "blur"}, "background must be one of none, paste, finetune"),
+        ({"seed": -1}, "seed must be a whole number"),
+        ({"prompt": "  "}, "the prompt is empty"),
+        ({"mask": Image.new("L", (SIZE, SIZE), 0)}, "the mask selects nothing"),
+        ({"mask": Image.new("RGBA", (SIZE, SIZE), (255, 255, 255, 0))}, "the mask selects nothing"),
+        (
+            {"mask": Image.new("L", (SIZE, SIZE // 2), 255)},
+            "the mask is 64×32 but the image is 64×64",
+        ),
+    ],
+)
+def test_bad_requests_are_refused_with_one_clear_line(
+    pipeline: BlendedLatentDiffusionPipeline, options: dict[str, Any], message: str
+) -> None:
+    edit = request(**options)
+    with pytest.raises(InvalidRequest) as caught:
+        edit.validate()
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+    with pytest.raises(InvalidRequest):
+        pipeline(edit)
+
+
+def test_a_mask_within_one_percent_of_the_aspect_is_accepted() -> None:
+    request(mask=mask_image(SIZE, SIZE).resize((200, 199))).validate()
+    with pytest.raises(InvalidRequest, match=r"200×196"):
+        request(mask=mask_image(SIZE, SIZE).resize((200, 196))).validate()
