@@ -37,6 +37,7 @@ class Seen:
     downloads: list[bytes] = field(default_factory=list)
     raw_reactions: list[discord.RawReactionActionEvent] = field(default_factory=list)
     cached_reactions: list[discord.Reaction] = field(default_factory=list)
+    removed_reactions: list[discord.RawReactionActionEvent] = field(default_factory=list)
     errors: list[Exception] = field(default_factory=list)
 
 
@@ -77,13 +78,26 @@ class ThrowawayBot(commands.Bot):
             except discord.HTTPException as exc:
                 seen.errors.append(exc)
 
+        @app_commands.command(name="card", description="Reply with a file, swap it, follow up")
+        async def card(interaction: discord.Interaction) -> None:
+            await interaction.response.send_message(
+                "v1", file=discord.File(io.BytesIO(b"first"), "card.txt")
+            )
+            await interaction.edit_original_response(
+                content="v2", attachments=[discord.File(io.BytesIO(b"second"), "card.txt")]
+            )
+            await interaction.followup.send("only you see this", ephemeral=True)
+
         guild = discord.Object(self.guild_id)
-        for command in (describe, whisper, slow):
+        for command in (describe, whisper, slow, card):
             self.tree.add_command(command, guild=guild)
         await self.tree.sync(guild=guild)
 
     async def on_raw_reaction_add(self, event: discord.RawReactionActionEvent) -> None:
         self.seen.raw_reactions.append(event)
+
+    async def on_raw_reaction_remove(self, event: discord.RawReactionActionEvent) -> None:
+        self.seen.removed_reactions.append(event)
 
     async def on_reaction_add(self, reaction: discord.Reaction, user: discord.User) -> None:
         self.seen.cached_reactions.append(reaction)
@@ -126,13 +140,13 @@ async def test_command_sync_is_recorded(
 ) -> None:
     async with run_client(bot):
         synced = {c["name"]: c for c in standin.synced_commands(standin.guild_id)}
-        assert set(synced) == {"describe", "slow", "whisper"}
+        assert set(synced) == {"card", "describe", "slow", "whisper"}
         options = {o["name"]: o for o in synced["describe"]["options"]}
         assert options["file"]["type"] == 11 and options["file"]["required"] is True
         assert options["private"]["type"] == 5 and not options["private"].get("required")
         assert standin.synced_commands(None) == []
         assert [(scope, names) for scope, names, _ in standin.command_syncs] == [
-            (standin.guild_id, ["describe", "slow", "whisper"])
+            (standin.guild_id, ["card", "describe", "slow", "whisper"])
         ]
 
 
@@ -179,6 +193,28 @@ async def test_ephemeral_answers_are_recorded_as_ephemeral(
         )
         answer = await deferred.wait_for_reply()
         assert deferred.deferred and deferred.ephemeral and answer.ephemeral
+
+
+async def test_original_response_edits_and_followups_go_through_the_webhook_routes(
+    standin: DiscordStandin, bot: ThrowawayBot, run_client: RunClient
+) -> None:
+    async with run_client(bot):
+        handle = await standin.send_slash_command("card", user="alice")
+        await handle.wait_for_reply(lambda m: m.ephemeral)
+        original, followup = handle.replies
+        assert not handle.deferred and not original.ephemeral
+        assert original.content == "v2" and original.files == {"card.txt": b"second"}
+        assert [v.files for v in original.history] == [
+            {"card.txt": b"first"},
+            {"card.txt": b"second"},
+        ]
+        assert followup.ephemeral and followup.content == "only you see this"
+        assert original.interaction_user == standin.users["alice"]
+        routes = [
+            r.route for r in standin.requests if r.path.startswith(("/interactions", "/webhooks"))
+        ]
+        assert routes == ["interaction_callback", "edit_webhook_message", "create_followup"]
+        assert bot.seen.errors == []
 
 
 async def test_a_callback_after_the_deadline_is_refused_as_discord_does(
@@ -241,6 +277,27 @@ async def test_channel_message_with_a_file_then_an_edit_that_swaps_it(
         assert [v.content for v in standin.edits_of(sent.id)] == ["step 2/2", "done"]
 
 
+async def test_messages_discord_refuses_are_refused_and_not_stored(
+    standin: DiscordStandin, bot: ThrowawayBot, run_client: RunClient
+) -> None:
+    async with run_client(bot):
+        channel = bot.channel(standin.channel_id)
+        with pytest.raises(discord.HTTPException) as empty:
+            await channel.send("")
+        assert empty.value.code == 50006
+        with pytest.raises(discord.HTTPException) as too_long:
+            await channel.send("x" * 2001)
+        assert too_long.value.status == 400
+        assert standin.messages_in(standin.channel_id) == []
+
+        sent = await channel.send("kept")
+        history = [m.content async for m in channel.history(limit=5)]
+        assert history == ["kept"]
+        with pytest.raises(discord.HTTPException):
+            await sent.edit(content="")
+        assert standin.message(sent.id).content == "kept" and standin.edits_of(sent.id) == []
+
+
 async def test_bot_reactions_are_recorded(
     standin: DiscordStandin, bot: ThrowawayBot, run_client: RunClient
 ) -> None:
@@ -263,6 +320,12 @@ async def test_bot_reactions_are_recorded(
         # The bot removes alice's reaction (it has Manage Messages here).
         await sent.remove_reaction("2️⃣", discord.Object(alice.id))
         assert stored.reactors("2️⃣") == [bot.user.id]
+        # Discord tells the bot about every reaction change, its own included.
+        await standin.wait_for(
+            lambda: bot.seen.removed_reactions, timeout=5, description="MESSAGE_REACTION_REMOVE"
+        )
+        assert [(e.user_id, str(e.emoji)) for e in bot.seen.removed_reactions] == [(alice.id, "2️⃣")]
+        assert {e.user_id for e in bot.seen.raw_reactions} == {bot.user.id, alice.id}
 
 
 async def test_reaction_on_an_uncached_message_reaches_on_raw_reaction_add(

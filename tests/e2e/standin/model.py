@@ -294,6 +294,7 @@ class StoredMessage:
     # "followup" (webhook execute on an interaction token).
     origin: str = "channel"
     interaction_id: int | None = None
+    interaction_user: StandinUser | None = None
     application_id: int | None = None
     edited_at: float | None = None
     deleted: bool = False
@@ -371,7 +372,7 @@ class StoredMessage:
             payload["interaction_metadata"] = {
                 "id": str(self.interaction_id),
                 "type": 2,
-                "user": self.author.payload(),
+                "user": (self.interaction_user or self.author).payload(),
                 "authorizing_integration_owners": {},
             }
         return payload

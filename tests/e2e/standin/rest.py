@@ -354,8 +354,13 @@ class RestApi:
     async def list_messages(self, call: Call) -> web.Response:
         channel_id = self._channel(call)
         self._require("read_message_history")
-        limit = int(call.record.query.get("limit", 50))
-        visible = [m for m in self.s.messages_in(channel_id)]
+        query = call.record.query
+        limit = int(query.get("limit", 50))
+        visible = self.s.messages_in(channel_id)
+        if "before" in query:
+            visible = [m for m in visible if m.id < int(query["before"])]
+        if "after" in query:
+            visible = [m for m in visible if m.id > int(query["after"])]
         newest_first = list(reversed(visible))[:limit]
         return json_response([self.s.message_payload(m) for m in newest_first])
 
@@ -364,15 +369,15 @@ class RestApi:
         self._require("send_messages")
         if call.record.files:
             self._require("attach_files")
+        content, embeds, attachments = self._compose(call, channel_id, call.body)
         message = self.s.new_message(
             channel_id=channel_id,
             author=self.s.bot_user,
-            content=self._content(call.body),
-            attachments=self._attachments(call, channel_id, existing=[]) or [],
-            embeds=list(call.body.get("embeds") or []),
+            content=content,
+            attachments=attachments,
+            embeds=embeds,
             flags=int(call.body.get("flags") or 0) & ~EPHEMERAL_FLAG,
         )
-        self._check_not_empty(message)
         await self.s.echo("MESSAGE_CREATE", self.s.message_event_payload(message))
         return json_response(self.s.message_payload(message))
 
@@ -467,31 +472,31 @@ class RestApi:
         ):
             handle.late_callback = callback
             raise ApiError(404, errors.UNKNOWN_INTERACTION, "Unknown interaction")
-        handle.callback = callback
         message: StoredMessage | None = None
         if callback_type in (CALLBACK_MESSAGE, CALLBACK_DEFERRED):
             ephemeral = int(data.get("flags") or 0) & EPHEMERAL_FLAG
-            loading = LOADING_FLAG if callback_type == CALLBACK_DEFERRED else 0
+            if callback_type == CALLBACK_MESSAGE:
+                content, embeds, attachments = self._compose(call, handle.channel_id, data)
+                flags = ephemeral
+            else:
+                content, embeds, attachments = "", [], []
+                flags = ephemeral | LOADING_FLAG
             message = self.s.new_message(
                 channel_id=handle.channel_id,
                 author=self.s.bot_user,
-                content=self._content(data) if callback_type == CALLBACK_MESSAGE else "",
-                attachments=(
-                    self._attachments(call, handle.channel_id, existing=[], body=data) or []
-                )
-                if callback_type == CALLBACK_MESSAGE
-                else [],
-                embeds=list(data.get("embeds") or []),
-                flags=ephemeral | loading,
+                content=content,
+                attachments=attachments,
+                embeds=embeds,
+                flags=flags,
                 origin="interaction",
-                interaction_id=handle.id,
+                interaction=(handle.id, handle.user),
                 message_type=MESSAGE_TYPE_CHAT_INPUT_COMMAND,
             )
-            if callback_type == CALLBACK_MESSAGE:
-                self._check_not_empty(message)
             handle.original = message
-            if not message.ephemeral:
-                await self.s.echo("MESSAGE_CREATE", self.s.message_event_payload(message))
+        # Recorded only once accepted: a refused callback leaves the interaction unanswered.
+        handle.callback = callback
+        if message is not None and not message.ephemeral:
+            await self.s.echo("MESSAGE_CREATE", self.s.message_event_payload(message))
         interaction: dict[str, Any] = {
             "id": str(handle.id),
             "type": 2,
@@ -524,18 +529,18 @@ class RestApi:
             message = original
             event = "MESSAGE_UPDATE"
         else:
+            content, embeds, attachments = self._compose(call, handle.channel_id, call.body)
             message = self.s.new_message(
                 channel_id=handle.channel_id,
                 author=self.s.bot_user,
-                content=self._content(call.body),
-                attachments=self._attachments(call, handle.channel_id, existing=[]) or [],
-                embeds=list(call.body.get("embeds") or []),
+                content=content,
+                attachments=attachments,
+                embeds=embeds,
                 flags=int(call.body.get("flags") or 0) & EPHEMERAL_FLAG,
                 origin="followup",
-                interaction_id=handle.id,
+                interaction=(handle.id, handle.user),
                 message_type=MESSAGE_TYPE_CHAT_INPUT_COMMAND,
             )
-            self._check_not_empty(message)
             handle.followups.append(message)
             event = "MESSAGE_CREATE"
         if not message.ephemeral:
@@ -599,25 +604,41 @@ class RestApi:
             )
         return content
 
-    @staticmethod
-    def _check_not_empty(message: StoredMessage) -> None:
-        if not (message.content or message.attachments or message.embeds):
+    def _compose(
+        self,
+        call: Call,
+        channel_id: int,
+        body: dict[str, Any],
+        *,
+        base: StoredMessage | None = None,
+    ) -> tuple[str, list[dict[str, Any]], list[StoredAttachment]]:
+        """Content, embeds and attachments after this request (on top of `base` for an edit).
+
+        Refuses what Discord refuses before anything is stored: an empty message, too long a
+        text, too many or too large files.
+        """
+        if base is None:
+            content, embeds, existing = self._content(body), list(body.get("embeds") or []), []
+        else:
+            content = self._content(body) if "content" in body else base.content
+            embeds = list(body.get("embeds") or []) if "embeds" in body else base.embeds
+            existing = base.attachments
+        attachments = self._attachments(call, channel_id, existing=existing, body=body)
+        if attachments is None:
+            attachments = list(existing)
+        if not (content or embeds or attachments):
             raise ApiError(400, 50006, "Cannot send an empty message")
+        return content, embeds, attachments
 
     def _apply_edit(
         self, message: StoredMessage, call: Call, *, clear_loading: bool = False
     ) -> None:
-        body = call.body
-        if "content" in body:
-            message.content = self._content(body)
-        if "embeds" in body:
-            message.embeds = list(body.get("embeds") or [])
-        attachments = self._attachments(call, message.channel_id, existing=message.attachments)
-        if attachments is not None:
-            message.attachments = attachments
+        content, embeds, attachments = self._compose(
+            call, message.channel_id, call.body, base=message
+        )
+        message.content, message.embeds, message.attachments = content, embeds, attachments
         if clear_loading:
             message.flags &= ~LOADING_FLAG
-        self._check_not_empty(message)
         message.record_edit(call.record.at)
 
     def _attachments(

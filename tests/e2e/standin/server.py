@@ -311,9 +311,10 @@ class DiscordStandin:
         embeds: list[dict[str, Any]],
         flags: int,
         origin: str = "channel",
-        interaction_id: int | None = None,
+        interaction: tuple[int, StandinUser] | None = None,
         message_type: int = MESSAGE_TYPE_DEFAULT,
     ) -> StoredMessage:
+        """Store a message; `interaction` is (interaction id, invoking user) for answers."""
         message = StoredMessage(
             id=self._ids.next(),
             channel_id=channel_id,
@@ -326,7 +327,8 @@ class DiscordStandin:
             created_at=time.monotonic(),
             type=message_type,
             origin=origin,
-            interaction_id=interaction_id,
+            interaction_id=None if interaction is None else interaction[0],
+            interaction_user=None if interaction is None else interaction[1],
             application_id=self.application_id if origin != "channel" else None,
         )
         self.messages[message.id] = message
