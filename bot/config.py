@@ -200,11 +200,12 @@ def config_from_mapping(document: Mapping[str, Any]) -> Config:
     def section(name: str) -> _Table:
         return _Table(name, document.get(name, {}), problems)
 
+    imagine_limits, edit_limits = pipeline_hard_limits()
     config = Config(
         discord=_discord(section("discord")),
         models=_models(document.get("models", {}), problems),
-        imagine=_imagine(section("imagine")),
-        edit=_edit(section("edit")),
+        imagine=_imagine(section("imagine"), imagine_limits),
+        edit=_edit(section("edit"), edit_limits),
         scheduler=_scheduler(section("scheduler")),
         storage=_storage(section("storage")),
         logging=_logging(section("logging")),
@@ -414,16 +415,31 @@ def _float_option(
     return FloatOption(value, minimum, maximum)
 
 
-# Hard limits: the outermost bounds the pipelines are built and tested for. Config may narrow
-# them, never widen them.
-IMAGINE_HARD_LIMITS = {"steps": (1, 2000), "cutn": (1, 256), "side": (64, 1024)}
-EDIT_HARD_LIMITS = {
-    "steps": (2, 200),
-    "candidates": (1, 10),  # 1️⃣..🔟: one reaction per candidate
-    "blend_start": (0.0, 0.99),
-    "guidance": (1.0, 30.0),
-    "side": (64, 1024),
-}
+def pipeline_hard_limits() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The outermost bounds each pipeline accepts, read from the pipeline modules themselves.
+
+    Config may narrow them, never widen them. Imported here, lazily, because the pipeline
+    modules pull in torch and diffusers.
+    """
+    from pipelines import blended, vqgan_clip
+
+    imagine = {
+        "steps": (vqgan_clip.MIN_STEPS, vqgan_clip.MAX_STEPS),
+        "cutn": (vqgan_clip.MIN_CUTN, vqgan_clip.MAX_CUTN),
+        "side": (vqgan_clip.MIN_SIDE, vqgan_clip.MAX_SIDE),
+        "size_multiple": vqgan_clip.SIZE_MULTIPLE,
+        "max_pixels": vqgan_clip.MAX_PIXELS,
+    }
+    edit = {
+        "steps": (2, blended.MAX_STEPS),
+        "candidates": (1, blended.MAX_CANDIDATES),
+        # blend_start is the fraction of steps skipped; 1 would skip them all.
+        "blend_start": (0.0, 0.99),
+        "guidance": (1.0, blended.MAX_GUIDANCE),
+        "side": (blended.MIN_SIDE, blended.MAX_SIDE),
+        "prompt_chars": blended.MAX_PROMPT_CHARS,
+    }
+    return imagine, edit
 
 
 def _parse_size(text: Any) -> tuple[int, int] | None:
@@ -435,34 +451,44 @@ def _parse_size(text: Any) -> tuple[int, int] | None:
     return int(parts[0]), int(parts[1])
 
 
-def _sizes(table: _Table, default: ImagineConfig) -> tuple[tuple[tuple[int, int], ...], tuple]:
-    lo, hi = IMAGINE_HARD_LIMITS["side"]
-    allowed = f"must be \"WIDTHxHEIGHT\" with each side a multiple of 16 from {lo} to {hi}"
+def _sizes(
+    table: _Table, default: ImagineConfig, limits: dict[str, Any]
+) -> tuple[tuple[tuple[int, int], ...], tuple[int, int]]:
+    lo, hi = limits["side"]
+    multiple, max_pixels = limits["size_multiple"], limits["max_pixels"]
+    rule = (
+        f"\"WIDTHxHEIGHT\" with each side a multiple of {multiple} from {lo} to {hi} "
+        f"and at most {max_pixels:,} pixels"
+    )
 
     def valid(size: tuple[int, int] | None) -> bool:
-        return size is not None and all(lo <= s <= hi and s % 16 == 0 for s in size)
+        return (
+            size is not None
+            and all(lo <= s <= hi and s % multiple == 0 for s in size)
+            and size[0] * size[1] <= max_pixels
+        )
 
     present, raw = table._get("sizes")
     sizes = default.sizes
     if present:
         parsed = [_parse_size(v) for v in raw] if isinstance(raw, list) else []
         if not parsed or not all(valid(p) for p in parsed):
-            table.problem("sizes", raw, f"must be a non-empty list; each entry {allowed[5:]}")
+            table.problem("sizes", raw, f"must be a non-empty list; each entry {rule}")
         else:
             sizes = tuple(p for p in parsed if p is not None)
     present, raw = table._get("default_size")
     default_size = default.default_size
     if present:
         parsed_one = _parse_size(raw)
-        if not valid(parsed_one):
-            table.problem("default_size", raw, allowed)
+        if parsed_one is None or not valid(parsed_one):
+            table.problem("default_size", raw, f"must be {rule}")
         elif parsed_one not in sizes:
             table.problem(
-                "default_size", raw, "must be one of imagine.sizes: "
-                + ", ".join(f"{w}x{h}" for w, h in sizes)
+                "default_size",
+                raw,
+                "must be one of imagine.sizes: " + ", ".join(f"{w}x{h}" for w, h in sizes),
             )
         else:
-            assert parsed_one is not None
             default_size = parsed_one
     return sizes, default_size
 
@@ -509,10 +535,9 @@ def _models(raw: Any, problems: list[str]) -> ModelSettings:
     return probe
 
 
-def _imagine(t: _Table) -> ImagineConfig:
+def _imagine(t: _Table, limits: dict[str, Any]) -> ImagineConfig:
     d = ImagineConfig()
-    limits = IMAGINE_HARD_LIMITS
-    sizes, default_size = _sizes(t, d)
+    sizes, default_size = _sizes(t, d, limits)
     out = ImagineConfig(
         steps=_int_option(t, "steps", d.steps, *limits["steps"]),
         cutn=_int_option(t, "cutn", d.cutn, *limits["cutn"]),
@@ -525,9 +550,8 @@ def _imagine(t: _Table) -> ImagineConfig:
     return out
 
 
-def _edit(t: _Table) -> EditConfig:
+def _edit(t: _Table, limits: dict[str, Any]) -> EditConfig:
     d = EditConfig()
-    limits = EDIT_HARD_LIMITS
     backgrounds = t.string_list("backgrounds", d.backgrounds, ("none", "paste", "finetune"))
     out = EditConfig(
         steps=_int_option(t, "steps", d.steps, *limits["steps"]),
@@ -539,7 +563,8 @@ def _edit(t: _Table) -> EditConfig:
         shrink=t.boolean("shrink", d.shrink),
         max_side=t.integer("max_side", d.max_side, *limits["side"]),
         preview_every=t.integer("preview_every", d.preview_every, 1, 1000),
-        max_prompt_chars=t.integer("max_prompt_chars", d.max_prompt_chars, 1, 4000),
+        max_prompt_chars=t.integer("max_prompt_chars", d.max_prompt_chars, 1,
+                                   limits["prompt_chars"]),
     )
     if out.max_side % 64:
         t.problem("max_side", out.max_side, "must be a multiple of 64")

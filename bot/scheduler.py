@@ -317,6 +317,7 @@ class Scheduler:
 
     def _check_limits(self, user_id: int) -> None:
         positions = self._positions()
+        in_line = len(self._queue) + (1 if self._running is not None else 0)
         mine = [positions[job_id][0] for job_id, user, _ in self._queue if user == user_id]
         cap = self.config.max_queued_per_user
         if len(mine) >= cap:
@@ -324,7 +325,7 @@ class Scheduler:
             raise SubmitRefused(
                 "user_limit",
                 f"You already have {len(mine)} job(s) waiting (the limit is {cap} per person), at "
-                f"position(s) {where} of {len(positions)}. Try again when one has started, or "
+                f"position(s) {where} of {in_line}. Try again when one has started, or "
                 "cancel one with /cancel.",
             )
         total_cap = self.config.max_queued_total
@@ -332,7 +333,7 @@ class Scheduler:
             raise SubmitRefused(
                 "global_limit",
                 f"The queue is full: {len(self._queue)} jobs are waiting (the limit is "
-                f"{total_cap}), so a new job would be at position {len(positions) + 1}. "
+                f"{total_cap}), so a new job would be at position {in_line + 1}. "
                 "Try again in a few minutes.",
             )
 
