@@ -12,7 +12,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -519,20 +519,33 @@ def _models(raw: Any, problems: list[str]) -> ModelSettings:
     if not isinstance(raw, dict):
         problems.append(f"models = {_show(raw)}: must be a table ([models])")
         return Config().models
-    # ModelSettings validates itself; unwrap its messages so each problem stays one line.
-    table = dict(raw)
-    if "cache_dir" in table and not isinstance(table["cache_dir"], str):
-        problems.append(f"models.cache_dir = {_show(table['cache_dir'])}: must be a folder path")
-        table.pop("cache_dir")
+    defaults = ModelSettings()
+    known = {f.name: getattr(defaults, f.name) for f in fields(ModelSettings)}
+    table: dict[str, Any] = {}
+    before = len(problems)
+    for key, value in raw.items():
+        if key not in known:
+            problems.append(
+                f"models.{key} = {_show(value)}: unknown key (allowed in [models]: "
+                f"{', '.join(sorted(known))})"
+            )
+        elif isinstance(known[key], bool):
+            if not isinstance(value, bool):
+                problems.append(f"models.{key} = {_show(value)}: must be true or false")
+            else:
+                table[key] = value
+        elif not isinstance(value, str):
+            what = "a folder path" if key == "cache_dir" else "a string"
+            problems.append(f"models.{key} = {_show(value)}: must be {what}")
+        else:
+            table[key] = value
     try:
-        probe = ModelSettings.from_mapping(table)
-    except TypeError as exc:
-        problems.append(f"[models]: {exc}")
-        return Config().models
+        settings = ModelSettings.from_mapping(table)
     except ValueError as exc:
+        # ModelSettings joins its problems with "; "; keep them one per line.
         problems.extend(str(exc).split("; "))
-        return Config().models
-    return probe
+        return defaults
+    return settings if len(problems) == before else defaults
 
 
 def _imagine(t: _Table, limits: dict[str, Any]) -> ImagineConfig:
