@@ -1,0 +1,130 @@
+"""``python -m bot``: the missing-token line, bad config lines, and a clean SIGTERM shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bot.__main__ import main
+from bot.config import MISSING_TOKEN_MESSAGE
+from bot.jobs import JobKind, JobRequest
+from bot.store import Store
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def bot_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "DISCORD_TOKEN"}
+    env["HF_HUB_OFFLINE"] = "1"
+    env.update(extra)
+    return env
+
+
+def test_a_missing_token_stops_start_up_with_one_line_saying_how_to_set_it() -> None:
+    finished = subprocess.run(
+        [sys.executable, "-m", "bot", "--config", str(REPO / "config.toml")],
+        cwd=REPO,
+        env=bot_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert finished.returncode == 2
+    assert finished.stdout == ""
+    assert finished.stderr.splitlines() == [MISSING_TOKEN_MESSAGE]
+    assert "DISCORD_TOKEN" in MISSING_TOKEN_MESSAGE
+
+
+def test_a_bad_config_prints_one_line_per_problem_and_exits_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[scheduler]\npipeline = "fake"\n[discord]\ncontinue_by = "nobody"\n')
+    monkeypatch.delenv("DISCORD_TOKEN", raising=False)
+    assert main(["--config", str(config)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "config error: discord.continue_by = 'nobody': must be one of 'anyone', 'requester'",
+        "config error: scheduler.pipeline = 'fake': must be one of 'real', 'stand-in'",
+        MISSING_TOKEN_MESSAGE,
+    ]
+
+
+def _job_row(database: Path, job_id: int) -> tuple[str, int]:
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as raw:
+        row = raw.execute("SELECT status, interruptions FROM jobs WHERE id = ?", (job_id,))
+        return row.fetchone()
+
+
+async def test_sigterm_stops_the_running_job_requeues_it_and_exits_cleanly(
+    tmp_path: Path,
+) -> None:
+    standin_module = pytest.importorskip("tests.e2e.standin")
+    standin = standin_module.DiscordStandin()
+    await standin.start()
+    try:
+        data = tmp_path / "data"
+        store = await Store.open(data / "faraday.sqlite3", data)
+        seeded = await store.insert_job(
+            JobRequest(JobKind.IMAGINE, standin.owner.id, standin.channel_id, standin.guild_id,
+                       {"prompt": "a lighthouse", "steps": 5000, "seed": 3}),
+            0,
+        )
+        await store.close()
+        config = standin_module.write_bot_config(
+            tmp_path / "config.toml",
+            standin,
+            base=REPO / "config.toml",
+            overrides={
+                "models": {"preset": "tiny"},
+                "scheduler": {
+                    "pipeline": "stand-in",
+                    "progress_interval_seconds": 0.2,
+                    "stand_in": {"step_seconds": 0.05, "work": "sleep"},
+                },
+                "storage": {"data_dir": str(data)},
+            },
+        )
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "--config", str(config),
+            cwd=REPO,
+            env=bot_env(DISCORD_TOKEN=standin.token),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 240
+            progress = None
+            while time.monotonic() < deadline:
+                assert process.returncode is None, "the bot exited before it was stopped"
+                status, _ = await asyncio.to_thread(_job_row, data / "faraday.sqlite3", seeded.id)
+                posted = [m for m in standin.bot_messages() if "Step" in m.content]
+                if status == "running" and posted:
+                    progress = posted[0]
+                    break
+                await asyncio.sleep(0.2)
+            assert progress is not None, "the recovered job never showed progress"
+            process.send_signal(signal.SIGTERM)
+            output, _ = await asyncio.wait_for(process.communicate(), 60)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        log = output.decode(errors="replace")
+        assert process.returncode == 0, log[-3000:]
+        assert "Traceback" not in log, log[-3000:]
+        # Stopped at a step and put back in line, not counted as a crash.
+        assert await asyncio.to_thread(_job_row, data / "faraday.sqlite3", seeded.id) == (
+            "queued", 0
+        )
+        assert "Paused" in standin.message(progress.id).content
+    finally:
+        await standin.stop()
