@@ -4,14 +4,14 @@ Example: ``a castle on a hill | oil painting:0.5 | blurry:-1``.
 
 How a prompt is read, right to left:
 
-- Up to two trailing ``:number`` fields are taken off the end: the first one found (rightmost)
-  is the stop when there are two, otherwise the weight. A number is a plain decimal with an
-  optional sign and exponent (``2``, ``-1``, ``0.5``, ``.5``, ``1e-2``). Whitespace around the colon
-  and the number is ignored.
+- Trailing ``:weight:stop`` or ``:weight`` fields are taken off the end. A number is a plain
+  decimal with an optional sign and exponent (``2``, ``-1``, ``0.5``, ``.5``, ``1e-2``).
+  Whitespace around the colon and the number is ignored.
 - A colon inside the text is left alone, so ``a clock showing 12:30`` is one prompt of weight 1.
-  Precisely: an unsigned whole number after a colon that directly follows a digit (``12:30``,
-  ``16:9``) or that ends a URL (``http://host:8080``) is part of the text. To weight such a prompt,
-  write the weight with a decimal point or sign: ``a clock showing 12:30:2.0``.
+  Precisely: a weight that is an unsigned whole number and whose colon directly follows a digit
+  (``12:30``, ``16:9``, ``12:30:45``) or ends a URL (``http://host:8080``) is part of the text.
+  To weight such a prompt, write the weight with a decimal point or sign:
+  ``a clock showing 12:30:2.0``. A stop after a real weight is always a stop: ``cat:1:2``.
 - A trailing ``:something`` that starts like a number but is not one (``cat:0.5x``, ``cat:1,5``,
   ``cat:-``) is an error, because it can only be a mistyped weight. Anything else after a colon
   is text: ``cat:heavy``, ``Star Trek:TNG`` and ``a sign saying: hello`` are prompts of weight 1.
@@ -41,6 +41,9 @@ SEPARATOR = "|"
 
 _NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
 _TRAILING_NUMBER = re.compile(rf"\s*:\s*({_NUMBER})\s*$")
+_TRAILING_WEIGHT_AND_STOP = re.compile(
+    rf"(.*?)\s*:\s*({_NUMBER})\s*:\s*({_NUMBER})\s*$", re.DOTALL
+)
 _UNSIGNED_INTEGER = re.compile(r"\d+")
 # What a mistyped weight starts with: a digit, a sign or a decimal point.
 _NUMBER_LIKE = re.compile(r"[-+.\d]")
@@ -110,15 +113,15 @@ def _parse_one(piece: str, index: int, count: int) -> Prompt:
             "write a number after the colon or remove it"
         )
     numbers: list[str] = []
-    while len(numbers) < 2:
-        match = _TRAILING_NUMBER.search(body)
-        if match is None:
-            break
-        head = body[: match.start()]
-        if _is_part_of_text(head, match.group(1)):
-            break
-        numbers.insert(0, match.group(1))
-        body = head.rstrip()
+    both = _TRAILING_WEIGHT_AND_STOP.match(body)
+    if both and not _is_part_of_text(both.group(1), both.group(2)):
+        numbers = [both.group(2), both.group(3)]
+        body = both.group(1).rstrip()
+    else:
+        one = _TRAILING_NUMBER.search(body)
+        if one and not _is_part_of_text(body[: one.start()], one.group(1)):
+            numbers = [one.group(1)]
+            body = body[: one.start()].rstrip()
     _refuse_mistyped_number(body, numbers, where)
     text = body.strip()
     if not text:
