@@ -1,0 +1,279 @@
+"""``python -m pipelines imagine``: VQGAN-CLIP from the command line.
+
+Writes ``OUT.png`` (the best candidate), ``OUT-2.png`` … for the other candidates in rank order,
+and ``OUT.json`` with every setting used, the seed, the scores and the model identities. Bad
+input exits with code 2 and one line on stderr, before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+from PIL import Image
+from tqdm import tqdm
+
+from pipelines import image_io
+from pipelines.interface import InvalidRequest
+from pipelines.settings import PRESETS, ModelSettings
+from pipelines.vqgan_clip import ImagineRequest, default_size_for
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on Python 3.10
+    import tomli as tomllib
+
+log = logging.getLogger(__name__)
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+COMMAND = "imagine"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    defaults = ImagineRequest.__dataclass_fields__
+    parser = subparsers.add_parser(
+        COMMAND,
+        help="generate or edit an image from text (VQGAN-CLIP)",
+        description=(
+            "Optimise a VQGAN latent so that CLIP finds the image close to PROMPT. Prompts are "
+            "'text[:weight[:stop]]' separated by '|', e.g. 'a castle | oil painting:0.5 | "
+            "blurry:-1'. With --init the run edits that image instead of starting from noise."
+        ),
+    )
+    parser.add_argument("prompt", help="weighted prompts; may be '' when --image-prompt is given")
+    parser.add_argument("--out", required=True, type=Path, help="OUT.png; OUT.json goes beside it")
+    parser.add_argument(
+        "--preset",
+        choices=PRESETS,
+        help="which models: tiny/random-full are random weights for tests and benchmarks "
+        "(default: the config's, else 'default')",
+    )
+    parser.add_argument("--config", type=Path, help="read the [models] table of this config.toml")
+    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the config's)")
+    parser.add_argument("--steps", type=int, default=defaults["steps"].default)
+    parser.add_argument("--seed", type=int, help="default: picked at random and reported")
+    parser.add_argument(
+        "--size",
+        help="WIDTHxHEIGHT or one number for a square, multiples of 16 (default: 256x256, or "
+        "about as many pixels with the init image's shape)",
+    )
+    parser.add_argument("--cutn", type=int, default=defaults["cutn"].default, help="cutouts/step")
+    parser.add_argument("--cut-pow", type=float, default=defaults["cut_pow"].default)
+    parser.add_argument("--lr", type=float, default=defaults["lr"].default, help="Adam's step")
+    parser.add_argument(
+        "--candidates",
+        type=int,
+        default=defaults["candidates"].default,
+        help="independent images (seeds SEED..SEED+N-1), ranked best first",
+    )
+    parser.add_argument("--init", type=Path, help="start from this image (editing)")
+    parser.add_argument(
+        "--mask",
+        type=Path,
+        help="with --init: edit only where this is white/opaque; same shape as the init image "
+        "(it is resized with it)",
+    )
+    parser.add_argument(
+        "--mask-text", help="with --init: name the part to edit; CLIP finds it (self-masking)"
+    )
+    parser.add_argument(
+        "--image-prompt",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="IMAGE",
+        help="an image to aim for, weight 1 (repeat for several)",
+    )
+    parser.add_argument(
+        "--init-weight",
+        type=float,
+        default=defaults["init_weight"].default,
+        help="pull toward the starting latent: w * mean((z - z0)^2)",
+    )
+    parser.add_argument(
+        "--z-reg-weight",
+        type=float,
+        default=defaults["z_reg_weight"].default,
+        help="alpha of alpha * mean(z^2), decaying linearly to 0 over the run",
+    )
+    parser.add_argument(
+        "--structure-weight",
+        type=float,
+        default=defaults["structure_weight"].default,
+        help="with --mask-text: how strongly cutouts stay like the original's",
+    )
+
+    def one_line_error(message: str) -> NoReturn:
+        # argparse prints the whole usage block; one line is what the other errors give.
+        print(f"error: {message} (see python -m pipelines {COMMAND} --help)", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT)
+
+    parser.error = one_line_error  # type: ignore[method-assign]
+    parser.set_defaults(run=run)
+    return parser
+
+
+def model_settings(args: argparse.Namespace) -> ModelSettings:
+    """``[models]`` from ``--config`` if given, then ``--preset``/``--device`` on top."""
+    table: dict[str, Any] = {}
+    if args.config is not None:
+        try:
+            document = tomllib.loads(args.config.read_text(encoding="utf-8"))
+        except OSError as exc:
+            reason = exc.strerror or exc
+            raise InvalidRequest(f"cannot read the config {str(args.config)!r}: {reason}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise InvalidRequest(
+                f"the config {str(args.config)!r} is not valid TOML: {exc}"
+            ) from exc
+        table = dict(document.get("models", {}))
+    if args.preset is not None:
+        table["preset"] = args.preset
+    if args.device is not None:
+        table["device"] = args.device
+    try:
+        return ModelSettings.from_mapping(table)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest(f"model settings: {exc}") from exc
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        numbers = [int(part.strip()) for part in parts]
+    except ValueError:
+        numbers = []
+    if len(numbers) == 1:
+        return numbers[0], numbers[0]
+    if len(numbers) == 2:
+        return numbers[0], numbers[1]
+    raise InvalidRequest(f"--size {text!r} is not WIDTHxHEIGHT (e.g. 256x256) or one number")
+
+
+def open_input(path: Path, what: str) -> Image.Image:
+    image = image_io.open_image(path, what=what)
+    if image_io.is_animated(image):
+        raise InvalidRequest(f"the {what} {str(path)!r} is animated; give a still image")
+    return image
+
+
+def build_request(args: argparse.Namespace) -> ImagineRequest:
+    init = open_input(args.init, "init image") if args.init is not None else None
+    mask = open_input(args.mask, "mask") if args.mask is not None else None
+    image_prompts = [open_input(path, "image prompt") for path in args.image_prompt]
+    if args.size is not None:
+        width, height = parse_size(args.size)
+    elif init is not None:
+        width, height = default_size_for(init)
+    else:
+        width, height = 256, 256
+    request = ImagineRequest(
+        prompt=args.prompt,
+        seed=args.seed,
+        steps=args.steps,
+        width=width,
+        height=height,
+        cutn=args.cutn,
+        cut_pow=args.cut_pow,
+        lr=args.lr,
+        candidates=args.candidates,
+        init_image=init,
+        mask=mask,
+        mask_text=args.mask_text,
+        image_prompts=image_prompts,
+        init_weight=args.init_weight,
+        z_reg_weight=args.z_reg_weight,
+        structure_weight=args.structure_weight,
+        # The bar moves every step; turning a decoded step into a PIL image costs milliseconds.
+        preview_every=1,
+    )
+    request.validate()
+    return request
+
+
+def output_paths(out: Path, count: int) -> list[Path]:
+    """OUT.png for the best, then OUT-2.png, OUT-3.png … in rank order."""
+    suffix = out.suffix or ".png"
+    stem = out.with_suffix("") if out.suffix else out
+    return [stem.with_suffix(suffix)] + [
+        stem.with_name(f"{stem.name}-{rank}{suffix}") for rank in range(2, count + 1)
+    ]
+
+
+def check_output(out: Path) -> None:
+    if out.suffix.lower() not in ("", ".png"):
+        raise InvalidRequest(f"--out {str(out)!r} must be a .png file")
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise InvalidRequest(f"--out: the folder {str(folder)!r} does not exist")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = model_settings(args)
+        check_output(args.out)
+        request = build_request(args)
+    except InvalidRequest as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    from pipelines.registry import load_pipeline
+
+    try:
+        pipeline = load_pipeline("imagine", settings)
+    except (OSError, ValueError, RuntimeError) as exc:
+        log.debug("loading failed", exc_info=True)
+        print(
+            f"error: cannot load the models for preset {settings.preset!r}: {exc}", file=sys.stderr
+        )
+        return EXIT_FAILED
+
+    started = time.monotonic()
+    with tqdm(total=request.steps, desc=COMMAND, unit="step", dynamic_ncols=True) as bar:
+
+        def on_progress(step: int, total: int, preview: object) -> None:
+            # The preview at step s shows the image after s steps, and arrives once step s + 1
+            # has run (except the last, after the final decode).
+            bar.update(min(step + 1, total) - bar.n)
+
+        try:
+            result = pipeline(request, on_progress)
+        except InvalidRequest as exc:
+            bar.close()
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    seconds = time.monotonic() - started
+
+    paths = output_paths(args.out, len(result.images))
+    outputs = []
+    for path, ranked in zip(paths, result.images, strict=True):
+        ranked.image.save(path, format="PNG")
+        outputs.append(
+            {"file": path.name, "rank": ranked.rank, "score": ranked.score, "seed": ranked.seed}
+        )
+    inputs = {
+        "init_image": None if args.init is None else str(args.init),
+        "mask": None if args.mask is None else str(args.mask),
+        "image_prompts": [str(path) for path in args.image_prompt],
+    }
+    report = {
+        "command": COMMAND,
+        "outputs": outputs,
+        "settings": result.settings,
+        "inputs": inputs,
+        "notes": result.notes,
+        "seconds": round(seconds, 3),
+    }
+    json_path = paths[0].with_suffix(".json")
+    json_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    for note in result.notes:
+        print(note)
+    written = ", ".join(str(p) for p in paths)
+    print(f"wrote {written} and {json_path} (seed {result.settings['seed']})")
+    return 0
