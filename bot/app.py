@@ -82,7 +82,8 @@ class FaradayBot(commands.Bot):
     @classmethod
     async def create(cls, config: Config, *, source: PipelineSource | None = None) -> FaradayBot:
         """Open the store and build the scheduler and publisher (nothing runs yet)."""
-        store = await Store.open(config.storage.database_path, config.storage.data_dir)
+        store = await Store.open(config.storage.database_path, config.storage.data_dir,
+                                 sync_commits=config.storage.sync_commits)
         if source is None:
             source = make_source(config.scheduler.pipeline, config.models,
                                  config.scheduler.stand_in)

@@ -133,6 +133,7 @@ class StorageConfig:
     data_dir: Path = Path("data")
     database: str = "faraday.sqlite3"
     result_retention_days: int = 30
+    sync_commits: bool = False
 
     @property
     def database_path(self) -> Path:
@@ -646,6 +647,7 @@ def _storage(t: _Table) -> StorageConfig:
         database=t.string("database", d.database, file_name),
         result_retention_days=t.integer("result_retention_days", d.result_retention_days, 0,
                                         100_000),
+        sync_commits=t.boolean("sync_commits", d.sync_commits),
     )
     t.finish()
     return out

@@ -10,11 +10,25 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from bot.jobs import JobKind
 
 _SIZE_PARAMS = ("size", "width", "height", "max_side", "candidates", "cutn")
+
+
+@dataclass(frozen=True)
+class WorkKey:
+    """What decides a job's duration, computed once per job (the queue asks often)."""
+
+    kind: JobKind
+    size: tuple[Any, ...]
+    steps: int | None
+
+
+def work_key(kind: JobKind, params: dict[str, Any]) -> WorkKey:
+    return WorkKey(kind, size_key(params), steps_of(params))
 
 
 def size_key(params: dict[str, Any]) -> tuple[Any, ...]:
@@ -42,6 +56,9 @@ class EtaEstimator:
         self.window = window
         self._by_size: dict[tuple[JobKind, tuple[Any, ...]], deque[float]] = {}
         self._by_kind: dict[JobKind, deque[float]] = {}
+        # Averages are asked for once per waiting job on every queue change; they only change
+        # when a job finishes, so they are cached until then.
+        self._averages: dict[tuple[JobKind, tuple[Any, ...]], float | None] = {}
 
     def record(self, kind: JobKind, params: dict[str, Any], seconds_per_step: float) -> None:
         if not seconds_per_step >= 0:  # also rejects NaN
@@ -49,24 +66,31 @@ class EtaEstimator:
         key = (kind, size_key(params))
         self._by_size.setdefault(key, deque(maxlen=self.window)).append(seconds_per_step)
         self._by_kind.setdefault(kind, deque(maxlen=self.window)).append(seconds_per_step)
+        self._averages.clear()
 
     def seed(self, history: Iterable[tuple[JobKind, dict[str, Any], float]]) -> None:
         for kind, params, seconds in history:
             self.record(kind, params, seconds)
 
+    def _average(self, kind: JobKind, size: tuple[Any, ...]) -> float | None:
+        key = (kind, size)
+        if key not in self._averages:
+            samples = self._by_size.get(key) or self._by_kind.get(kind)
+            self._averages[key] = sum(samples) / len(samples) if samples else None
+        return self._averages[key]
+
     def seconds_per_step(self, kind: JobKind, params: dict[str, Any]) -> float | None:
-        samples = self._by_size.get((kind, size_key(params))) or self._by_kind.get(kind)
-        if not samples:
-            return None
-        return sum(samples) / len(samples)
+        return self._average(kind, size_key(params))
 
     def job_seconds(self, kind: JobKind, params: dict[str, Any]) -> float | None:
         """How long a whole job of this kind and size should take."""
-        per_step = self.seconds_per_step(kind, params)
-        steps = steps_of(params)
-        if per_step is None or steps is None:
+        return self.key_seconds(work_key(kind, params))
+
+    def key_seconds(self, key: WorkKey) -> float | None:
+        per_step = self._average(key.kind, key.size)
+        if per_step is None or key.steps is None:
             return None
-        return per_step * steps
+        return per_step * key.steps
 
     def remaining_seconds(
         self,

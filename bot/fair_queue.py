@@ -28,6 +28,7 @@ class FairQueue(Generic[T]):
 
     def __init__(self, current_round: int = 0, last_round_by_user: dict[int, int] | None = None):
         self._entries: list[_Entry[T]] = []
+        self._per_user: dict[int, int] = {}
         self.current_round = current_round
         self._last_round = dict(last_round_by_user or {})
 
@@ -45,6 +46,7 @@ class FairQueue(Generic[T]):
         while index > 0 and self._entries[index - 1] > entry:
             index -= 1
         self._entries.insert(index, entry)
+        self._per_user[user_id] = self._per_user.get(user_id, 0) + 1
         self._last_round[user_id] = max(self._last_round.get(user_id, fair_round), fair_round)
 
     def pop(self) -> tuple[int, T] | None:
@@ -52,6 +54,7 @@ class FairQueue(Generic[T]):
         if not self._entries:
             return None
         entry = self._entries.pop(0)
+        self._per_user[entry.user_id] -= 1
         self.current_round = max(self.current_round, entry.fair_round)
         return entry.job_id, entry.item
 
@@ -59,6 +62,7 @@ class FairQueue(Generic[T]):
         for index, entry in enumerate(self._entries):
             if entry.job_id == job_id:
                 del self._entries[index]
+                self._per_user[entry.user_id] -= 1
                 return entry.item
         return None
 
@@ -74,4 +78,4 @@ class FairQueue(Generic[T]):
             yield entry.job_id, entry.user_id, entry.item
 
     def count_for_user(self, user_id: int) -> int:
-        return sum(1 for entry in self._entries if entry.user_id == user_id)
+        return self._per_user.get(user_id, 0)

@@ -27,7 +27,7 @@ from typing import Any
 from PIL import Image
 
 from bot.config import MAX_SEED, SchedulerConfig
-from bot.eta import EtaEstimator, steps_of
+from bot.eta import EtaEstimator, WorkKey, steps_of, work_key
 from bot.events import (
     JobFinished,
     JobInfo,
@@ -122,6 +122,16 @@ class QueueSnapshot:
         return None
 
 
+@dataclass(frozen=True)
+class _Waiting:
+    job: QueuedJob
+    work: WorkKey
+
+
+def _waiting(job: QueuedJob) -> _Waiting:
+    return _Waiting(job, work_key(job.kind, job.params))
+
+
 @dataclass
 class _Progress:
     step: int
@@ -199,7 +209,7 @@ class Scheduler:
         self.eta = EtaEstimator(config.eta_window)
         self.worker = WorkerThread()
         self._rng = rng or random.Random()
-        self._queue: FairQueue[QueuedJob] = FairQueue()
+        self._queue: FairQueue[_Waiting] = FairQueue()
         self._running: _Running | None = None
         self._listeners: list[SchedulerListener] = []
         self._submit_lock = asyncio.Lock()
@@ -230,7 +240,7 @@ class Scheduler:
             last_round_by_user=await self.store.last_round_by_user(),
         )
         for job in await self.store.pending_jobs():
-            self._queue.push(job.id, job.user_id, job.fair_round, job)
+            self._queue.push(job.id, job.user_id, job.fair_round, _waiting(job))
         self.eta.seed(
             (t.kind, t.params, t.seconds_per_step)
             for t in await self.store.recent_step_timings(self.config.eta_window * 4)
@@ -243,9 +253,9 @@ class Scheduler:
                 self._emit(JobFinished(info, JobStatus.FAILED, record.error, [], None, None, None,
                                        None))
         positions = self._positions()
-        for job_id, _user, job in self._queue:
+        for job_id, _user, waiting in self._queue:
             position, eta = positions[job_id]
-            self._emit(JobQueued(_info(job), position, eta))
+            self._emit(JobQueued(_info(waiting.job), position, eta))
         self.worker.start()
         self._accepting = True
         self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="faraday-dispatcher")
@@ -304,23 +314,25 @@ class Scheduler:
             fair_round = self._queue.assign_round(request.user_id)
             record = await self.store.insert_job(request, fair_round)
             job = QueuedJob(record.id, request.kind, request.user_id, request.channel_id,
-                            fair_round, request.params, JobStatus.QUEUED)
-            self._queue.push(job.id, job.user_id, fair_round, job)
-            positions = self._positions()
-            position, eta = positions[job.id]
+                            fair_round, request.params, JobStatus.QUEUED, request.guild_id,
+                            request.parent_result_id, record.stored_images)
+            self._queue.push(job.id, job.user_id, fair_round, _waiting(job))
+            position, eta = self._positions()[job.id]
         log.info("job %d queued (%s, user %d, position %d)", job.id, job.kind.value,
                  job.user_id, position)
         self._emit(JobQueued(_info(job), position, eta))
+        if position < len(self._queue) + (1 if self._running is not None else 0):
+            self._emit_queue_moved()  # fairness put it ahead of someone; they moved back
         self._update_idle()
         self._wakeup.set()
         return Submitted(job.id, position, eta)
 
     def _check_limits(self, user_id: int) -> None:
-        positions = self._positions()
         in_line = len(self._queue) + (1 if self._running is not None else 0)
-        mine = [positions[job_id][0] for job_id, user, _ in self._queue if user == user_id]
         cap = self.config.max_queued_per_user
-        if len(mine) >= cap:
+        if self._queue.count_for_user(user_id) >= cap:
+            positions = self._positions()
+            mine = [positions[job_id][0] for job_id, user, _ in self._queue if user == user_id]
             where = ", ".join(str(p) for p in mine)
             raise SubmitRefused(
                 "user_limit",
@@ -345,8 +357,9 @@ class Scheduler:
             running.stop.set()
             log.info("job %d: cancellation requested while running", job_id)
             return CancelOutcome.STOPPING
-        job = self._queue.remove(job_id)
-        if job is not None:
+        waiting = self._queue.remove(job_id)
+        if waiting is not None:
+            job = waiting.job
             await self.store.finish_job(job_id, JobStatus.CANCELLED)
             log.info("job %d cancelled while waiting", job_id)
             self._emit(JobFinished(_info(job), JobStatus.CANCELLED, None, [], None, None, None,
@@ -382,8 +395,8 @@ class Scheduler:
         out: dict[int, tuple[int, float | None]] = {}
         position = 1 if self._running is None else 2
         clock = self._running_remaining()
-        for job_id, _user, job in self._queue:
-            duration = self.eta.job_seconds(job.kind, job.params)
+        for job_id, _user, waiting in self._queue:
+            duration = self.eta.key_seconds(waiting.work)
             clock = None if clock is None or duration is None else clock + duration
             out[job_id] = (position, clock)
             position += 1
@@ -392,8 +405,8 @@ class Scheduler:
     def snapshot(self) -> QueueSnapshot:
         positions = self._positions()
         queued = [
-            QueueEntry(job_id, job.user_id, job.channel_id, job.kind, *positions[job_id])
-            for job_id, _user, job in self._queue
+            QueueEntry(job_id, w.job.user_id, w.job.channel_id, w.job.kind, *positions[job_id])
+            for job_id, _user, w in self._queue
         ]
         running_entry = None
         running = self._running
@@ -451,10 +464,10 @@ class Scheduler:
             while not self._stopping and self._running is None and len(self._queue):
                 popped = self._queue.pop()
                 assert popped is not None
-                _job_id, job = popped
+                job = popped[1].job
                 # Registered before any await, so a cancel arriving meanwhile finds it running.
                 self._running = _Running(_info(job), steps_of(job.params))
-                self._current_run = asyncio.create_task(self._run(self._running))
+                self._current_run = asyncio.create_task(self._run(job, self._running))
                 try:
                     await asyncio.shield(self._current_run)
                 except asyncio.CancelledError:
@@ -466,20 +479,8 @@ class Scheduler:
                         self._running = None
                     self._update_idle()
 
-    async def _run(self, running: _Running) -> None:
+    async def _run(self, job: QueuedJob, running: _Running) -> None:
         info = running.info
-        record = None
-        try:
-            record = await self.store.get_job(info.job_id)
-        except Exception:
-            log.exception("job %d: its stored request could not be read", info.job_id)
-        if record is None:
-            await self.store.finish_job(info.job_id, JobStatus.FAILED,
-                                        "its stored request could not be read")
-            self._running = None
-            self._emit(JobFinished(info, JobStatus.FAILED, "its stored request could not be read",
-                                   [], None, None, None, None))
-            return
         await self.store.mark_running(info.job_id, running.total)
         log.info("job %d started (%s, user %d)", info.job_id, info.kind.value, info.user_id)
         running.started_monotonic = time.monotonic()
@@ -487,7 +488,7 @@ class Scheduler:
         self._emit_queue_moved()
         assert self._mailbox is not None
         mailbox = self._mailbox
-        outcome = await self.worker.run(lambda: self._execute(record.request, running, mailbox))
+        outcome = await self.worker.run(lambda: self._execute(job, running, mailbox))
         # Anything still in the mailbox is older than the outcome; drop it by clearing _running
         # first (the delivery checks it).
         results: list[ResultRecord] = []
@@ -514,15 +515,15 @@ class Scheduler:
         log.info("job %d %s", info.job_id, status.value)
         self._emit(JobFinished(info, status, outcome.error, results, outcome.preview,
                                outcome.step, outcome.total, running.started_monotonic))
-        self._emit_queue_moved()
+        # No QueueMoved here: the next job starts at once and reports the new positions then.
 
     def _execute(
         self,
-        request: JobRequest,
+        job: QueuedJob,
         running: _Running,
         mailbox: LatestOnlyMailbox[tuple[_Running, _Progress]],
     ) -> _Outcome:
-        """Runs on the worker thread: prepare, run the pipeline, write result files."""
+        """Runs on the worker thread: read inputs, prepare, run the pipeline, write results."""
         info = running.info
         started = time.monotonic()
 
@@ -546,12 +547,17 @@ class Scheduler:
             path = None
             if preview is not None:
                 path = self.store.paths.preview_path(info.job_id)
-                write_atomic(path, png_bytes(preview))
+                write_atomic(path, png_bytes(preview), durable=self.store.sync_commits)
             return _Outcome("cancelled", preview=preview, preview_path=path, step=step,
                             total=total)
 
         if running.stop.is_set():
             return stopped_or_cancelled(0, running.total, None)
+        try:
+            request = self.store.load_request(job)
+        except OSError as exc:
+            log.error("job %d: its input images cannot be read: %s", info.job_id, exc)
+            return _Outcome("failed", error="its input images were lost from the bot's storage")
         try:
             prepared = self.source.prepare(request)
             result = prepared.pipeline(prepared.request, on_progress, running.stop.is_set)
@@ -578,7 +584,7 @@ class Scheduler:
         results = []
         for ranked in result.images:
             path = self.store.paths.result_path(info.job_id, ranked.rank)
-            write_atomic(path, png_bytes(ranked.image))
+            write_atomic(path, png_bytes(ranked.image), durable=self.store.sync_commits)
             results.append(NewResult(ranked.rank, float(ranked.score), int(ranked.seed), path))
         with running.lock:
             total = running.total or steps_of(info.params)

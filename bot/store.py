@@ -13,11 +13,12 @@ them commits, so a committed row never points at a missing or partial file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,8 @@ class JobRecord:
     interruptions: int
     total_steps: int | None
     preview_path: Path | None  # the last preview of a cancelled job, when there was one
+    # The input files' stored names (relative to the data folder), by request field.
+    stored_images: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,9 @@ class QueuedJob:
     fair_round: int
     params: dict[str, Any]
     status: JobStatus
+    guild_id: int | None = None
+    parent_result_id: int | None = None
+    stored_images: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -147,23 +153,52 @@ class StepTiming:
 
 
 class Store:
-    def __init__(self, db: aiosqlite.Connection, paths: DataPaths) -> None:
+    def __init__(
+        self, db: aiosqlite.Connection, paths: DataPaths, *, sync_commits: bool = False
+    ) -> None:
         self._db = db
         self.paths = paths
+        # Files named by rows follow the same durability as the rows themselves.
+        self.sync_commits = sync_commits
+        # One connection serves every coroutine: writes take this lock so that no statement
+        # can slip into (or be rolled back with) another coroutine's transaction.
+        self._write_lock = asyncio.Lock()
+
+    async def _write(self, sql: str, parameters: tuple | list = ()) -> aiosqlite.Cursor:
+        async with self._write_lock:
+            return await self._db.execute(sql, parameters)
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._write_lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
 
     @classmethod
-    async def open(cls, database: Path, data_dir: Path) -> Store:
+    async def open(cls, database: Path, data_dir: Path, *, sync_commits: bool = False) -> Store:
+        """Open (creating and migrating) the database.
+
+        In WAL mode every commit survives a crash of the bot's process. ``sync_commits`` also
+        flushes each commit to the disk, so it survives power loss too, at about one fsync per
+        commit (three per job).
+        """
         paths = DataPaths(Path(data_dir))
         await asyncio.to_thread(paths.make_dirs)
         database.parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(database)
+        # Autocommit: each single-statement write commits by itself (one hop to the connection's
+        # thread, not two); multi-statement changes use explicit transactions.
+        db = await aiosqlite.connect(database, isolation_level=None)
         db.row_factory = aiosqlite.Row
         await db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a commit survives power loss too, not only a process crash.
-        await db.execute("PRAGMA synchronous=FULL")
+        await db.execute(f"PRAGMA synchronous={'FULL' if sync_commits else 'NORMAL'}")
         await db.execute("PRAGMA foreign_keys=ON")
         await db.execute("PRAGMA busy_timeout=5000")
-        store = cls(db, paths)
+        store = cls(db, paths, sync_commits=sync_commits)
         await store._migrate()
         return store
 
@@ -205,7 +240,7 @@ class Store:
             "parent_result_id": request.parent_result_id,
         }
         now = time.time()
-        cursor = await self._db.execute(
+        cursor = await self._write(
             "INSERT INTO jobs (kind, user_id, channel_id, guild_id, request_json, status,"
             " fair_round, created_at, parent_result_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -220,7 +255,6 @@ class Store:
                 request.parent_result_id,
             ),
         )
-        await self._db.commit()
         job_id = cursor.lastrowid
         assert job_id is not None
         return JobRecord(
@@ -236,19 +270,33 @@ class Store:
             interruptions=0,
             total_steps=None,
             preview_path=None,
+            stored_images=images_json,
         )
 
     def _write_inputs(self, images: dict[str, bytes | list[bytes]]) -> dict[str, Any]:
         def one(data: bytes) -> str:
             path = self.paths.input_path(data)
             if not path.exists():
-                write_atomic(path, data)
+                write_atomic(path, data, durable=self.sync_commits)
             return self.paths.relative(path)
 
         return {
             name: [one(d) for d in value] if isinstance(value, list) else one(value)
             for name, value in images.items()
         }
+
+    def load_request(self, job: QueuedJob) -> JobRequest:
+        """The full request of a waiting job, input images read from disk. Blocking: it runs on
+        the worker thread, so the event loop never reads the (possibly large) files."""
+        return JobRequest(
+            kind=job.kind,
+            user_id=job.user_id,
+            channel_id=job.channel_id,
+            guild_id=job.guild_id,
+            params=job.params,
+            images=self._read_inputs(job.stored_images),
+            parent_result_id=job.parent_result_id,
+        )
 
     def _read_inputs(self, images: dict[str, Any]) -> dict[str, bytes | list[bytes]]:
         def one(stored: str) -> bytes:
@@ -265,7 +313,8 @@ class Store:
         if row is None:
             return None
         document = json.loads(row["request_json"])
-        images = await asyncio.to_thread(self._read_inputs, document.get("images", {}))
+        stored_images = document.get("images", {})
+        images = await asyncio.to_thread(self._read_inputs, stored_images) if stored_images else {}
         request = JobRequest(
             kind=JobKind(document["kind"]),
             user_id=document["user_id"],
@@ -289,6 +338,7 @@ class Store:
             interruptions=row["interruptions"],
             total_steps=row["total_steps"],
             preview_path=self.paths.absolute(preview) if preview else None,
+            stored_images=stored_images,
         )
 
     async def job_status(self, job_id: int) -> JobStatus | None:
@@ -303,18 +353,22 @@ class Store:
             " WHERE status IN ('queued', 'running') ORDER BY fair_round, id"
         ) as cursor:
             rows = await cursor.fetchall()
-        return [
-            QueuedJob(
+        jobs = []
+        for row in rows:
+            document = json.loads(row["request_json"])
+            jobs.append(QueuedJob(
                 id=row["id"],
                 kind=JobKind(row["kind"]),
                 user_id=row["user_id"],
                 channel_id=row["channel_id"],
                 fair_round=row["fair_round"],
-                params=json.loads(row["request_json"])["params"],
+                params=document["params"],
                 status=JobStatus(row["status"]),
-            )
-            for row in rows
-        ]
+                guild_id=document.get("guild_id"),
+                parent_result_id=document.get("parent_result_id"),
+                stored_images=document.get("images", {}),
+            ))
+        return jobs
 
     async def last_round_by_user(self) -> dict[int, int]:
         async with self._db.execute(
@@ -331,18 +385,16 @@ class Store:
         return int(row[0]) if row and row[0] is not None else 0
 
     async def mark_running(self, job_id: int, total_steps: int | None) -> None:
-        await self._db.execute(
+        await self._write(
             "UPDATE jobs SET status = 'running', started_at = ?, total_steps = ? WHERE id = ?",
             (time.time(), total_steps, job_id),
         )
-        await self._db.commit()
 
     async def requeue(self, job_id: int) -> None:
         """Put a running job back in the queue after a clean shutdown (not an interruption)."""
-        await self._db.execute(
+        await self._write(
             "UPDATE jobs SET status = 'queued' WHERE id = ? AND status = 'running'", (job_id,)
         )
-        await self._db.commit()
 
     async def finish_job(
         self,
@@ -353,7 +405,7 @@ class Store:
     ) -> bool:
         """Mark a queued or running job failed or cancelled. False if it had already finished."""
         assert status in (JobStatus.FAILED, JobStatus.CANCELLED)
-        cursor = await self._db.execute(
+        cursor = await self._write(
             "UPDATE jobs SET status = ?, finished_at = ?, error = ?, preview_path = ?"
             " WHERE id = ? AND status IN ('queued', 'running')",
             (
@@ -364,18 +416,16 @@ class Store:
                 job_id,
             ),
         )
-        await self._db.commit()
         return cursor.rowcount > 0
 
     async def complete_job(self, job_id: int, results: Iterable[NewResult]) -> list[ResultRecord]:
         """Record a job's results (files already written) and mark it done, in one transaction."""
         rows: list[ResultRecord] = []
-        try:
-            # A job re-run after a crash may have left result rows from nowhere; it cannot, since
-            # rows and status commit together, but a rerun replaces rather than duplicates.
-            await self._db.execute("DELETE FROM results WHERE job_id = ?", (job_id,))
+        async with self._transaction() as db:
+            # A job that ran again after a crash replaces its rows rather than duplicating them.
+            await db.execute("DELETE FROM results WHERE job_id = ?", (job_id,))
             for result in results:
-                cursor = await self._db.execute(
+                cursor = await db.execute(
                     "INSERT INTO results (job_id, rank, score, seed, path) VALUES (?, ?, ?, ?, ?)",
                     (job_id, result.rank, result.score, result.seed,
                      self.paths.relative(result.path)),
@@ -385,14 +435,10 @@ class Store:
                     ResultRecord(cursor.lastrowid, job_id, result.rank, result.score, result.seed,
                                  result.path)
                 )
-            await self._db.execute(
+            await db.execute(
                 "UPDATE jobs SET status = 'done', finished_at = ?, error = NULL WHERE id = ?",
                 (time.time(), job_id),
             )
-            await self._db.commit()
-        except BaseException:
-            await self._db.rollback()
-            raise
         return rows
 
     async def recover(self) -> RecoveryReport:
@@ -404,22 +450,22 @@ class Store:
         requeued: list[int] = []
         failed: list[int] = []
         now = time.time()
-        for row in rows:
-            if row["interruptions"] >= 1:
-                failed.append(row["id"])
-                await self._db.execute(
-                    "UPDATE jobs SET status = 'failed', error = ?, finished_at = ?,"
-                    " interruptions = interruptions + 1 WHERE id = ?",
-                    (INTERRUPTED_TWICE, now, row["id"]),
-                )
-            else:
-                requeued.append(row["id"])
-                await self._db.execute(
-                    "UPDATE jobs SET status = 'queued', interruptions = interruptions + 1"
-                    " WHERE id = ?",
-                    (row["id"],),
-                )
-        await self._db.commit()
+        async with self._transaction() as db:
+            for row in rows:
+                if row["interruptions"] >= 1:
+                    failed.append(row["id"])
+                    await db.execute(
+                        "UPDATE jobs SET status = 'failed', error = ?, finished_at = ?,"
+                        " interruptions = interruptions + 1 WHERE id = ?",
+                        (INTERRUPTED_TWICE, now, row["id"]),
+                    )
+                else:
+                    requeued.append(row["id"])
+                    await db.execute(
+                        "UPDATE jobs SET status = 'queued', interruptions = interruptions + 1"
+                        " WHERE id = ?",
+                        (row["id"],),
+                    )
         queued = [job.id for job in await self.pending_jobs()]
         return RecoveryReport(requeued=requeued, failed=failed, queued=queued)
 
@@ -474,12 +520,11 @@ class Store:
     # -- messages ----------------------------------------------------------------------------
 
     async def link_message(self, message_id: int, channel_id: int, job_id: int, role: str) -> None:
-        await self._db.execute(
+        await self._write(
             "INSERT OR REPLACE INTO messages (message_id, channel_id, job_id, role, created_at)"
             " VALUES (?, ?, ?, ?, ?)",
             (message_id, channel_id, job_id, role, time.time()),
         )
-        await self._db.commit()
 
     async def message_role(self, message_id: int) -> MessageLink | None:
         async with self._db.execute(
@@ -527,8 +572,7 @@ class Store:
         ) as cursor:
             files = [row["path"] for row in await cursor.fetchall()]
         files += [row["preview_path"] for row in jobs if row["preview_path"]]
-        await self._db.execute(f"DELETE FROM jobs WHERE id IN ({marks})", ids)
-        await self._db.commit()
+        await self._write(f"DELETE FROM jobs WHERE id IN ({marks})", ids)
         # Inputs are shared by content; keep those any remaining job still names.
         async with self._db.execute("SELECT request_json FROM jobs") as cursor:
             still_used = {
