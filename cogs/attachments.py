@@ -264,15 +264,18 @@ def _decode(data: bytes, label: str) -> Image.Image:
 
 
 def check_mask_matches(
-    mask: FetchedMask, image: Image.Image, mask_label: str, image_label: str
+    mask: FetchedMask,
+    image: Image.Image,
+    mask_label: str,
+    image_label: str,
+    tolerance: float = 0.01,
 ) -> None:
-    """A mask must cover the image it edits pixel for pixel."""
-    if mask.image.size != image.size:
-        mw, mh = mask.image.size
-        iw, ih = image.size
+    """A mask must have its image's shape; the pipelines scale it, so only the aspect matters."""
+    (mw, mh), (iw, ih) = mask.image.size, image.size
+    if abs((mw / mh) / (iw / ih) - 1.0) > tolerance:
         raise AttachmentRejected(
-            f"`{mask_label}` is {mw}×{mh} but `{image_label}` is {iw}×{ih}. "
-            f"Export the mask at exactly {iw}×{ih} and try again."
+            f"`{mask_label}` is {mw}×{mh} but `{image_label}` is {iw}×{ih}: their shapes differ. "
+            f"Export the mask at {iw}×{ih} (or the same aspect ratio) and try again."
         )
 
 

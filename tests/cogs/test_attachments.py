@@ -243,5 +243,6 @@ def test_mask_uses_alpha_or_luminance() -> None:
 def test_mismatched_mask_is_refused() -> None:
     mask = decode_mask(png(Image.new("L", (8, 8), 255)), "mask")
     check_mask_matches(mask, Image.new("RGB", (8, 8)), "mask", "image")
-    with pytest.raises(AttachmentRejected, match=r"`mask` is 8×8 but `image` is 16×8\. Export"):
+    check_mask_matches(mask, Image.new("RGB", (32, 32)), "mask", "image")  # scaled, same shape
+    with pytest.raises(AttachmentRejected, match=r"`mask` is 8×8 but `image` is 16×8: their"):
         check_mask_matches(mask, Image.new("RGB", (16, 8)), "mask", "image")

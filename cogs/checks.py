@@ -1,0 +1,73 @@
+"""Who may do what, where, and how often: allowed channels, admins, owners, submit cooldown.
+
+These read only the ``[discord]`` table of the config, so every rule has one home there.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+
+from discord.ext import commands
+
+from bot.config import DiscordConfig
+
+
+def channel_allowed(config: DiscordConfig, channel_id: int | None) -> bool:
+    """An empty ``allowed_channel_ids`` means every channel the bot can see."""
+    if not config.allowed_channel_ids:
+        return True
+    return channel_id is not None and channel_id in config.allowed_channel_ids
+
+
+def channel_refusal(config: DiscordConfig) -> str:
+    channels = ", ".join(f"<#{c}>" for c in config.allowed_channel_ids)
+    return f"I only take commands in {channels}. Try again there."
+
+
+def is_admin(config: DiscordConfig, user_id: int, role_ids: Iterable[int]) -> bool:
+    """Owners always; otherwise anyone holding one of the configured admin roles."""
+    if user_id in config.owner_ids:
+        return True
+    admin_roles = set(config.admin_role_ids)
+    return bool(admin_roles) and any(role in admin_roles for role in role_ids)
+
+
+def role_ids_of(member: object) -> list[int]:
+    """The role ids of a guild member; a plain user (a DM, or an uncached member) has none."""
+    return [role.id for role in getattr(member, "roles", [])]
+
+
+class SubmitCooldown:
+    """A per-user pause between submitted jobs (``discord.submit_cooldown_seconds``).
+
+    Only jobs that were actually queued count, so a user who made a typo can fix it and resubmit
+    at once. Uses discord.py's own cooldown buckets, keyed by user id.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._mapping: commands.CooldownMapping[int] | None = (
+            commands.CooldownMapping.from_cooldown(1, seconds, lambda user_id: user_id)
+            if seconds > 0
+            else None
+        )
+
+    def retry_after(self, user_id: int, now: float | None = None) -> float:
+        """Seconds this user must still wait; 0 when they may submit now."""
+        if self._mapping is None:
+            return 0.0
+        bucket = self._mapping.get_bucket(user_id, now)
+        return bucket.get_retry_after(now) if bucket is not None else 0.0
+
+    def consume(self, user_id: int, now: float | None = None) -> None:
+        """Start this user's pause; call once the job is queued."""
+        if self._mapping is not None:
+            self._mapping.update_rate_limit(user_id, now if now is not None else time.time())
+
+    def refusal(self, wait: float) -> str:
+        return (
+            f"Slow down a little: you can submit another job in {math.ceil(wait)} s "
+            f"(one every {self.seconds:g} s per user)."
+        )

@@ -1,0 +1,177 @@
+"""``/edit``: change the masked part of an image with Blended Latent Diffusion.
+
+Thin on purpose: fetch and check the two attachments, let ``EditRequest.validate()`` judge the
+request, hand a :class:`~bot.jobs.JobRequest` to the scheduler, answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.config import MAX_SEED, EditConfig
+from bot.jobs import JobKind, JobRequest
+from cogs.attachments import check_mask_matches
+from cogs.options import annotate, bound_text, float_range, int_range, text_range
+from cogs.replies import SOMETHING_WENT_WRONG, answer
+from cogs.submission import SubmitDesk, ensure_desk
+from pipelines.blended import EditRequest
+from pipelines.interface import InvalidRequest
+
+if TYPE_CHECKING:
+    from bot.app import FaradayBot
+
+log = logging.getLogger(__name__)
+
+BACKGROUND_HELP = {
+    "none": "none: keep the model's own reconstruction of the background",
+    "paste": "paste: paste the original pixels back outside the mask",
+    "finetune": "finetune: tune the decoder so the background matches (slower)",
+}
+
+
+@dataclass(frozen=True)
+class EditOptions:
+    image: discord.Attachment
+    mask: discord.Attachment
+    prompt: str
+    candidates: int | None = None
+    steps: int | None = None
+    blend_start: float | None = None
+    guidance: float | None = None
+    seed: int | None = None
+    background: str | None = None
+    shrink: bool | None = None
+
+
+class EditCog(commands.Cog):
+    def __init__(self, bot: FaradayBot) -> None:
+        self.bot = bot
+        self.command = build_edit_command(self, bot.config.edit)
+
+    async def cog_load(self) -> None:
+        self.bot.tree.add_command(self.command)
+
+    async def cog_unload(self) -> None:
+        self.bot.tree.remove_command(self.command.name)
+
+    async def handle(self, interaction: discord.Interaction, options: EditOptions) -> None:
+        desk = SubmitDesk.of(self.bot)
+        if not await desk.admit(interaction):
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        try:
+            request, notes = await self.build_request(interaction, options, desk)
+        except InvalidRequest as exc:
+            await answer(interaction, f"Nothing was queued: {exc}")
+            return
+        except Exception:
+            log.exception("building an /edit request failed")
+            await answer(interaction, SOMETHING_WENT_WRONG)
+            return
+        await desk.submit_and_answer(interaction, request, notes)
+
+    async def build_request(
+        self, interaction: discord.Interaction, options: EditOptions, desk: SubmitDesk
+    ) -> tuple[JobRequest, tuple[str, ...]]:
+        config = self.bot.config.edit
+        image = await desk.fetcher.fetch_image(options.image, "image")
+        mask = await desk.fetcher.fetch_mask(options.mask, "mask")
+        check_mask_matches(mask, image.image, "mask", "image")
+
+        def pick(value: Any, default: Any) -> Any:
+            return default if value is None else value
+
+        params: dict[str, Any] = {
+            "prompt": options.prompt,
+            "candidates": pick(options.candidates, config.candidates.default),
+            "steps": pick(options.steps, config.steps.default),
+            "blend_start": pick(options.blend_start, config.blend_start.default),
+            "guidance": pick(options.guidance, config.guidance.default),
+            "seed": options.seed,
+            "background": pick(options.background, config.default_background),
+            "shrink": pick(options.shrink, config.shrink),
+            "max_side": config.max_side,
+            "preview_every": config.preview_every,
+        }
+        await asyncio.to_thread(
+            lambda: EditRequest(**params, image=image.image, mask=mask.image).validate()
+        )
+        request = JobRequest(
+            kind=JobKind.EDIT,
+            user_id=interaction.user.id,
+            channel_id=interaction.channel_id or 0,
+            guild_id=interaction.guild_id,
+            params=params,
+            images={"image": image.data, "mask": mask.data},
+        )
+        return request, image.notes
+
+
+def build_edit_command(cog: EditCog, config: EditConfig) -> app_commands.Command:
+    async def edit(
+        interaction: discord.Interaction,
+        image: discord.Attachment,
+        mask: discord.Attachment,
+        prompt: str,
+        candidates: int | None = None,
+        steps: int | None = None,
+        blend_start: float | None = None,
+        guidance: float | None = None,
+        seed: int | None = None,
+        background: str | None = None,
+        shrink: bool | None = None,
+    ) -> None:
+        await cog.handle(
+            interaction,
+            EditOptions(
+                image=image, mask=mask, prompt=prompt, candidates=candidates, steps=steps,
+                blend_start=blend_start, guidance=guidance, seed=seed, background=background,
+                shrink=shrink,
+            ),
+        )
+
+    annotate(
+        edit,
+        prompt=text_range(config.max_prompt_chars),
+        candidates=int_range(config.candidates),
+        steps=int_range(config.steps),
+        blend_start=float_range(config.blend_start),
+        guidance=float_range(config.guidance),
+        seed=app_commands.Range[int, 0, MAX_SEED],
+    )
+    app_commands.describe(
+        image="The image to edit",
+        mask="White (or opaque) where the image should change, black elsewhere; same shape",
+        prompt="What the masked region should become",
+        candidates="How many versions to make and rank" + bound_text(config.candidates),
+        steps="Denoising steps: more is slower and cleaner" + bound_text(config.steps),
+        blend_start="Fraction of steps skipped: higher keeps more of the original"
+        + bound_text(config.blend_start),
+        guidance="How strongly to follow the prompt" + bound_text(config.guidance),
+        seed="Random seed, to repeat a result exactly (random when left out)",
+        background=f"Outside the mask (default {config.default_background})",
+        shrink="Shrink the mask over the steps, for thin masks" + f" (default {config.shrink})",
+    )(edit)
+    app_commands.choices(
+        background=[
+            app_commands.Choice(name=BACKGROUND_HELP.get(mode, mode), value=mode)
+            for mode in config.backgrounds
+        ]
+    )(edit)
+    return app_commands.Command(
+        name="edit",
+        description="Change the masked part of an image with Blended Latent Diffusion",
+        callback=edit,
+    )
+
+
+async def setup(bot: FaradayBot) -> None:
+    await ensure_desk(bot)
+    await bot.add_cog(EditCog(bot))

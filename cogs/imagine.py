@@ -1,0 +1,212 @@
+"""``/imagine``: a VQGAN-CLIP job from a weighted multi-prompt, optionally editing an image.
+
+Thin on purpose: read the options, fetch and check the attachments, let the pipeline's own
+``validate()`` judge the request, hand a :class:`~bot.jobs.JobRequest` to the scheduler, answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+from PIL import Image
+
+from bot.config import MAX_SEED, ImagineConfig
+from bot.jobs import JobKind, JobRequest
+from cogs.attachments import FetchedImage, check_mask_matches
+from cogs.options import annotate, bound_text, int_range, text_range
+from cogs.replies import SOMETHING_WENT_WRONG, answer
+from cogs.submission import SubmitDesk, ensure_desk
+from pipelines.interface import InvalidRequest
+from pipelines.prompts import parse_prompts
+from pipelines.vqgan_clip import ImagineRequest
+
+if TYPE_CHECKING:
+    from bot.app import FaradayBot
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ImagineOptions:
+    prompt: str
+    seed: int | None = None
+    steps: int | None = None
+    size: str | None = None
+    cutn: int | None = None
+    init_image: discord.Attachment | None = None
+    mask: discord.Attachment | None = None
+    mask_text: str | None = None
+    image_prompt: discord.Attachment | None = None
+
+
+def size_label(width: int, height: int) -> str:
+    shape = "square" if width == height else ("landscape" if width > height else "portrait")
+    return f"{width}×{height} ({shape})"
+
+
+def closest_size(sizes: tuple[tuple[int, int], ...], image: Image.Image) -> tuple[int, int]:
+    """The configured size whose aspect ratio is nearest the image's (larger on a tie)."""
+    aspect = image.width / image.height
+    return min(sizes, key=lambda s: (abs(s[0] / s[1] - aspect), -s[0] * s[1]))
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    width, height = text.lower().split("x")
+    return int(width), int(height)
+
+
+class ImagineCog(commands.Cog):
+    def __init__(self, bot: FaradayBot) -> None:
+        self.bot = bot
+        self.command = build_imagine_command(self, bot.config.imagine)
+
+    async def cog_load(self) -> None:
+        self.bot.tree.add_command(self.command)
+
+    async def cog_unload(self) -> None:
+        self.bot.tree.remove_command(self.command.name)
+
+    async def handle(self, interaction: discord.Interaction, options: ImagineOptions) -> None:
+        desk = SubmitDesk.of(self.bot)
+        if not await desk.admit(interaction):
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        try:
+            request, notes = await self.build_request(interaction, options, desk)
+        except InvalidRequest as exc:
+            await answer(interaction, f"Nothing was queued: {exc}")
+            return
+        except Exception:
+            log.exception("building an /imagine request failed")
+            await answer(interaction, SOMETHING_WENT_WRONG)
+            return
+        await desk.submit_and_answer(interaction, request, notes)
+
+    async def build_request(
+        self, interaction: discord.Interaction, options: ImagineOptions, desk: SubmitDesk
+    ) -> tuple[JobRequest, tuple[str, ...]]:
+        config = self.bot.config.imagine
+        # Before any download: a typo in the prompt should cost the user nothing.
+        parse_prompts(options.prompt)
+        notes: list[str] = []
+
+        init: FetchedImage | None = None
+        if options.init_image is not None:
+            init = await desk.fetcher.fetch_image(options.init_image, "init_image")
+            notes.extend(init.notes)
+        mask = None
+        if options.mask is not None:
+            if init is None:
+                raise InvalidRequest(
+                    "a `mask` edits an image: attach the image to edit as `init_image` too"
+                )
+            mask = await desk.fetcher.fetch_mask(options.mask, "mask")
+            check_mask_matches(mask, init.image, "mask", "init_image")
+        image_prompt: FetchedImage | None = None
+        if options.image_prompt is not None:
+            image_prompt = await desk.fetcher.fetch_image(options.image_prompt, "image_prompt")
+            notes.extend(image_prompt.notes)
+
+        if options.size is not None:
+            width, height = parse_size(options.size)
+        elif init is not None:
+            width, height = closest_size(config.sizes, init.image)
+        else:
+            width, height = config.default_size
+
+        params: dict[str, Any] = {
+            "prompt": options.prompt,
+            "seed": options.seed,
+            "steps": options.steps if options.steps is not None else config.steps.default,
+            "width": width,
+            "height": height,
+            "cutn": options.cutn if options.cutn is not None else config.cutn.default,
+            "preview_every": config.preview_every,
+        }
+        if options.mask_text:
+            params["mask_text"] = options.mask_text
+        decoded: dict[str, Any] = {}
+        images: dict[str, bytes | list[bytes]] = {}
+        if init is not None:
+            decoded["init_image"], images["init_image"] = init.image, init.data
+        if mask is not None:
+            decoded["mask"], images["mask"] = mask.image, mask.data
+        if image_prompt is not None:
+            decoded["image_prompts"] = [image_prompt.image]
+            images["image_prompts"] = [image_prompt.data]
+        await asyncio.to_thread(lambda: ImagineRequest(**params, **decoded).validate())
+
+        request = JobRequest(
+            kind=JobKind.IMAGINE,
+            user_id=interaction.user.id,
+            channel_id=interaction.channel_id or 0,
+            guild_id=interaction.guild_id,
+            params=params,
+            images=images,
+        )
+        return request, tuple(notes)
+
+
+def build_imagine_command(cog: ImagineCog, config: ImagineConfig) -> app_commands.Command:
+    async def imagine(
+        interaction: discord.Interaction,
+        prompt: str,
+        seed: int | None = None,
+        steps: int | None = None,
+        size: str | None = None,
+        cutn: int | None = None,
+        init_image: discord.Attachment | None = None,
+        mask: discord.Attachment | None = None,
+        mask_text: str | None = None,
+        image_prompt: discord.Attachment | None = None,
+    ) -> None:
+        await cog.handle(
+            interaction,
+            ImagineOptions(
+                prompt=prompt, seed=seed, steps=steps, size=size, cutn=cutn,
+                init_image=init_image, mask=mask, mask_text=mask_text, image_prompt=image_prompt,
+            ),
+        )
+
+    annotate(
+        imagine,
+        prompt=text_range(config.max_prompt_chars),
+        seed=app_commands.Range[int, 0, MAX_SEED],
+        steps=int_range(config.steps),
+        cutn=int_range(config.cutn),
+        mask_text=text_range(config.max_prompt_chars),
+    )
+    default_w, default_h = config.default_size
+    app_commands.describe(
+        prompt="What to make; weighted prompts: `castle | oil painting:0.5 | blurry:-1`",
+        seed="Random seed, to repeat a result exactly (random when left out)",
+        steps="Optimisation steps: more is slower and more detailed" + bound_text(config.steps),
+        size=f"Image size (default {default_w}×{default_h}; with an init_image, its shape)",
+        cutn="Cutouts CLIP looks at per step: more is steadier and slower"
+        + bound_text(config.cutn),
+        init_image="Start from this image instead of noise (edit it toward the prompt)",
+        mask="Only change where this mask is white (or opaque); needs init_image",
+        mask_text="Only change what this phrase describes in init_image (self-masking)",
+        image_prompt="Also steer toward the look of this image",
+    )(imagine)
+    app_commands.choices(
+        size=[
+            app_commands.Choice(name=size_label(w, h), value=f"{w}x{h}") for w, h in config.sizes
+        ][:25]
+    )(imagine)
+    return app_commands.Command(
+        name="imagine",
+        description="Make an image from text with VQGAN-CLIP",
+        callback=imagine,
+    )
+
+
+async def setup(bot: FaradayBot) -> None:
+    await ensure_desk(bot)
+    await bot.add_cog(ImagineCog(bot))

@@ -1,0 +1,45 @@
+"""Building slash commands whose bounds and choices come from config at load time.
+
+discord.py reads a command's option types, ranges and choices from the callback's annotations
+when the :class:`~discord.app_commands.Command` is built. Our bounds are only known once config is
+loaded, so each cog builds its command in a factory: it defines the callback, then replaces the
+annotations of the bounded options with ``app_commands.Range[...]`` objects made from config
+before handing the callback to ``app_commands.Command``. (With postponed annotations the others
+stay strings, which discord.py evaluates in the module as usual.)
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from discord import app_commands
+
+from bot.config import FloatOption, IntOption
+
+
+def int_range(option: IntOption) -> Any:
+    return app_commands.Range[int, option.min, option.max]
+
+
+def float_range(option: FloatOption) -> Any:
+    return app_commands.Range[float, option.min, option.max]
+
+
+def text_range(max_chars: int) -> Any:
+    return app_commands.Range[str, 1, max_chars]
+
+
+def annotate(callback: Callable[..., Any], **annotations: Any) -> None:
+    """Set the annotations of named parameters, refusing names the callback does not have."""
+    names = set(inspect.signature(callback).parameters)
+    unknown = set(annotations) - names
+    if unknown:
+        raise TypeError(f"{callback.__qualname__} has no parameter(s) {sorted(unknown)}")
+    callback.__annotations__.update(annotations)
+
+
+def bound_text(option: IntOption | FloatOption) -> str:
+    """' (1–500, default 200)' for an option description."""
+    return f" ({option.min:g}–{option.max:g}, default {option.default:g})"
