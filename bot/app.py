@@ -103,6 +103,7 @@ class FaradayBot(commands.Bot):
         log.info("loading the models of preset %r", self.config.models.preset)
         await asyncio.to_thread(self.scheduler.source.preload, tuple(JobKind))
         report = await self.scheduler.start()
+        await self.publisher.announce_unposted()
         log.info("scheduler started: %d job(s) waiting, %d re-queued, %d failed as interrupted "
                  "twice", len(report.queued), len(report.requeued), len(report.failed))
         return report

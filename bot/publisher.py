@@ -220,6 +220,29 @@ class Publisher:
         view.version += 1
         view.changed.set()
 
+    async def announce_unposted(self, max_age_seconds: float = 86_400.0) -> list[int]:
+        """Post the results of jobs that finished while no results message went out (the bot
+        stopped in between). Older ones are left alone rather than surprising a channel."""
+        announced = []
+        for record in await self.store.unannounced_done_jobs(time.time() - max_age_seconds):
+            if record.id in self._views:
+                continue
+            request = record.request
+            info = JobInfo(record.id, request.kind, request.user_id, request.channel_id,
+                           request.params)
+            elapsed = None
+            if record.started_at is not None and record.finished_at is not None:
+                elapsed = record.finished_at - record.started_at
+            results = await self.store.results_for_job(record.id)
+            self._track(info, _Wanted("done", step=record.total_steps or 0,
+                                      total=record.total_steps, elapsed=elapsed,
+                                      results=results))
+            announced.append(record.id)
+        if announced:
+            log.info("posting results that were not announced before the restart: jobs %s",
+                     announced)
+        return announced
+
     async def wait_settled(self) -> None:
         """Until every job's messages are in their final state (tests, shutdown)."""
         while True:

@@ -392,12 +392,19 @@ class Scheduler:
 
     def _positions(self) -> dict[int, tuple[int, float | None]]:
         """Position and ETA of every waiting job, in one pass over the run order."""
+        # Called on every queue change with possibly hundreds waiting: most jobs share a few
+        # work keys, so each key's duration is looked up once per pass.
         out: dict[int, tuple[int, float | None]] = {}
+        durations: dict[WorkKey, float | None] = {}
         position = 1 if self._running is None else 2
         clock = self._running_remaining()
         for job_id, _user, waiting in self._queue:
-            duration = self.eta.key_seconds(waiting.work)
-            clock = None if clock is None or duration is None else clock + duration
+            if clock is not None:
+                work = waiting.work
+                if work not in durations:
+                    durations[work] = self.eta.key_seconds(work)
+                duration = durations[work]
+                clock = None if duration is None else clock + duration
             out[job_id] = (position, clock)
             position += 1
         return out

@@ -487,6 +487,19 @@ class Store:
             for row in reversed(rows)
         ]
 
+    async def unannounced_done_jobs(self, finished_since: float) -> list[JobRecord]:
+        """Jobs that finished (after ``finished_since``, a Unix time) without a results message:
+        the bot stopped between committing their results and posting them."""
+        async with self._db.execute(
+            "SELECT id FROM jobs j WHERE status = 'done' AND finished_at >= ? AND NOT EXISTS"
+            " (SELECT 1 FROM messages m WHERE m.job_id = j.id AND m.role = 'results')"
+            " ORDER BY finished_at, id",
+            (finished_since,),
+        ) as cursor:
+            ids = [row[0] for row in await cursor.fetchall()]
+        records = [await self.get_job(job_id) for job_id in ids]
+        return [record for record in records if record is not None]
+
     async def count_jobs(self, status: JobStatus | None = None) -> int:
         query = "SELECT COUNT(*) FROM jobs" + (" WHERE status = ?" if status else "")
         async with self._db.execute(query, (status.value,) if status else ()) as cursor:

@@ -250,3 +250,31 @@ async def test_a_broken_sink_never_changes_a_jobs_outcome(
                                    [request(user=1), request(user=2, fail="error")])
     assert await store.job_status(jobs[0].job_id) is JobStatus.DONE
     assert await store.job_status(jobs[1].job_id) is JobStatus.FAILED
+
+
+async def test_results_committed_but_never_posted_are_posted_after_a_restart(
+    store: Store,
+) -> None:
+    from bot.files import write_atomic
+    from bot.store import NewResult
+
+    record = await store.insert_job(request(user=3, steps=4), 0)
+    await store.mark_running(record.id, 4)
+    path = store.paths.result_path(record.id, 1)
+    write_atomic(path, _png(Image.new("RGB", (16, 16), (9, 9, 9))))
+    await store.complete_job(record.id, [NewResult(1, 0.5, 8, path)])
+    # The bot stopped here. After the restart:
+    sink = FakeSink()
+    publisher = make_publisher(store, 0.01)
+    publisher.set_sink(sink)
+    assert await publisher.announce_unposted() == [record.id]
+    await publisher.wait_settled()
+    link = await store.message_for_job(record.id, "results")
+    assert link is not None and "1️⃣ score 0.500 · seed 8" in sink.messages[link.message_id][0]
+    assert await publisher.announce_unposted() == []
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
