@@ -1,0 +1,106 @@
+"""The slash commands take their bounds and choices from config, and fit Discord's limits."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.config import Config, config_from_mapping
+from cogs.admin import AdminCog
+from cogs.edit import build_edit_command
+from cogs.imagine import build_imagine_command, closest_size
+from cogs.queue import QueueCog
+
+NARROW = {
+    "imagine": {
+        "sizes": ["64x64", "128x64", "64x128"],
+        "default_size": "64x64",
+        "max_prompt_chars": 120,
+        "steps": {"default": 3, "min": 2, "max": 7},
+        "cutn": {"default": 2, "min": 1, "max": 6},
+    },
+    "edit": {
+        "backgrounds": ["none", "paste"],
+        "steps": {"default": 4, "min": 3, "max": 9},
+        "candidates": {"default": 2, "min": 1, "max": 3},
+        "blend_start": {"default": 0.2, "min": 0.1, "max": 0.5},
+        "guidance": {"default": 5.0, "min": 2.0, "max": 9.0},
+    },
+}
+
+
+def options_of(command: app_commands.Command, config: Config) -> dict[str, dict[str, Any]]:
+    client = discord.Client(intents=discord.Intents.none())
+    tree = app_commands.CommandTree(client)
+    payload = command.to_dict(tree)
+    assert len(payload["description"]) <= 100
+    return {option["name"]: option for option in payload["options"]}
+
+
+def test_imagine_bounds_and_sizes_come_from_config() -> None:
+    config = config_from_mapping(NARROW)
+    options = options_of(build_imagine_command(SimpleNamespace(), config.imagine), config)
+    assert list(options) == [
+        "prompt", "seed", "steps", "size", "cutn", "init_image", "mask", "mask_text",
+        "image_prompt",
+    ]
+    assert options["prompt"]["required"] and options["prompt"]["max_length"] == 120
+    assert (options["steps"]["min_value"], options["steps"]["max_value"]) == (2, 7)
+    assert (options["cutn"]["min_value"], options["cutn"]["max_value"]) == (1, 6)
+    assert [c["value"] for c in options["size"]["choices"]] == ["64x64", "128x64", "64x128"]
+    assert options["init_image"]["type"] == discord.AppCommandOptionType.attachment.value
+    assert not any(options[name].get("required") for name in list(options)[1:])
+
+    default = options_of(build_imagine_command(SimpleNamespace(), Config().imagine), Config())
+    assert (default["steps"]["min_value"], default["steps"]["max_value"]) == (1, 1000)
+
+
+def test_edit_bounds_and_backgrounds_come_from_config() -> None:
+    config = config_from_mapping(NARROW)
+    options = options_of(build_edit_command(SimpleNamespace(), config.edit), config)
+    assert [name for name, o in options.items() if o.get("required")] == [
+        "image", "mask", "prompt"
+    ]
+    assert (options["steps"]["min_value"], options["steps"]["max_value"]) == (3, 9)
+    assert (options["candidates"]["min_value"], options["candidates"]["max_value"]) == (1, 3)
+    assert (options["blend_start"]["min_value"], options["blend_start"]["max_value"]) == (0.1, 0.5)
+    assert (options["guidance"]["min_value"], options["guidance"]["max_value"]) == (2.0, 9.0)
+    assert [c["value"] for c in options["background"]["choices"]] == ["none", "paste"]
+    assert options["shrink"]["type"] == discord.AppCommandOptionType.boolean.value
+
+
+def test_every_option_has_a_real_description_within_discords_limit() -> None:
+    config = Config()
+    fake_bot = SimpleNamespace(config=config)
+    built = [
+        build_imagine_command(SimpleNamespace(), config.imagine),
+        build_edit_command(SimpleNamespace(), config.edit),
+        *QueueCog(fake_bot).__cog_app_commands__,  # type: ignore[arg-type]
+        *AdminCog(fake_bot).__cog_app_commands__,  # type: ignore[arg-type]
+    ]
+    for command in built:
+        for name, option in options_of(command, config).items():
+            assert option["description"] not in ("…", "-", ""), (command.name, name)
+            assert len(option["description"]) <= 100, (command.name, name)
+            for choice in option.get("choices", []):
+                assert len(choice["name"]) <= 100
+
+
+def test_owner_command_is_hidden_from_non_admins_by_default() -> None:
+    cog = AdminCog(SimpleNamespace(config=Config()))  # type: ignore[arg-type]
+    (resync,) = cog.__cog_app_commands__
+    assert resync.default_permissions == discord.Permissions(administrator=True)
+    assert isinstance(cog, commands.Cog)
+
+
+def test_init_image_picks_the_closest_configured_shape() -> None:
+    from PIL import Image
+
+    sizes = ((64, 64), (128, 64), (64, 128))
+    assert closest_size(sizes, Image.new("RGB", (300, 160))) == (128, 64)
+    assert closest_size(sizes, Image.new("RGB", (90, 200))) == (64, 128)
+    assert closest_size(sizes, Image.new("RGB", (50, 52))) == (64, 64)
