@@ -339,6 +339,10 @@ def assemble(
         if module.dtype != dtype or module.device != device:
             module.to(device=device, dtype=dtype)
         module.eval().requires_grad_(False)
+    # Channels-last weights make the UNet's convolutions pick faster kernels: measured 15-40%
+    # less time per step for the SD-1.5 UNet on this CPU, same fp32 arithmetic (the results
+    # differ only in summation order, ~1e-6). The VAE measured no clear gain, so it stays as is.
+    unet.to(memory_format=torch.channels_last)
     return DiffusionComponents(
         name=name,
         unet=unet,
