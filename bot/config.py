@@ -82,6 +82,8 @@ class ImagineConfig:
     default_size: tuple[int, int] = (256, 256)
     preview_every: int = 10
     max_prompt_chars: int = 500
+    # Images made per /imagine, ranked by CLIP; each gets a number reaction to continue from.
+    candidates: int = 4
 
 
 @dataclass(frozen=True)
@@ -427,6 +429,7 @@ def pipeline_hard_limits() -> tuple[dict[str, Any], dict[str, Any]]:
     imagine = {
         "steps": (vqgan_clip.MIN_STEPS, vqgan_clip.MAX_STEPS),
         "cutn": (vqgan_clip.MIN_CUTN, vqgan_clip.MAX_CUTN),
+        "candidates": (vqgan_clip.MIN_CANDIDATES, vqgan_clip.MAX_CANDIDATES),
         "side": (vqgan_clip.MIN_SIDE, vqgan_clip.MAX_SIDE),
         "size_multiple": vqgan_clip.SIZE_MULTIPLE,
         "max_pixels": vqgan_clip.MAX_PIXELS,
@@ -559,6 +562,7 @@ def _imagine(t: _Table, limits: dict[str, Any]) -> ImagineConfig:
         default_size=default_size,
         preview_every=t.integer("preview_every", d.preview_every, 1, 1000),
         max_prompt_chars=t.integer("max_prompt_chars", d.max_prompt_chars, 1, 4000),
+        candidates=t.integer("candidates", d.candidates, *limits["candidates"]),
     )
     t.finish()
     return out

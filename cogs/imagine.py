@@ -127,6 +127,7 @@ class ImagineCog(commands.Cog):
             "width": width,
             "height": height,
             "cutn": options.cutn if options.cutn is not None else config.cutn.default,
+            "candidates": config.candidates,
             "preview_every": config.preview_every,
         }
         if options.mask_text:
