@@ -427,16 +427,22 @@ class BlendedLatentDiffusionPipeline:
         pixels = (source * 2 - 1).to(c.device, c.dtype)
         return c.vae.encode(pixels).latent_dist.mean * c.latent_scaling
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode(
+        self, latents: torch.Tensor, should_cancel: Callable[[], None] | None = None
+    ) -> torch.Tensor:
         """D(z) for each latent, (N, 3, H, W) in [-1, 1], float32.
 
         One image at a time: peak memory stays that of a single decode (a 512² decode needs
-        several GB), and on the CPU it measured no slower than a batch.
+        several GB), it measured no slower than a batch on the CPU, and a cancel can land
+        between images (``should_cancel`` is called before each and may raise).
         """
         c = self.components
-        return torch.cat(
-            [c.vae.decode(latent[None] / c.latent_scaling).sample.float() for latent in latents]
-        )
+        images = []
+        for latent in latents:
+            if should_cancel is not None:
+                should_cancel()
+            images.append(c.vae.decode(latent[None] / c.latent_scaling).sample.float())
+        return torch.cat(images)
 
     def _denoise(
         self,
@@ -552,9 +558,12 @@ class BlendedLatentDiffusionPipeline:
                 should_cancel,
             )
             lap("denoise")
-            if should_cancel():
-                raise Cancelled(total, total, preview)
-            decoded = self.decode(latents)
+
+            def check_decode() -> None:
+                if should_cancel():
+                    raise Cancelled(total, total, preview)
+
+            decoded = self.decode(latents, check_decode)
             lap("decode")
         if truncated:
             notes.append(f"the prompt was cut to {c.tokenizer.model_max_length} tokens")

@@ -229,3 +229,49 @@ def test_cancelling_stops_within_one_step(
     assert len(unet_calls) == 2
     assert caught.value.step == 2
     assert caught.value.latest is not None
+
+
+def cancel_at_poll(number: int) -> Any:
+    polls = 0
+
+    def should_cancel() -> bool:
+        nonlocal polls
+        polls += 1
+        return polls >= number
+
+    return should_cancel
+
+
+def test_cancelling_lands_between_decodes_and_finetune_steps(
+    pipeline: BlendedLatentDiffusionPipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vae = pipeline.components.vae
+    decodes: list[int] = []
+    original = vae.decode
+
+    def counting_decode(*args: Any, **kwargs: Any) -> Any:
+        decodes.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(vae, "decode", counting_decode)
+    edit = request(steps=4, blend_start=0.0, candidates=2)
+    # Four steps poll four times; the decode of candidate 2 polls sixth.
+    with pytest.raises(Cancelled) as during_decode:
+        pipeline(edit, should_cancel=cancel_at_poll(6))
+    assert len(decodes) == 1
+    assert during_decode.value.step == during_decode.value.total == 4
+
+    finetune_steps: list[int] = []
+    real_adam_step = torch.optim.Adam.step
+
+    def counting_step(self: torch.optim.Adam, *args: Any, **kwargs: Any) -> Any:
+        finetune_steps.append(1)
+        return real_adam_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", counting_step)
+    finetune = request(steps=4, blend_start=0.0, candidates=2, background="finetune")
+    # 4 step polls, 2 decode polls, then one per fine-tuning step: stop at the third.
+    with pytest.raises(Cancelled) as during_finetune:
+        pipeline(finetune, should_cancel=cancel_at_poll(4 + 2 + 3))
+    assert len(finetune_steps) == 2
+    assert during_finetune.value.latest is not None
