@@ -29,6 +29,10 @@ from bot.config import (
 log = logging.getLogger("bot")
 
 EXIT_BAD_INPUT = 2
+# How long a thread may hold the GIL before another waiting thread gets it (Python's default is
+# 5 ms). The pipelines' Python glue between torch ops holds the GIL; at 1 ms the event loop waits
+# far less for it (docs/benchmarks-parts/bot.md: loop lag with a GIL-holding worker).
+GIL_SWITCH_INTERVAL_SECONDS = 0.001
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -47,6 +51,7 @@ async def run(config: Config, token: str) -> int:
 
     from bot.app import FaradayBot
 
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
     bot = await FaradayBot.create(config)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -116,6 +117,9 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "switch_interval_s": sys.getswitchinterval(),
         "torch_threads": _torch_threads(),
         "sink_calls": sink.calls,
+        # Other work on the machine inflates every figure here; the 1-minute load average at the
+        # end says how busy it was (2 would saturate this 2-core machine).
+        "load_average_1m": round(os.getloadavg()[0], 2),
     }
 
 

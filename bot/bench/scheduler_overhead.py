@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import tempfile
 import threading
 import time
@@ -130,6 +131,9 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "jain_min_fifo_reference": round(min(fifo), 6),
         "prefixes": len(fair),
         "completed": len(completed),
+        # Other work on the machine inflates every figure here; the 1-minute load average at the
+        # end says how busy it was (2 would saturate this 2-core machine).
+        "load_average_1m": round(os.getloadavg()[0], 2),
     }
 
 
