@@ -589,10 +589,16 @@ class Scheduler:
             )
         seconds = time.monotonic() - started
         results = []
-        for ranked in result.images:
-            path = self.store.paths.result_path(info.job_id, ranked.rank)
-            write_atomic(path, png_bytes(ranked.image), durable=self.store.sync_commits)
-            results.append(NewResult(ranked.rank, float(ranked.score), int(ranked.seed), path))
+        try:
+            for ranked in result.images:
+                path = self.store.paths.result_path(info.job_id, ranked.rank)
+                write_atomic(path, png_bytes(ranked.image), durable=self.store.sync_commits)
+                results.append(NewResult(ranked.rank, float(ranked.score), int(ranked.seed),
+                                         path))
+        except OSError as exc:
+            log.exception("job %d: its results could not be saved", info.job_id)
+            return _Outcome("failed", error=f"the images were made but could not be saved "
+                            f"({exc.strerror or type(exc).__name__}); please try again later.")
         with running.lock:
             total = running.total or steps_of(info.params)
         return _Outcome("done", results=results, step=total, total=total, seconds=seconds)

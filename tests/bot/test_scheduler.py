@@ -396,3 +396,24 @@ async def test_a_job_interrupted_twice_is_failed(data_dir: Any) -> None:
     await scheduler.shutdown()
     for opened in [*stores, store]:
         await opened.close()
+
+
+async def test_results_that_cannot_be_saved_fail_the_job_not_the_worker(
+    make_scheduler: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bot.scheduler as scheduler_module
+
+    def disk_full(*args: Any, **kwargs: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    scheduler = await make_scheduler()
+    monkeypatch.setattr(scheduler_module, "write_atomic", disk_full)
+    lost = await scheduler.submit(request(user=1))
+    await scheduler.wait_idle()
+    monkeypatch.undo()
+    kept = await scheduler.submit(request(user=2))
+    await scheduler.wait_idle()
+    record = await scheduler.store.get_job(lost.job_id)
+    assert record.status is JobStatus.FAILED
+    assert record.error.startswith("the images were made but could not be saved (No space left")
+    assert await scheduler.store.job_status(kept.job_id) is JobStatus.DONE
