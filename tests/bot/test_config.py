@@ -138,6 +138,8 @@ def test_values_are_read_into_typed_objects() -> None:
         ("[imagine.steps]\nmax = 5000",
          "imagine.steps.max = 5000: must be a whole number from 1 to 2000"),
         ("[imagine.cutn]\nmin = 0", "imagine.cutn.min = 0: must be a whole number from 1 to 128"),
+        ("[imagine]\ncandidates = 10",
+         "imagine.candidates = 10: must be a whole number from 1 to 9"),
         ("[edit.candidates]\nmax = 9",
          "edit.candidates.max = 9: must be a whole number from 1 to 8"),
         ("[edit.blend_start]\nmax = 1.0",
