@@ -259,7 +259,10 @@ def encode_targets(
         stops += [math.nan if p.stop is None else p.stop for p in prompts]
         labels += [p.text for p in prompts]
     for index, image in enumerate(image_prompts, start=1):
-        pixels = pil_to_tensor(image).to(clip.device)
+        # A phone photo would be a 300 MB tensor; CLIP only needs a few times its input size.
+        small = to_rgb(image)
+        small.thumbnail((4 * clip.input_size, 4 * clip.input_size), Image.LANCZOS)
+        pixels = pil_to_tensor(small).to(clip.device)
         embeddings.append(clip.encode_image(clip_view(pixels, clip.input_size)))
         weights.append(1.0)
         stops.append(math.nan)
