@@ -125,6 +125,7 @@ class SchedulerConfig:
     progress_interval_seconds: float = 4.0
     shutdown_grace_seconds: float = 30.0
     eta_window: int = 20
+    worker_niceness: int = 10
     pipeline: str = "real"
     retry: RetryConfig = RetryConfig()
     stand_in: StandInConfig = StandInConfig()
@@ -622,6 +623,7 @@ def _scheduler(t: _Table) -> SchedulerConfig:
         shutdown_grace_seconds=t.number("shutdown_grace_seconds", d.shutdown_grace_seconds,
                                         0, 3600),
         eta_window=t.integer("eta_window", d.eta_window, 1, 1000),
+        worker_niceness=t.integer("worker_niceness", d.worker_niceness, 0, 19),
         pipeline=t.choice("pipeline", d.pipeline, ("real", "stand-in")),
         retry=retry,
         stand_in=stand_in,

@@ -207,7 +207,7 @@ class Scheduler:
         self.source = source
         self.config = config
         self.eta = EtaEstimator(config.eta_window)
-        self.worker = WorkerThread()
+        self.worker = WorkerThread(niceness=config.worker_niceness)
         self._rng = rng or random.Random()
         self._queue: FairQueue[_Waiting] = FairQueue()
         self._running: _Running | None = None

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
+import sys
 import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -34,7 +36,8 @@ class WorkerThread:
     Daemon, so a pipeline that ignores cancellation cannot keep the process alive at shutdown.
     """
 
-    def __init__(self, name: str = "faraday-worker") -> None:
+    def __init__(self, name: str = "faraday-worker", niceness: int = 0) -> None:
+        self.niceness = niceness
         self._tasks: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._started = False
@@ -66,7 +69,23 @@ class WorkerThread:
         self._tasks.put((work, loop, future))
         return await future
 
+    def _lower_priority(self) -> None:
+        """Make the OS prefer the event loop's thread over this one when the CPU is contended.
+
+        On Linux a thread has its own nice value, and the threads torch's OpenMP pool starts from
+        this thread inherit it. Elsewhere setpriority would apply to the whole process, so it is
+        left alone.
+        """
+        if self.niceness <= 0 or not sys.platform.startswith("linux"):
+            return
+        try:
+            current = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), current + self.niceness)
+        except OSError as exc:
+            log.debug("could not lower the worker thread's priority: %s", exc)
+
     def _main(self) -> None:
+        self._lower_priority()
         while True:
             item = self._tasks.get()
             if item is None:

@@ -78,7 +78,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         pipeline_class = PythonBurnPipeline if args.work == "python" else StandInPipeline
         pipeline = pipeline_class(args.step_seconds, args.image_size, "cpu")
         config = SchedulerConfig(progress_interval_seconds=args.progress_interval,
-                                 max_queued_per_user=100, max_queued_total=100)
+                                 max_queued_per_user=100, max_queued_total=100,
+                                 worker_niceness=args.worker_niceness)
         scheduler = Scheduler(store, StandInSource(pipeline), config)
         publisher = Publisher(store, args.progress_interval)
         sink = DiscardingSink()
@@ -116,6 +117,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "step_seconds": args.step_seconds,
         "switch_interval_s": sys.getswitchinterval(),
         "torch_threads": _torch_threads(),
+        "worker_niceness": args.worker_niceness,
         "sink_calls": sink.calls,
         # Other work on the machine inflates every figure here; the 1-minute load average at the
         # end says how busy it was (2 would saturate this 2-core machine).
@@ -144,6 +146,9 @@ def add_parser(benches: Any) -> None:
     parser.add_argument("--progress-interval", type=float, default=4.0)
     parser.add_argument("--switch-interval", type=float, default=None,
                         help="sys.setswitchinterval value (Python's default is 0.005)")
+    parser.add_argument("--worker-niceness", type=int, default=10,
+                        help="how much lower than the loop's the worker thread's priority is "
+                        "(scheduler.worker_niceness; default %(default)s)")
     parser.add_argument("--torch-threads", type=int, default=0,
                         help="torch.set_num_threads (0: torch's default)")
     parser.set_defaults(run=run)

@@ -93,6 +93,8 @@ def test_values_are_read_into_typed_objects() -> None:
          "scheduler.max_queued_total = True: must be a whole number from 1 to 100000"),
         ("[scheduler]\nmax_queued_per_user = 0",
          "scheduler.max_queued_per_user = 0: must be a whole number from 1 to 10000"),
+        ("[scheduler]\nworker_niceness = 20",
+         "scheduler.worker_niceness = 20: must be a whole number from 0 to 19"),
         ("[scheduler]\nmax_queued_total = 2.5",
          "scheduler.max_queued_total = 2.5: must be a whole number from 1 to 100000"),
         # Numbers.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 import threading
 from typing import Any
 
@@ -417,3 +419,19 @@ async def test_results_that_cannot_be_saved_fail_the_job_not_the_worker(
     assert record.status is JobStatus.FAILED
     assert record.error.startswith("the images were made but could not be saved (No space left")
     assert await scheduler.store.job_status(kept.job_id) is JobStatus.DONE
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+async def test_the_worker_thread_runs_at_a_lower_priority_than_the_loop() -> None:
+    from bot.worker import WorkerThread
+
+    def nice_of_this_thread() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    worker = WorkerThread(niceness=3)
+    worker.start()
+    try:
+        worker_nice = await worker.run(nice_of_this_thread)
+    finally:
+        worker.stop()
+    assert worker_nice == min(19, nice_of_this_thread() + 3)
