@@ -25,14 +25,11 @@ from bot.config import (
     discord_token,
     load_config,
 )
+from bot.worker import GIL_SWITCH_INTERVAL_SECONDS
 
 log = logging.getLogger("bot")
 
 EXIT_BAD_INPUT = 2
-# How long a thread may hold the GIL before another waiting thread gets it (Python's default is
-# 5 ms). The pipelines' Python glue between torch ops holds the GIL; at 1 ms the event loop waits
-# far less for it (docs/benchmarks-parts/bot.md: loop lag with a GIL-holding worker).
-GIL_SWITCH_INTERVAL_SECONDS = 0.001
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -20,6 +20,12 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# How long a thread may hold the GIL before another waiting thread gets it (Python's default is
+# 5 ms). The pipelines' Python glue between torch ops holds the GIL; at 1 ms the event loop waits
+# far less for it (docs/benchmarks-parts/bot.md: loop lag with a GIL-holding worker). The bot's
+# entry point sets it for the whole process.
+GIL_SWITCH_INTERVAL_SECONDS = 0.001
+
 
 def _settle(future: asyncio.Future, result: object, error: BaseException | None) -> None:
     if future.done():  # the awaiting task was cancelled (shutdown); nobody wants the answer

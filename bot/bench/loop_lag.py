@@ -30,6 +30,7 @@ from bot.publisher import OutgoingFile, Publisher
 from bot.scheduler import Scheduler
 from bot.stand_in import StandInPipeline, StandInSource
 from bot.store import Store
+from bot.worker import GIL_SWITCH_INTERVAL_SECONDS
 
 
 class PythonBurnPipeline(StandInPipeline):
@@ -66,8 +67,7 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
-    if args.switch_interval is not None:
-        sys.setswitchinterval(args.switch_interval)
+    sys.setswitchinterval(args.switch_interval)
     if args.torch_threads:
         import torch
 
@@ -144,8 +144,9 @@ def add_parser(benches: Any) -> None:
     parser.add_argument("--step-seconds", type=float, default=0.25)
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--progress-interval", type=float, default=4.0)
-    parser.add_argument("--switch-interval", type=float, default=None,
-                        help="sys.setswitchinterval value (Python's default is 0.005)")
+    parser.add_argument("--switch-interval", type=float, default=GIL_SWITCH_INTERVAL_SECONDS,
+                        help="sys.setswitchinterval value; the bot's is %(default)s, Python's "
+                        "default 0.005")
     parser.add_argument("--worker-niceness", type=int, default=10,
                         help="how much lower than the loop's the worker thread's priority is "
                         "(scheduler.worker_niceness; default %(default)s)")
