@@ -20,6 +20,7 @@ from pipelines.vqgan_clip import (
     VqganClipPipeline,
     VqganClipRun,
     code_indices,
+    default_size_for,
     encode_image_latent,
     prompt_loss,
     spherical_distance_sq,
@@ -392,3 +393,15 @@ def test_code_indices_are_the_quantisers_choice(pipeline: VqganClipPipeline) -> 
     codebook = pipeline.vqgan.codebook.detach()
     z = codebook[torch.tensor([5, 9, 1, 0])].T.reshape(1, -1, 2, 2)
     assert code_indices(pipeline.vqgan, z).flatten().tolist() == [5, 9, 1, 0]
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [((640, 480), (288, 224)), ((256, 256), (256, 256)), ((4000, 100), (1024, 64))],
+)
+def test_default_size_keeps_the_init_images_shape(
+    size: tuple[int, int], expected: tuple[int, int]
+) -> None:
+    width, height = default_size_for(Image.new("RGB", size))
+    assert (width, height) == expected
+    tiny_request(width=width, height=height).validate()
