@@ -1,0 +1,114 @@
+"""The rules around the commands, end to end: allowed channels, cooldown, who may continue,
+🔁 reruns, /help, and the owner-only re-sync.
+
+Each test runs the real FaradayBot (tiny presets) against the Discord stand-in, in-process.
+"""
+
+from __future__ import annotations
+
+from bot.jobs import JobStatus
+from tests.e2e.bot_harness import (
+    queued_job_id,
+    react_and_wait_for_new_job,
+    results_with_reactions,
+    running_bot,
+    write_test_config,
+)
+from tests.e2e.standin import DiscordStandin
+
+
+async def test_commands_outside_allowed_channels_are_refused(tmp_path) -> None:
+    async with DiscordStandin(channel_names=("general", "art")) as standin:
+        art = standin.channel_named("art")
+        config = write_test_config(
+            tmp_path, standin, {"discord": {"allowed_channel_ids": [art]}}
+        )
+        async with running_bot(standin, config) as bot:
+            for command, options in (("imagine", {"prompt": "a cat"}), ("queue", {}),
+                                     ("help", {})):
+                handle = await standin.send_slash_command(command, options)  # in #general
+                reply = await handle.wait_for_reply()
+                assert reply.ephemeral and f"only take commands in <#{art}>" in reply.content
+            assert await bot.store.get_job(1) is None
+
+            allowed = await standin.send_slash_command("imagine", {"prompt": "a cat"},
+                                                       channel_id=art)
+            job_id = await queued_job_id(allowed)
+            message, _ = await results_with_reactions(bot, standin, job_id)
+            assert message.channel_id == art
+
+
+async def test_submit_cooldown_is_per_user_and_counts_only_queued_jobs(standin, tmp_path) -> None:
+    config = write_test_config(tmp_path, standin, {"discord": {"submit_cooldown_seconds": 60.0}})
+    async with running_bot(standin, config) as bot:
+        typo = await standin.send_slash_command("imagine", {"prompt": "a cat:0.5x"})
+        refused = await typo.wait_for_reply(lambda m: "Nothing was queued" in m.content)
+        assert "prompt" in refused.content
+        first = await queued_job_id(await standin.send_slash_command("imagine", {"prompt": "a"}))
+        again = await standin.send_slash_command("imagine", {"prompt": "b"})
+        reply = await again.wait_for_reply()
+        assert reply.ephemeral and "Slow down" in reply.content and "60 s" in reply.content
+        other = await queued_job_id(
+            await standin.send_slash_command("imagine", {"prompt": "c"}, user="bob")
+        )
+        assert other == first + 1
+        await results_with_reactions(bot, standin, other)
+        # A reaction is a submission too: alice's cooldown still holds.
+        grid = await bot.store.message_for_job(first, "results")
+        assert grid is not None
+        alice = standin.users["alice"].id
+        await standin.add_reaction(grid.message_id, "1️⃣", "alice")
+        await standin.wait_for(
+            lambda: any(f"<@{alice}>" in m.content and "Slow down" in m.content
+                        for m in standin.bot_messages()),
+            description="a cooldown notice for alice's reaction",
+        )
+        assert await bot.store.get_job(other + 1) is None
+
+
+async def test_requester_only_continuation_and_rerun_with_a_new_seed(standin, tmp_path) -> None:
+    config = write_test_config(tmp_path, standin, {"discord": {"continue_by": "requester"}})
+    async with running_bot(standin, config) as bot:
+        parent_id = await queued_job_id(
+            await standin.send_slash_command("imagine", {"prompt": "a boat", "seed": 7})
+        )
+        grid, _ = await results_with_reactions(bot, standin, parent_id)
+        alice, bob = standin.users["alice"].id, standin.users["bob"].id
+
+        await standin.add_reaction(grid.id, "1️⃣", "bob")
+        await standin.wait_for(
+            lambda: any(f"<@{bob}> only <@{alice}> can continue" in m.content
+                        for m in standin.bot_messages()),
+            description="a notice that only alice may continue",
+        )
+        assert await bot.store.get_job(parent_id + 1) is None
+
+        rerun = await react_and_wait_for_new_job(bot, standin, grid.id, "🔁", "alice", parent_id)
+        parent = await bot.store.get_job(parent_id)
+        assert parent is not None
+        assert rerun.request.images == parent.request.images == {}
+        assert rerun.request.params["seed"] != 7
+        assert {k: v for k, v in rerun.request.params.items() if k != "seed"} == {
+            k: v for k, v in parent.request.params.items() if k != "seed"
+        }
+        assert rerun.parent_result_id is None
+        await results_with_reactions(bot, standin, rerun.id)
+        assert (await bot.store.get_job(rerun.id)).status is JobStatus.DONE
+
+
+async def test_help_and_owner_only_resync(standin, tmp_path) -> None:
+    async with running_bot(standin, write_test_config(tmp_path, standin)):
+        help_reply = await (await standin.send_slash_command("help")).wait_for_reply()
+        assert help_reply.ephemeral and "/imagine" in help_reply.content
+        assert "oil painting:0.5" in help_reply.content
+
+        syncs = len(standin.command_syncs)
+        refused = await (await standin.send_slash_command("resync", user="root")).wait_for_reply()
+        assert refused.ephemeral and "Only the bot's owner" in refused.content
+        assert len(standin.command_syncs) == syncs
+
+        done = await (
+            await standin.send_slash_command("resync", user=standin.owner)
+        ).wait_for_reply(lambda m: "re-synced" in m.content)
+        assert done.ephemeral and "1 guild(s)" in done.content
+        assert len(standin.command_syncs) == syncs + 1
