@@ -84,7 +84,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         gate = threading.Event()
         pipeline = TimedNoOp(gate)
         config = SchedulerConfig(max_queued_per_user=per_user + 1,
-                                 max_queued_total=users * per_user + 1)
+                                 max_queued_total=users * per_user + 1,
+                                 worker_niceness=args.worker_niceness)
         scheduler = Scheduler(store, StandInSource(pipeline), config)
         completed: list[int] = []
 
@@ -126,6 +127,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "pipeline_ms_per_job": round(pipeline.seconds / jobs * 1000, 3),
         "run_cpu_ms_per_job": round(run_cpu / jobs * 1000, 3),
         "sync_commits": args.sync_commits,
+        "worker_niceness": args.worker_niceness,
         "jain_min": round(min(fair), 6),
         "jain_mean": round(sum(fair) / len(fair), 6),
         "jain_min_fifo_reference": round(min(fifo), 6),
@@ -146,6 +148,9 @@ def add_parser(benches: Any) -> None:
     parser = benches.add_parser("scheduler", help=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--users", type=int, default=50)
+    parser.add_argument("--worker-niceness", type=int, default=10,
+                        help="scheduler.worker_niceness (default %(default)s, as the bot's); on "
+                        "a machine shared with other work, 0 keeps them from starving the worker")
     parser.add_argument("--sync-commits", action="store_true",
                         help="fsync every commit and result file (storage.sync_commits)")
     parser.set_defaults(run=run)
