@@ -92,8 +92,9 @@ class ImagineCog(commands.Cog):
         self, interaction: discord.Interaction, options: ImagineOptions, desk: SubmitDesk
     ) -> tuple[JobRequest, tuple[str, ...]]:
         config = self.bot.config.imagine
-        # Before any download: a typo in the prompt should cost the user nothing.
-        parse_prompts(options.prompt)
+        # Before any download: a typo in the prompt should cost the user nothing. Off the loop,
+        # because the first call loads CLIP's tokenizer vocabulary.
+        await asyncio.to_thread(parse_prompts, options.prompt)
         notes: list[str] = []
 
         init: FetchedImage | None = None
