@@ -6,6 +6,8 @@ Each test runs the real FaradayBot (tiny presets) against the Discord stand-in, 
 
 from __future__ import annotations
 
+import discord
+
 from bot.jobs import JobStatus
 from tests.e2e.bot_harness import (
     queued_job_id,
@@ -15,6 +17,7 @@ from tests.e2e.bot_harness import (
     write_test_config,
 )
 from tests.e2e.standin import DiscordStandin
+from tests.e2e.standin.server import DEFAULT_BOT_PERMISSIONS
 
 
 async def test_commands_outside_allowed_channels_are_refused(tmp_path) -> None:
@@ -112,3 +115,21 @@ async def test_help_and_owner_only_resync(standin, tmp_path) -> None:
         ).wait_for_reply(lambda m: "re-synced" in m.content)
         assert done.ephemeral and "1 guild(s)" in done.content
         assert len(standin.command_syncs) == syncs + 1
+
+
+async def test_without_manage_messages_reactions_still_work_and_simply_stay(
+    standin, tmp_path
+) -> None:
+    async with running_bot(standin, write_test_config(tmp_path, standin)) as bot:
+        without = discord.Permissions(DEFAULT_BOT_PERMISSIONS.value)
+        without.manage_messages = False
+        await standin.set_bot_permissions(without)
+        parent_id = await queued_job_id(
+            await standin.send_slash_command("imagine", {"prompt": "a kite"})
+        )
+        grid, _ = await results_with_reactions(bot, standin, parent_id)
+        child = await react_and_wait_for_new_job(bot, standin, grid.id, "1️⃣", "bob", parent_id)
+        await results_with_reactions(bot, standin, child.id)
+        removals = standin.requests_matching("DELETE", rf"/messages/{grid.id}/reactions/")
+        assert removals and all(r.status == 403 for r in removals)
+        assert standin.users["bob"].id in grid.reactors("1️⃣")  # left in place, no harm done
