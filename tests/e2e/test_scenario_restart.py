@@ -22,7 +22,7 @@ from pathlib import Path
 from bot.config import load_config
 from bot.jobs import JobStatus
 from bot.store import JobRecord, Store
-from tests.e2e.bot_harness import REPO_ROOT, eventually, queued_job_id, write_test_config
+from tests.e2e.bot_harness import REPO_ROOT, WAIT, eventually, queued_job_id, write_test_config
 
 START_TIMEOUT = 120.0  # a cold interpreter imports torch, diffusers and transformers
 
@@ -88,7 +88,7 @@ async def test_sigkill_mid_job_then_restart_resumes_and_old_reactions_still_work
             grid_id = await eventually(grid_linked, timeout=30, what="the grid's message link")
             await standin.wait_for(
                 lambda: standin.bot_user.id in standin.message(grid_id).reactors("2️⃣"),
-                description="the grid's 2️⃣ reaction",
+                timeout=WAIT, description="the grid's 2️⃣ reaction",
             )
 
             # A long job, killed while it runs.

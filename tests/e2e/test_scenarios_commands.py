@@ -10,6 +10,7 @@ import discord
 
 from bot.jobs import JobStatus
 from tests.e2e.bot_harness import (
+    WAIT,
     queued_job_id,
     react_and_wait_for_new_job,
     results_with_reactions,
@@ -30,7 +31,7 @@ async def test_commands_outside_allowed_channels_are_refused(tmp_path) -> None:
             for command, options in (("imagine", {"prompt": "a cat"}), ("queue", {}),
                                      ("help", {})):
                 handle = await standin.send_slash_command(command, options)  # in #general
-                reply = await handle.wait_for_reply()
+                reply = await handle.wait_for_reply(timeout=WAIT)
                 assert reply.ephemeral and f"only take commands in <#{art}>" in reply.content
             assert await bot.store.get_job(1) is None
 
@@ -45,11 +46,13 @@ async def test_submit_cooldown_is_per_user_and_counts_only_queued_jobs(standin, 
     config = write_test_config(tmp_path, standin, {"discord": {"submit_cooldown_seconds": 60.0}})
     async with running_bot(standin, config) as bot:
         typo = await standin.send_slash_command("imagine", {"prompt": "a cat:0.5x"})
-        refused = await typo.wait_for_reply(lambda m: "Nothing was queued" in m.content)
+        refused = await typo.wait_for_reply(
+            lambda m: "Nothing was queued" in m.content, timeout=WAIT
+        )
         assert "prompt" in refused.content
         first = await queued_job_id(await standin.send_slash_command("imagine", {"prompt": "a"}))
         again = await standin.send_slash_command("imagine", {"prompt": "b"})
-        reply = await again.wait_for_reply()
+        reply = await again.wait_for_reply(timeout=WAIT)
         assert reply.ephemeral and "Slow down" in reply.content and "60 s" in reply.content
         other = await queued_job_id(
             await standin.send_slash_command("imagine", {"prompt": "c"}, user="bob")
@@ -64,7 +67,7 @@ async def test_submit_cooldown_is_per_user_and_counts_only_queued_jobs(standin, 
         await standin.wait_for(
             lambda: any(f"<@{alice}>" in m.content and "Slow down" in m.content
                         for m in standin.bot_messages()),
-            description="a cooldown notice for alice's reaction",
+            timeout=WAIT, description="a cooldown notice for alice's reaction",
         )
         assert await bot.store.get_job(other + 1) is None
 
@@ -82,7 +85,7 @@ async def test_requester_only_continuation_and_rerun_with_a_new_seed(standin, tm
         await standin.wait_for(
             lambda: any(f"<@{bob}> only <@{alice}> can continue" in m.content
                         for m in standin.bot_messages()),
-            description="a notice that only alice may continue",
+            timeout=WAIT, description="a notice that only alice may continue",
         )
         assert await bot.store.get_job(parent_id + 1) is None
 
@@ -101,18 +104,19 @@ async def test_requester_only_continuation_and_rerun_with_a_new_seed(standin, tm
 
 async def test_help_and_owner_only_resync(standin, tmp_path) -> None:
     async with running_bot(standin, write_test_config(tmp_path, standin)):
-        help_reply = await (await standin.send_slash_command("help")).wait_for_reply()
+        help_reply = await (await standin.send_slash_command("help")).wait_for_reply(timeout=WAIT)
         assert help_reply.ephemeral and "/imagine" in help_reply.content
         assert "oil painting:0.5" in help_reply.content
 
         syncs = len(standin.command_syncs)
-        refused = await (await standin.send_slash_command("resync", user="root")).wait_for_reply()
+        handle = await standin.send_slash_command("resync", user="root")
+        refused = await handle.wait_for_reply(timeout=WAIT)
         assert refused.ephemeral and "Only the bot's owner" in refused.content
         assert len(standin.command_syncs) == syncs
 
         done = await (
             await standin.send_slash_command("resync", user=standin.owner)
-        ).wait_for_reply(lambda m: "re-synced" in m.content)
+        ).wait_for_reply(lambda m: "re-synced" in m.content, timeout=WAIT)
         assert done.ephemeral and "1 guild(s)" in done.content
         assert len(standin.command_syncs) == syncs + 1
 

@@ -11,6 +11,7 @@ from PIL import Image
 
 from bot.jobs import JobKind
 from tests.e2e.bot_harness import (
+    WAIT,
     box_mask,
     picture,
     png,
@@ -106,7 +107,9 @@ async def test_bad_attachments_get_an_ephemeral_error_and_no_job(standin, tmp_pa
                     "mask": upload(bad_mask, "mask.png", box_mask()),
                 },
             )
-            reply = await handle.wait_for_reply(lambda m: "Nothing was queued" in m.content)
+            reply = await handle.wait_for_reply(
+                lambda m: "Nothing was queued" in m.content, timeout=WAIT
+            )
             assert reply.ephemeral, case
             assert expected in reply.content, (case, reply.content)
             # Each message also says what to do next.

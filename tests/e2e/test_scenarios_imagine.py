@@ -13,6 +13,7 @@ from PIL import Image
 from bot.jobs import JobStatus
 from tests.e2e.bot_harness import (
     PROGRESS_INTERVAL,
+    WAIT,
     finished_job,
     message_of,
     queued_job_id,
@@ -30,7 +31,7 @@ async def test_imagine_acknowledges_then_throttles_progress_and_posts_a_scored_g
         handle = await standin.send_slash_command(
             "imagine", {"prompt": "a lighthouse at dusk | oil painting:0.5", "steps": 20}
         )
-        callback = await handle.wait_for_callback(timeout=5)
+        callback = await handle.wait_for_callback(timeout=WAIT)
         assert callback.type == 5 and callback.ephemeral  # deferred at once, privately
         job_id = await queued_job_id(handle)
         reply = handle.replies[0].content
@@ -91,7 +92,7 @@ async def test_reacting_2_continues_from_result_2_byte_for_byte(standin, tmp_pat
         bob = standin.users["bob"].id
         await standin.wait_for(
             lambda: bob not in grid_message.reactors("2️⃣"),
-            description="bob's 2️⃣ to be removed once acted on",
+            timeout=WAIT, description="bob's 2️⃣ to be removed once acted on",
         )
         notices = [m for m in standin.bot_messages() if f"<@{bob}>" in m.content]
         assert any(f"continuing from result 2 of job #{parent_id}" in m.content for m in notices)
@@ -113,7 +114,7 @@ async def test_two_users_jobs_interleave_fairly(standin, tmp_path) -> None:
         assert "position 2" in bob_handle.replies[0].content, bob_handle.describe()
 
         queue = await standin.send_slash_command("queue", user="bob")
-        answer = (await queue.wait_for_reply()).content
+        answer = (await queue.wait_for_reply(timeout=WAIT)).content
         assert queue.ephemeral and f"job #{bob_job} (imagine): position 2" in answer
         assert f"Running: job #{first}" in answer
 
