@@ -147,6 +147,11 @@ class Publisher:
         self._sink_ready = asyncio.Event()
         self._views: dict[int, _JobView] = {}
         self._closing = False
+        # Reactions offered for the controls a cog handles (e.g. ❌ to cancel a job, 🔁 to rerun
+        # it): added under each new progress message, and after the numbers under each grid.
+        # Set by that cog; empty by default.
+        self.progress_reactions: tuple[str, ...] = ()
+        self.results_reactions: tuple[str, ...] = ()
 
     # -- wiring ------------------------------------------------------------------------------
 
@@ -354,6 +359,8 @@ class Publisher:
                 view.message_id = await sink.send(info.channel_id, content, await preview_files())
                 await self.store.link_message(view.message_id, info.channel_id, info.job_id,
                                               PROGRESS)
+                if self.progress_reactions and not wanted.final:
+                    await self._offer_progress_reactions(info, view.message_id)
             view.shown_version = version
             view.shown_preview_key = wanted.preview_key if wanted.preview is not None else None
             view.failures = 0
@@ -376,6 +383,16 @@ class Publisher:
             view.shown_version = version
         finally:
             view.last_shown = self._clock()
+
+    async def _offer_progress_reactions(self, info: JobInfo, message_id: int) -> None:
+        """Best effort: the job and its message are fine without them."""
+        assert self._sink is not None
+        try:
+            await self._sink.add_reactions(info.channel_id, message_id,
+                                           list(self.progress_reactions))
+        except (NoPermission, MessageGone, TransientSendError) as exc:
+            log.info("job %d: could not add %s to its progress message (%s)", info.job_id,
+                     "".join(self.progress_reactions), type(exc).__name__)
 
     def _backoff(self, failures: int) -> float:
         return min(self.retry.base_delay_seconds * 2 ** (failures - 1),
@@ -421,7 +438,8 @@ class Publisher:
             await self._retrying(
                 f"reacting to results of job {info.job_id}",
                 lambda: sink.add_reactions(info.channel_id, message_id,
-                                           list(NUMBER_EMOJIS[: len(results)])),
+                                           [*NUMBER_EMOJIS[: len(results)],
+                                            *self.results_reactions]),
             )
         except NoPermission:
             log.warning("job %d: no permission to post results in channel %d; they stay in "

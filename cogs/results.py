@@ -197,3 +197,6 @@ class ResultsCog(commands.Cog):
 async def setup(bot: FaradayBot) -> None:
     await ensure_desk(bot)
     await bot.add_cog(ResultsCog(bot))
+    # Offer the controls this cog handles, so users need not know the emoji by heart.
+    bot.publisher.progress_reactions = (CANCEL_EMOJI,)
+    bot.publisher.results_reactions = (RERUN_EMOJI,)

@@ -65,6 +65,9 @@ async def test_imagine_acknowledges_then_throttles_progress_and_posts_a_scored_g
         assert grid_message.reactors("1️⃣") == [standin.bot_user.id]
         assert grid_message.reactors("2️⃣") == [standin.bot_user.id]
         assert not grid_message.reactors("3️⃣")
+        # The controls the cogs handle are offered too: 🔁 under the grid, ❌ under progress.
+        assert grid_message.reactors("🔁") == [standin.bot_user.id]
+        assert standin.message(progress.id).reactors("❌") == [standin.bot_user.id]
 
 
 async def test_reacting_2_continues_from_result_2_byte_for_byte(standin, tmp_path) -> None:
