@@ -76,13 +76,10 @@ def write_test_config(
 ) -> Path:
     """The repo's config.toml, pointed at the stand-in, with tiny models and the given extras.
 
-    The stand-in's CDN is plain http on a loopback port; the bot trusts exactly that origin
+    The stand-in's CDN is plain http on a loopback port; its config trusts exactly that origin
     (bare host names in ``cdn_hosts`` are https only).
     """
-    overrides = merged(TINY_OVERRIDES, {
-        "discord": {"cdn_hosts": [standin.base_url]},
-        "storage": {"data_dir": str(directory / "data")},
-    })
+    overrides = merged(TINY_OVERRIDES, {"storage": {"data_dir": str(directory / "data")}})
     return write_bot_config(
         directory / "config.toml",
         standin,
