@@ -146,3 +146,33 @@ async def test_a_429_on_a_progress_edit_and_a_500_on_the_result_post_are_survive
         assert "✅" in standin.message(progress.id).content
         record = await bot.store.get_job(job_id)
         assert record is not None and record.status is JobStatus.DONE
+
+
+async def test_a_deleted_progress_message_is_replaced_and_a_missing_permission_is_survived(
+    standin, tmp_path
+) -> None:
+    async with running_bot(standin, write_test_config(tmp_path, standin)) as bot:
+        job_id = await queued_job_id(
+            await standin.send_slash_command("imagine", {"prompt": "moderated", "steps": 20})
+        )
+        first = await message_of(bot, standin, job_id, "progress")
+        await standin.delete_message(first.id)  # a moderator removes it mid-job (edits now 404)
+        await results_with_reactions(bot, standin, job_id)
+        await bot.publisher.wait_settled()
+        fresh = await bot.store.message_for_job(job_id, "progress")
+        assert fresh is not None and fresh.message_id != first.id
+        assert "✅" in standin.message(fresh.message_id).content
+
+        # The bot may no longer post here (403 Missing Permissions on every post): its job
+        # still runs and its results stay retrievable.
+        forbidden = standin.fail_next("POST", r"/channels/\d+/messages$", 403, times=None)
+        posted_before = len(standin.bot_messages())
+        muted_id = await queued_job_id(
+            await standin.send_slash_command("imagine", {"prompt": "unseen"})
+        )
+        record = await finished_job(bot, muted_id)
+        await bot.publisher.wait_settled()
+        assert record.status is JobStatus.DONE
+        assert len(await bot.store.results_for_job(muted_id)) == 2
+        assert len(standin.bot_messages()) == posted_before
+        assert len(forbidden.hits) >= 2  # the progress message and the results grid
