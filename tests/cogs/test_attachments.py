@@ -55,7 +55,7 @@ class FakeCdn:
         name = request.match_info["name"]
         self.requests.append(name)
         if name == "slow.png":
-            await asyncio.sleep(5)
+            await asyncio.sleep(1.5)
         if name == "moved.png":
             raise web.HTTPFound(location=f"{self.origin}/files/red.png")
         if name == "liar.png":  # no Content-Length: streamed, so only the read cap can stop it
