@@ -56,9 +56,13 @@ def closest_size(sizes: tuple[tuple[int, int], ...], image: Image.Image) -> tupl
     return min(sizes, key=lambda s: (abs(s[0] / s[1] - aspect), -s[0] * s[1]))
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    width, height = text.lower().split("x")
-    return int(width), int(height)
+def parse_size(text: str, sizes: tuple[tuple[int, int], ...]) -> tuple[int, int]:
+    """One of the configured sizes (Discord offers only those, but a client could send any)."""
+    for width, height in sizes:
+        if text == f"{width}x{height}":
+            return width, height
+    offered = ", ".join(f"{w}x{h}" for w, h in sizes)
+    raise InvalidRequest(f"size must be one of {offered}, not {text!r}")
 
 
 class ImagineCog(commands.Cog):
@@ -115,7 +119,7 @@ class ImagineCog(commands.Cog):
             notes.extend(image_prompt.notes)
 
         if options.size is not None:
-            width, height = parse_size(options.size)
+            width, height = parse_size(options.size, config.sizes)
         elif init is not None:
             width, height = closest_size(config.sizes, init.image)
         else:

@@ -6,14 +6,16 @@ from types import SimpleNamespace
 from typing import Any
 
 import discord
+import pytest
 from discord import app_commands
 from discord.ext import commands
 
 from bot.config import Config, config_from_mapping
 from cogs.admin import AdminCog
 from cogs.edit import build_edit_command
-from cogs.imagine import build_imagine_command, closest_size
+from cogs.imagine import build_imagine_command, closest_size, parse_size
 from cogs.queue import QueueCog
+from pipelines.interface import InvalidRequest
 
 NARROW = {
     "imagine": {
@@ -104,3 +106,10 @@ def test_init_image_picks_the_closest_configured_shape() -> None:
     assert closest_size(sizes, Image.new("RGB", (300, 160))) == (128, 64)
     assert closest_size(sizes, Image.new("RGB", (90, 200))) == (64, 128)
     assert closest_size(sizes, Image.new("RGB", (50, 52))) == (64, 64)
+
+
+def test_only_configured_sizes_are_accepted() -> None:
+    sizes = ((64, 64), (128, 64))
+    assert parse_size("128x64", sizes) == (128, 64)
+    with pytest.raises(InvalidRequest, match="size must be one of 64x64, 128x64"):
+        parse_size("4096x4096", sizes)
