@@ -91,7 +91,7 @@ class SubmitDesk(commands.Cog):
         except SubmitRefused as exc:
             raise Refused(str(exc)) from exc
         self.cooldown.consume(request.user_id)
-        log.info(
+        log.debug(
             "job %d queued (%s) for user %d at position %d",
             submitted.job_id, request.kind.value, request.user_id, submitted.position,
         )
