@@ -11,24 +11,21 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
 
 from tqdm import tqdm
 
 from pipelines import image_io
 from pipelines.blended import BACKGROUND_MODES, EditRequest
+from pipelines.cli_common import (
+    EXIT_BAD_INPUT,
+    add_model_arguments,
+    errors_in_one_line,
+    load_pipeline_or_exit_code,
+    model_settings,
+)
 from pipelines.interface import InvalidRequest
-from pipelines.settings import PRESETS, ModelSettings
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised only on Python 3.10
-    import tomli as tomllib
 
 log = logging.getLogger(__name__)
-
-EXIT_BAD_INPUT = 2
-EXIT_FAILED = 1
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -44,13 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--image", required=True, type=Path, help="the image to edit")
     parser.add_argument("--mask", required=True, type=Path, help="where to edit it")
     parser.add_argument("--out-dir", required=True, type=Path, help="folder for the results")
-    parser.add_argument(
-        "--preset",
-        choices=PRESETS,
-        help="which models: tiny/random-full are random weights for tests and benchmarks "
-        "(default: the config's, else 'default')",
-    )
-    parser.add_argument("--config", type=Path, help="read the [models] table of this config.toml")
+    add_model_arguments(parser)
     defaults = EditRequest.__dataclass_fields__
     parser.add_argument("--candidates", type=int, default=defaults["candidates"].default)
     parser.add_argument("--steps", type=int, default=defaults["steps"].default)
@@ -70,39 +61,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("--max-side", type=int, default=defaults["max_side"].default)
     parser.add_argument("--negative-prompt", default=defaults["negative_prompt"].default)
-    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the config's)")
 
-    def one_line_error(message: str) -> NoReturn:
-        # argparse prints the whole usage block; one line is what the other errors give.
-        print(f"error: {message} (see python -m pipelines edit --help)", file=sys.stderr)
-        raise SystemExit(EXIT_BAD_INPUT)
-
-    parser.error = one_line_error  # type: ignore[method-assign]
+    errors_in_one_line(parser, "edit")
     parser.set_defaults(run=run)
     return parser
-
-
-def model_settings(args: argparse.Namespace) -> ModelSettings:
-    """``[models]`` from ``--config`` if given, then ``--preset``/``--device`` on top."""
-    table: dict[str, Any] = {}
-    if args.config is not None:
-        try:
-            document = tomllib.loads(args.config.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise InvalidRequest(f"cannot read the config {str(args.config)!r}: {exc}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise InvalidRequest(
-                f"the config {str(args.config)!r} is not valid TOML: {exc}"
-            ) from exc
-        table = dict(document.get("models", {}))
-    if args.preset is not None:
-        table["preset"] = args.preset
-    if args.device is not None:
-        table["device"] = args.device
-    try:
-        return ModelSettings.from_mapping(table)
-    except (TypeError, ValueError) as exc:
-        raise InvalidRequest(f"model settings: {exc}") from exc
 
 
 def build_request(args: argparse.Namespace) -> EditRequest:
@@ -136,16 +98,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: cannot create {str(args.out_dir)!r}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-    from pipelines.registry import load_pipeline
-
-    try:
-        pipeline = load_pipeline("edit", settings)
-    except (OSError, ValueError, RuntimeError) as exc:
-        log.debug("loading failed", exc_info=True)
-        print(
-            f"error: cannot load the models for preset {settings.preset!r}: {exc}", file=sys.stderr
-        )
-        return EXIT_FAILED
+    pipeline = load_pipeline_or_exit_code("edit", settings)
+    if isinstance(pipeline, int):
+        return pipeline
 
     with tqdm(desc="edit", unit="step", dynamic_ncols=True) as bar:
 

@@ -13,25 +13,23 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
 
 from PIL import Image
 from tqdm import tqdm
 
 from pipelines import image_io
+from pipelines.cli_common import (
+    EXIT_BAD_INPUT,
+    add_model_arguments,
+    errors_in_one_line,
+    load_pipeline_or_exit_code,
+    model_settings,
+)
 from pipelines.interface import InvalidRequest
-from pipelines.settings import PRESETS, ModelSettings
 from pipelines.vqgan_clip import ImagineRequest, default_size_for
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised only on Python 3.10
-    import tomli as tomllib
 
 log = logging.getLogger(__name__)
 
-EXIT_BAD_INPUT = 2
-EXIT_FAILED = 1
 COMMAND = "imagine"
 
 
@@ -48,14 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("prompt", help="weighted prompts; may be '' when --image-prompt is given")
     parser.add_argument("--out", required=True, type=Path, help="OUT.png; OUT.json goes beside it")
-    parser.add_argument(
-        "--preset",
-        choices=PRESETS,
-        help="which models: tiny/random-full are random weights for tests and benchmarks "
-        "(default: the config's, else 'default')",
-    )
-    parser.add_argument("--config", type=Path, help="read the [models] table of this config.toml")
-    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the config's)")
+    add_model_arguments(parser)
     parser.add_argument("--steps", type=int, default=defaults["steps"].default)
     parser.add_argument("--seed", type=int, help="default: picked at random and reported")
     parser.add_argument(
@@ -109,38 +100,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="with --mask-text: how strongly cutouts stay like the original's",
     )
 
-    def one_line_error(message: str) -> NoReturn:
-        # argparse prints the whole usage block; one line is what the other errors give.
-        print(f"error: {message} (see python -m pipelines {COMMAND} --help)", file=sys.stderr)
-        raise SystemExit(EXIT_BAD_INPUT)
-
-    parser.error = one_line_error  # type: ignore[method-assign]
+    errors_in_one_line(parser, COMMAND)
     parser.set_defaults(run=run)
     return parser
-
-
-def model_settings(args: argparse.Namespace) -> ModelSettings:
-    """``[models]`` from ``--config`` if given, then ``--preset``/``--device`` on top."""
-    table: dict[str, Any] = {}
-    if args.config is not None:
-        try:
-            document = tomllib.loads(args.config.read_text(encoding="utf-8"))
-        except OSError as exc:
-            reason = exc.strerror or exc
-            raise InvalidRequest(f"cannot read the config {str(args.config)!r}: {reason}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise InvalidRequest(
-                f"the config {str(args.config)!r} is not valid TOML: {exc}"
-            ) from exc
-        table = dict(document.get("models", {}))
-    if args.preset is not None:
-        table["preset"] = args.preset
-    if args.device is not None:
-        table["device"] = args.device
-    try:
-        return ModelSettings.from_mapping(table)
-    except (TypeError, ValueError) as exc:
-        raise InvalidRequest(f"model settings: {exc}") from exc
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -223,16 +185,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-    from pipelines.registry import load_pipeline
-
-    try:
-        pipeline = load_pipeline("imagine", settings)
-    except (OSError, ValueError, RuntimeError) as exc:
-        log.debug("loading failed", exc_info=True)
-        print(
-            f"error: cannot load the models for preset {settings.preset!r}: {exc}", file=sys.stderr
-        )
-        return EXIT_FAILED
+    pipeline = load_pipeline_or_exit_code("imagine", settings)
+    if isinstance(pipeline, int):
+        return pipeline
 
     started = time.monotonic()
     with tqdm(total=request.steps, desc=COMMAND, unit="step", dynamic_ncols=True) as bar:
