@@ -36,6 +36,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from pipelines.devices import pick_device, pick_dtype
+from pipelines.downloads import ModelFileError
 from pipelines.settings import ModelSettings
 
 log = logging.getLogger(__name__)
@@ -277,14 +278,39 @@ def load_pretrained(
         "local_files_only": _local_only(model),
     }
     log.info("loading diffusion model %s (local files only: %s)", model, common["local_files_only"])
-    unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", dtype=dtype, **common)
-    vae = AutoencoderKL.from_pretrained(model, subfolder="vae", dtype=dtype, **common)
-    text_encoder = CLIPTextModel.from_pretrained(
-        model, subfolder="text_encoder", dtype=dtype, **common
-    )
-    tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer", **common)
-    scheduler_config = dict(DDIMScheduler.load_config(model, subfolder="scheduler", **common))
+    try:
+        unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", dtype=dtype, **common)
+        vae = AutoencoderKL.from_pretrained(model, subfolder="vae", dtype=dtype, **common)
+        text_encoder = CLIPTextModel.from_pretrained(
+            model, subfolder="text_encoder", dtype=dtype, **common
+        )
+        tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer", **common)
+        scheduler_config = dict(DDIMScheduler.load_config(model, subfolder="scheduler", **common))
+    except OSError as exc:
+        # diffusers and transformers report a missing folder, file or hub entry as OSError, in
+        # several lines; the user needs one line naming the setting and what to do.
+        raise ModelFileError(_pretrained_load_message(model, common["local_files_only"])) from exc
     return unet, vae, text_encoder, tokenizer, scheduler_config
+
+
+def _pretrained_load_message(model: str, local_only: bool) -> str:
+    if model.startswith(("/", ".", "~")) and not Path(model).expanduser().exists():
+        return f"models.diffusion_model: the local folder {model} does not exist"
+    if Path(model).is_dir():
+        return (
+            f"models.diffusion_model: {model} is not a complete diffusers model folder (it needs "
+            "unet/, vae/, text_encoder/, tokenizer/ and scheduler/)"
+        )
+    if local_only:
+        return (
+            f"models.diffusion_model: {model!r} is neither a local diffusers folder nor in the "
+            f"download cache, and downloads are off (HF_HUB_OFFLINE is set); give a local folder "
+            "or allow downloads once"
+        )
+    return (
+        f"models.diffusion_model: {model!r} could not be downloaded from the Hugging Face hub "
+        "(check the model id and the internet connection, or give a local diffusers folder)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
