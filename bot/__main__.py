@@ -5,7 +5,8 @@ models once, recover interrupted jobs, start the worker, connect. SIGINT or SIGT
 jobs, lets the running job stop at its next step (it is re-queued for the next start), posts the
 last message edits, disconnects and closes the store.
 
-Bad configuration or a missing token: one line per problem on stderr, exit code 2.
+Bad configuration, a missing token or a model file that is missing or wrong: one line per
+problem on stderr, exit code 2.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from bot.config import (
     load_config,
 )
 from bot.worker import GIL_SWITCH_INTERVAL_SECONDS
+from pipelines.downloads import ModelFileError
 
 log = logging.getLogger("bot")
 
@@ -59,6 +61,9 @@ async def run(config: Config, token: str) -> int:
     try:
         try:
             await bot.start_services()
+        except ModelFileError as exc:
+            print(f"error: cannot load the models: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         except Exception as exc:
             log.exception("start-up failed")
             print(f"error: start-up failed: {exc}", file=sys.stderr)

@@ -45,6 +45,7 @@ from bot.jobs import JobKind, JobRequest, JobStatus
 from bot.pipeline_source import PipelineSource
 from bot.store import NewResult, QueuedJob, RecoveryReport, ResultRecord, Store
 from bot.worker import LatestOnlyMailbox, WorkerThread
+from pipelines.downloads import ModelFileError
 from pipelines.interface import Cancelled, InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -573,6 +574,15 @@ class Scheduler:
         except InvalidRequest as exc:
             log.info("job %d refused by the pipeline: %s", info.job_id, exc)
             return _Outcome("failed", error=str(exc))
+        except ModelFileError as exc:
+            # The message names the server's files and settings: for the owner's log, not the
+            # channel.
+            log.error("job %d: the models could not be loaded: %s", info.job_id, exc)
+            return _Outcome(
+                "failed",
+                error="the bot's models could not be loaded; the server owner can see why in "
+                "the bot's log.",
+            )
         except Exception as exc:
             if is_out_of_memory(exc):
                 log.warning("job %d ran out of memory", info.job_id, exc_info=True)

@@ -58,6 +58,30 @@ def test_a_bad_config_prints_one_line_per_problem_and_exits_2(
     ]
 
 
+def test_a_model_file_that_cannot_load_stops_start_up_with_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "model.yaml"
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[models]\npreset = "default"\nvqgan_config = "{missing.as_posix()}"\n'
+        f'cache_dir = "{(tmp_path / "models").as_posix()}"\n'
+        f'[storage]\ndata_dir = "{(tmp_path / "data").as_posix()}"\n'
+    )
+    finished = subprocess.run(
+        [sys.executable, "-m", "bot", "--config", str(config)],
+        cwd=REPO,
+        env=bot_env(DISCORD_TOKEN="never-used-because-start-up-stops-first"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert finished.returncode == 2
+    errors = [line for line in finished.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: cannot load the models: models.vqgan_config: local file {missing} does not exist"
+    ]
+    assert "Traceback" not in finished.stderr
+
+
 def _job_row(database: Path, job_id: int) -> tuple[str, int]:
     with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as raw:
         row = raw.execute("SELECT status, interruptions FROM jobs WHERE id = ?", (job_id,))

@@ -17,6 +17,7 @@ from bot.scheduler import CancelOutcome, Scheduler, SubmitRefused
 from bot.stand_in import StandInPipeline, StandInSource
 from bot.store import INTERRUPTED_TWICE, Store
 from bot.worker import LatestOnlyMailbox
+from pipelines.downloads import ModelFileError
 from tests.bot.conftest import EventLog, request, scheduler_config
 
 
@@ -208,6 +209,25 @@ async def test_out_of_memory_gets_its_own_message(
     record = await scheduler.store.get_job(job.job_id)
     assert record.status is JobStatus.FAILED
     assert record.error.startswith("ran out of memory") and advice in record.error
+
+
+async def test_models_that_cannot_load_fail_the_job_without_naming_server_files(
+    make_scheduler: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    def unloadable(request: Any, on_progress: Any, should_cancel: Any) -> Any:
+        raise ModelFileError("models.vqgan_config: local file /srv/secret/model.yaml is missing")
+
+    scheduler = await make_scheduler(unloadable)
+    job = await scheduler.submit(request(user=1))
+    later = await scheduler.submit(request(user=2))
+    with caplog.at_level(logging.ERROR, logger="bot.scheduler"):
+        await scheduler.wait_idle()
+    record = await scheduler.store.get_job(job.job_id)
+    assert record.status is JobStatus.FAILED
+    assert record.error.startswith("the bot's models could not be loaded")
+    assert "/srv/secret" not in record.error
+    assert any("/srv/secret/model.yaml" in r.getMessage() for r in caplog.records)
+    assert await scheduler.store.job_status(later.job_id) is JobStatus.FAILED
 
 
 async def test_an_invalid_request_fails_with_the_pipelines_own_words(make_scheduler: Any) -> None:
