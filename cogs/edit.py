@@ -7,27 +7,23 @@ request, hand a :class:`~bot.jobs.JobRequest` to the scheduler, answer.
 from __future__ import annotations
 
 import asyncio
-import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
-from discord.ext import commands
 
 from bot.config import MAX_SEED, EditConfig
 from bot.jobs import JobKind, JobRequest
 from cogs.attachments import check_mask_matches
+from cogs.job_command import JobCommandCog
 from cogs.options import annotate, bound_text, float_range, int_range, text_range
-from cogs.replies import SOMETHING_WENT_WRONG, answer
 from cogs.submission import SubmitDesk, ensure_desk
 from pipelines.blended import EditRequest
-from pipelines.interface import InvalidRequest
 
 if TYPE_CHECKING:
     from bot.app import FaradayBot
 
-log = logging.getLogger(__name__)
 
 BACKGROUND_HELP = {
     "none": "none: keep the model's own reconstruction of the background",
@@ -50,32 +46,9 @@ class EditOptions:
     shrink: bool | None = None
 
 
-class EditCog(commands.Cog):
-    def __init__(self, bot: FaradayBot) -> None:
-        self.bot = bot
-        self.command = build_edit_command(self, bot.config.edit)
-
-    async def cog_load(self) -> None:
-        self.bot.tree.add_command(self.command)
-
-    async def cog_unload(self) -> None:
-        self.bot.tree.remove_command(self.command.name)
-
-    async def handle(self, interaction: discord.Interaction, options: EditOptions) -> None:
-        desk = SubmitDesk.of(self.bot)
-        if not await desk.admit(interaction):
-            return
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        try:
-            request, notes = await self.build_request(interaction, options, desk)
-        except InvalidRequest as exc:
-            await answer(interaction, f"Nothing was queued: {exc}")
-            return
-        except Exception:
-            log.exception("building an /edit request failed")
-            await answer(interaction, SOMETHING_WENT_WRONG)
-            return
-        await desk.submit_and_answer(interaction, request, notes)
+class EditCog(JobCommandCog[EditOptions]):
+    def make_command(self) -> app_commands.Command:
+        return build_edit_command(self, self.bot.config.edit)
 
     async def build_request(
         self, interaction: discord.Interaction, options: EditOptions, desk: SubmitDesk

@@ -7,20 +7,18 @@ Thin on purpose: read the options, fetch and check the attachments, let the pipe
 from __future__ import annotations
 
 import asyncio
-import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
-from discord.ext import commands
 from PIL import Image
 
 from bot.config import MAX_SEED, ImagineConfig
 from bot.jobs import JobKind, JobRequest
 from cogs.attachments import FetchedImage, check_mask_matches
+from cogs.job_command import JobCommandCog
 from cogs.options import annotate, bound_text, int_range, text_range
-from cogs.replies import SOMETHING_WENT_WRONG, answer
 from cogs.submission import SubmitDesk, ensure_desk
 from pipelines.interface import InvalidRequest
 from pipelines.prompts import parse_prompts
@@ -29,7 +27,6 @@ from pipelines.vqgan_clip import ImagineRequest
 if TYPE_CHECKING:
     from bot.app import FaradayBot
 
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -65,32 +62,9 @@ def parse_size(text: str, sizes: tuple[tuple[int, int], ...]) -> tuple[int, int]
     raise InvalidRequest(f"size must be one of {offered}, not {text!r}")
 
 
-class ImagineCog(commands.Cog):
-    def __init__(self, bot: FaradayBot) -> None:
-        self.bot = bot
-        self.command = build_imagine_command(self, bot.config.imagine)
-
-    async def cog_load(self) -> None:
-        self.bot.tree.add_command(self.command)
-
-    async def cog_unload(self) -> None:
-        self.bot.tree.remove_command(self.command.name)
-
-    async def handle(self, interaction: discord.Interaction, options: ImagineOptions) -> None:
-        desk = SubmitDesk.of(self.bot)
-        if not await desk.admit(interaction):
-            return
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        try:
-            request, notes = await self.build_request(interaction, options, desk)
-        except InvalidRequest as exc:
-            await answer(interaction, f"Nothing was queued: {exc}")
-            return
-        except Exception:
-            log.exception("building an /imagine request failed")
-            await answer(interaction, SOMETHING_WENT_WRONG)
-            return
-        await desk.submit_and_answer(interaction, request, notes)
+class ImagineCog(JobCommandCog[ImagineOptions]):
+    def make_command(self) -> app_commands.Command:
+        return build_imagine_command(self, self.bot.config.imagine)
 
     async def build_request(
         self, interaction: discord.Interaction, options: ImagineOptions, desk: SubmitDesk
