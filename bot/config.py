@@ -385,28 +385,28 @@ def _url_check(schemes: tuple[str, ...]) -> Callable[[str], str | None]:
 def _int_option(table: _Table, name: str, default: IntOption, lo: int, hi: int) -> IntOption:
     """``[section.name]`` with default/min/max, each within the pipeline's hard limits lo..hi."""
     sub = table.sub(name)
-    minimum = sub.integer("min", default.min, lo, hi)
-    maximum = sub.integer("max", default.max, lo, hi)
-    value = sub.integer("default", default.default, lo, hi)
-    sub.finish()
-    if minimum > maximum:
-        table.problems.append(
-            f"{sub.path}.min = {minimum}: must not exceed {sub.path}.max = {maximum}"
-        )
-    elif not minimum <= value <= maximum:
-        table.problems.append(
-            f"{sub.path}.default = {value}: must lie between min {minimum} and max {maximum}"
-        )
-    return IntOption(value, minimum, maximum)
+    return IntOption(*_checked_bounds(table, sub, sub.integer, default, lo, hi))
 
 
 def _float_option(
     table: _Table, name: str, default: FloatOption, lo: float, hi: float
 ) -> FloatOption:
     sub = table.sub(name)
-    minimum = sub.number("min", default.min, lo, hi)
-    maximum = sub.number("max", default.max, lo, hi)
-    value = sub.number("default", default.default, lo, hi)
+    return FloatOption(*_checked_bounds(table, sub, sub.number, default, lo, hi))
+
+
+def _checked_bounds(
+    table: _Table,
+    sub: _Table,
+    read: Callable[[str, Any, Any, Any], Any],
+    default: IntOption | FloatOption,
+    lo: float,
+    hi: float,
+) -> tuple[Any, Any, Any]:
+    """(default, min, max) read with ``read``; min <= default <= max, or a problem is noted."""
+    minimum = read("min", default.min, lo, hi)
+    maximum = read("max", default.max, lo, hi)
+    value = read("default", default.default, lo, hi)
     sub.finish()
     if minimum > maximum:
         table.problems.append(
@@ -416,7 +416,7 @@ def _float_option(
         table.problems.append(
             f"{sub.path}.default = {value}: must lie between min {minimum} and max {maximum}"
         )
-    return FloatOption(value, minimum, maximum)
+    return value, minimum, maximum
 
 
 def pipeline_hard_limits() -> tuple[dict[str, Any], dict[str, Any]]:
