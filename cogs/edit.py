@@ -17,7 +17,16 @@ from bot.config import MAX_SEED, EditConfig
 from bot.jobs import JobKind, JobRequest
 from cogs.attachments import check_mask_matches
 from cogs.job_command import JobCommandCog
-from cogs.options import annotate, bound_text, float_range, int_range, text_range
+from cogs.options import (
+    annotate,
+    bound_text,
+    check_choice,
+    check_length,
+    check_within,
+    float_range,
+    int_range,
+    text_range,
+)
 from cogs.submission import SubmitDesk, ensure_desk
 from pipelines.blended import EditRequest
 
@@ -54,6 +63,13 @@ class EditCog(JobCommandCog[EditOptions]):
         self, interaction: discord.Interaction, options: EditOptions, desk: SubmitDesk
     ) -> tuple[JobRequest, tuple[str, ...]]:
         config = self.bot.config.edit
+        # Before any download: a bad option should cost the user nothing.
+        check_length("prompt", options.prompt, config.max_prompt_chars)
+        check_within("candidates", options.candidates, config.candidates)
+        check_within("steps", options.steps, config.steps)
+        check_within("blend_start", options.blend_start, config.blend_start)
+        check_within("guidance", options.guidance, config.guidance)
+        check_choice("background", options.background, config.backgrounds)
         image = await desk.fetcher.fetch_image(options.image, "image")
         mask = await desk.fetcher.fetch_mask(options.mask, "mask")
         check_mask_matches(mask, image.image, "mask", "image")

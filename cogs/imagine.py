@@ -18,7 +18,14 @@ from bot.config import MAX_SEED, ImagineConfig
 from bot.jobs import JobKind, JobRequest
 from cogs.attachments import FetchedImage, check_mask_matches
 from cogs.job_command import JobCommandCog
-from cogs.options import annotate, bound_text, int_range, text_range
+from cogs.options import (
+    annotate,
+    bound_text,
+    check_length,
+    check_within,
+    int_range,
+    text_range,
+)
 from cogs.submission import SubmitDesk, ensure_desk
 from pipelines.interface import InvalidRequest
 from pipelines.prompts import parse_prompts
@@ -26,7 +33,6 @@ from pipelines.vqgan_clip import ImagineRequest
 
 if TYPE_CHECKING:
     from bot.app import FaradayBot
-
 
 
 @dataclass(frozen=True)
@@ -70,8 +76,13 @@ class ImagineCog(JobCommandCog[ImagineOptions]):
         self, interaction: discord.Interaction, options: ImagineOptions, desk: SubmitDesk
     ) -> tuple[JobRequest, tuple[str, ...]]:
         config = self.bot.config.imagine
-        # Before any download: a typo in the prompt should cost the user nothing. Off the loop,
-        # because the first call loads CLIP's tokenizer vocabulary.
+        # Before any download: a typo in the prompt or an option should cost the user nothing.
+        check_length("prompt", options.prompt, config.max_prompt_chars)
+        check_length("mask_text", options.mask_text, config.max_prompt_chars)
+        check_within("steps", options.steps, config.steps)
+        check_within("cutn", options.cutn, config.cutn)
+        chosen_size = parse_size(options.size, config.sizes) if options.size is not None else None
+        # Off the loop, because the first call loads CLIP's tokenizer vocabulary.
         await asyncio.to_thread(parse_prompts, options.prompt)
         notes: list[str] = []
 
@@ -92,8 +103,8 @@ class ImagineCog(JobCommandCog[ImagineOptions]):
             image_prompt = await desk.fetcher.fetch_image(options.image_prompt, "image_prompt")
             notes.extend(image_prompt.notes)
 
-        if options.size is not None:
-            width, height = parse_size(options.size, config.sizes)
+        if chosen_size is not None:
+            width, height = chosen_size
         elif init is not None:
             width, height = closest_size(config.sizes, init.image)
         else:

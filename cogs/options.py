@@ -17,6 +17,7 @@ from typing import Any
 from discord import app_commands
 
 from bot.config import FloatOption, IntOption
+from pipelines.interface import InvalidRequest
 
 
 def int_range(option: IntOption) -> Any:
@@ -38,6 +39,33 @@ def annotate(callback: Callable[..., Any], **annotations: Any) -> None:
     if unknown:
         raise TypeError(f"{callback.__qualname__} has no parameter(s) {sorted(unknown)}")
     callback.__annotations__.update(annotations)
+
+
+def check_within(name: str, value: float | None, option: IntOption | FloatOption) -> None:
+    """Refuse a number outside the configured bounds.
+
+    Discord's client enforces the ``Range`` it was given, but discord.py does not check it on
+    arrival, and a registration made before ``config.toml`` was tightened (a global sync takes up
+    to an hour to reach clients) still offers the old bounds.
+    """
+    if value is not None and not option.min <= value <= option.max:
+        raise InvalidRequest(
+            f"`{name}` must be between {option.min:g} and {option.max:g}, not {value:g}"
+        )
+
+
+def check_length(name: str, text: str | None, max_chars: int) -> None:
+    """Refuse text longer than configured (the same reason as :func:`check_within`)."""
+    if text is not None and len(text) > max_chars:
+        raise InvalidRequest(
+            f"`{name}` is {len(text)} characters long; at most {max_chars} are allowed"
+        )
+
+
+def check_choice(name: str, value: str | None, choices: tuple[str, ...]) -> None:
+    """Refuse a choice the server's config does not offer (the same reason as above)."""
+    if value is not None and value not in choices:
+        raise InvalidRequest(f"`{name}` must be one of {', '.join(choices)}, not {value!r}")
 
 
 def bound_text(option: IntOption | FloatOption) -> str:

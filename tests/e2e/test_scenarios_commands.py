@@ -11,6 +11,8 @@ import discord
 from bot.jobs import JobStatus
 from tests.e2e.bot_harness import (
     WAIT,
+    box_mask,
+    picture,
     queued_job_id,
     react_and_wait_for_new_job,
     results_with_reactions,
@@ -40,6 +42,45 @@ async def test_commands_outside_allowed_channels_are_refused(tmp_path) -> None:
             job_id = await queued_job_id(allowed)
             message, _ = await results_with_reactions(bot, standin, job_id)
             assert message.channel_id == art
+
+
+OUT_OF_BOUNDS = [
+    ("imagine", {"prompt": "a cat", "steps": 999}, "`steps` must be between 1 and 40, not 999"),
+    ("imagine", {"prompt": "a cat", "cutn": 0}, "`cutn` must be between 1 and 4, not 0"),
+    ("imagine", {"prompt": "a cat " * 100}, "at most 500 are allowed"),
+    ("imagine", {"prompt": "a cat", "size": "4096x4096"}, "size must be one of 64x64, 128x64"),
+    ("edit", {"prompt": "a door", "guidance": 50.0}, "`guidance` must be between 1 and 20"),
+    ("edit", {"prompt": "a door", "background": "finetune"},
+     "`background` must be one of none, paste, not 'finetune'"),
+]
+
+
+async def test_options_outside_the_configured_bounds_are_refused_before_any_download(
+    standin, tmp_path
+) -> None:
+    """Discord's client enforces the synced bounds, but discord.py does not check them on
+    arrival, and a client may still hold an older, wider registration (a global sync takes up to
+    an hour), so the bot checks them against config.toml itself."""
+    config = write_test_config(tmp_path, standin, {"edit": {"backgrounds": ["none", "paste"]}})
+    async with running_bot(standin, config) as bot:
+        for command, options, expected in OUT_OF_BOUNDS:
+            attachments = {}
+            if command == "edit":
+                attachments = {
+                    "image": standin.add_cdn_file("photo.png", picture()),
+                    "mask": standin.add_cdn_file("mask.png", box_mask()),
+                }
+            handle = await standin.send_slash_command(
+                command, options, attachments=attachments, validate=False
+            )
+            reply = await handle.wait_for_reply(timeout=WAIT)
+            assert handle.ephemeral and reply.ephemeral, handle.describe()
+            assert "Nothing was queued" in reply.content and expected in reply.content, (
+                handle.describe()
+            )
+        assert await bot.store.get_job(1) is None
+        assert standin.bot_messages() == []
+        assert not standin.requests_matching("GET", r"/cdn/")
 
 
 async def test_submit_cooldown_is_per_user_and_counts_only_queued_jobs(standin, tmp_path) -> None:
