@@ -4,6 +4,10 @@ Each job gets a *round* when it is submitted: one more than its user's previous 
 never earlier than the round now running. Jobs run in (round, arrival) order. That is round-robin
 (every user with work gets one job per round, in order of arrival within the round) and FIFO per
 user, and because the round is a number stored with the job, the exact order survives a restart.
+
+A job removed before it ran (cancelled) gives its round back: the user's "previous job" is then
+their latest job still waiting or already run, so cancelling and resubmitting does not push them
+behind everyone else's queue.
 """
 
 from __future__ import annotations
@@ -26,11 +30,16 @@ class _Entry(Generic[T]):
 class FairQueue(Generic[T]):
     """Waiting jobs in run order. Sizes are small (hundreds), so a sorted list is plenty."""
 
-    def __init__(self, current_round: int = 0, last_round_by_user: dict[int, int] | None = None):
+    def __init__(
+        self, current_round: int = 0, last_run_round_by_user: dict[int, int] | None = None
+    ) -> None:
         self._entries: list[_Entry[T]] = []
         self._per_user: dict[int, int] = {}
         self.current_round = current_round
-        self._last_round = dict(last_round_by_user or {})
+        # The round of each user's latest job that has started (it had its turn there).
+        self._last_run_round = dict(last_run_round_by_user or {})
+        # The round of each user's latest job, started or waiting.
+        self._last_round = dict(self._last_run_round)
 
     def assign_round(self, user_id: int) -> int:
         """The round a new job of ``user_id`` goes into (not yet recorded)."""
@@ -56,6 +65,9 @@ class FairQueue(Generic[T]):
         entry = self._entries.pop(0)
         self._per_user[entry.user_id] -= 1
         self.current_round = max(self.current_round, entry.fair_round)
+        self._last_run_round[entry.user_id] = max(
+            self._last_run_round.get(entry.user_id, entry.fair_round), entry.fair_round
+        )
         return entry.job_id, entry.item
 
     def remove(self, job_id: int) -> T | None:
@@ -63,8 +75,19 @@ class FairQueue(Generic[T]):
             if entry.job_id == job_id:
                 del self._entries[index]
                 self._per_user[entry.user_id] -= 1
+                self._forget_round(entry.user_id)
                 return entry.item
         return None
+
+    def _forget_round(self, user_id: int) -> None:
+        """Recompute the user's latest round from what is left (a removed job never ran)."""
+        rounds = [entry.fair_round for entry in self._entries if entry.user_id == user_id]
+        if user_id in self._last_run_round:
+            rounds.append(self._last_run_round[user_id])
+        if rounds:
+            self._last_round[user_id] = max(rounds)
+        else:
+            self._last_round.pop(user_id, None)
 
     def __contains__(self, job_id: object) -> bool:
         return any(entry.job_id == job_id for entry in self._entries)

@@ -238,7 +238,7 @@ class Scheduler:
             log.warning("failed job(s) interrupted twice: %s", report.failed)
         self._queue = FairQueue(
             current_round=await self.store.last_started_round(),
-            last_round_by_user=await self.store.last_round_by_user(),
+            last_run_round_by_user=await self.store.last_run_round_by_user(),
         )
         for job in await self.store.pending_jobs():
             self._queue.push(job.id, job.user_id, job.fair_round, _waiting(job))

@@ -370,9 +370,12 @@ class Store:
             ))
         return jobs
 
-    async def last_round_by_user(self) -> dict[int, int]:
+    async def last_run_round_by_user(self) -> dict[int, int]:
+        """Each user's latest round that one of their jobs started in. Jobs cancelled before
+        they ran are left out: they never took their turn, so they must not delay the next."""
         async with self._db.execute(
-            "SELECT user_id, MAX(fair_round) FROM jobs GROUP BY user_id"
+            "SELECT user_id, MAX(fair_round) FROM jobs WHERE started_at IS NOT NULL"
+            " GROUP BY user_id"
         ) as cursor:
             rows = await cursor.fetchall()
         return {int(row[0]): int(row[1]) for row in rows}

@@ -93,6 +93,49 @@ async def test_a_user_who_had_this_rounds_turn_waits_for_the_next_round(
     assert finished_order(log) == [b0, a[0], a[1], b1]
 
 
+async def test_cancelling_waiting_jobs_gives_their_rounds_back(make_scheduler: Any) -> None:
+    gate = Gate(StandInPipeline(0.0, 8, "sleep"))
+    log = EventLog()
+    scheduler = await make_scheduler(gate, listeners=(log,))
+    first = await scheduler.submit(request(user=9))
+    await gate.wait_reached()
+    a = [(await scheduler.submit(request(user=1))).job_id for _ in range(3)]
+    b = [(await scheduler.submit(request(user=2))).job_id for _ in range(3)]
+    for job_id in a[1:]:
+        assert await scheduler.cancel(job_id) is CancelOutcome.REMOVED
+    # User 1 changed their mind; their new job takes the next round (after user 2's job of that
+    # round, which came first), not a round behind the two jobs they cancelled.
+    again = (await scheduler.submit(request(user=1))).job_id
+    gate.release.set()
+    await scheduler.wait_idle()
+    done = [e.job.job_id for e in log.of(JobFinished) if e.status is JobStatus.DONE]
+    assert done == [first.job_id, a[0], b[0], b[1], again, b[2]]
+
+
+async def test_fair_order_and_given_back_rounds_survive_a_restart(
+    store: Store, make_scheduler: Any
+) -> None:
+    gate = Gate(StandInPipeline(0.0, 8, "sleep"))
+    scheduler = await make_scheduler(gate)
+    first = await scheduler.submit(request(user=9))
+    await gate.wait_reached()
+    a = [(await scheduler.submit(request(user=1))).job_id for _ in range(4)]  # rounds 0-3
+    b = [(await scheduler.submit(request(user=2))).job_id for _ in range(5)]  # rounds 0-4
+    await scheduler.cancel(a[3])
+    await scheduler.shutdown(grace_seconds=5)
+    log = EventLog()
+    restarted = await make_scheduler(Gate(StandInPipeline(0.0, 8, "sleep"), calls=0),
+                                     listeners=(log,))
+    # Run order is the stored fair order, not arrival order (user 1's jobs all came first).
+    in_line = [first.job_id, a[0], b[0], a[1], b[1], a[2], b[2], b[3], b[4]]
+    assert [e.job.job_id for e in log.of(JobQueued)] == in_line
+    user_3 = (await restarted.submit(request(user=3))).job_id  # a newcomer: the current round
+    user_1 = (await restarted.submit(request(user=1))).job_id  # round 3, as a[3] is gone
+    await restarted.wait_idle()
+    assert finished_order(log) == [first.job_id, a[0], b[0], user_3, a[1], b[1], a[2], b[2],
+                                   b[3], user_1, b[4]]
+
+
 async def test_per_user_limit_refuses_with_reason_and_positions(make_scheduler: Any) -> None:
     gate = Gate(StandInPipeline(0.0, 8, "sleep"))
     scheduler = await make_scheduler(
