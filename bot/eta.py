@@ -4,6 +4,11 @@ A job's "size" is what changes the cost of one step: the output size and, for ed
 candidates run in one batch, plus cutouts for VQGAN-CLIP. Jobs of a size never seen yet borrow the
 average of their kind; with no history at all the ETA is unknown (``None``), which is more honest
 than a made-up number.
+
+A "step" here is one of the steps the job *asked for* (its ``steps`` parameter): a job's whole
+duration divided by them. A pipeline may report progress over a different count (an edit skips
+the first ``blend_start`` of its steps), so the running job's own count is used only as a
+fraction of the way through.
 """
 
 from __future__ import annotations
@@ -100,9 +105,16 @@ class EtaEstimator:
         total: int,
         elapsed: float,
     ) -> float | None:
-        """Time left for the running job: its own pace once it has one, else the history."""
+        """Time left for the running job: its own pace once it has one, else the history.
+
+        ``step`` and ``total`` are the pipeline's progress count, which need not be the job's
+        ``steps`` parameter that the history is measured in.
+        """
         left = max(total - step, 0)
         if step > 0 and elapsed > 0:
             return elapsed / step * left
+        whole = self.job_seconds(kind, params)
+        if whole is not None and total > 0:
+            return whole * left / total
         per_step = self.seconds_per_step(kind, params)
         return None if per_step is None else per_step * left

@@ -502,8 +502,11 @@ class Scheduler:
         results: list[ResultRecord] = []
         if outcome.status == "done":
             results = await self.store.complete_job(info.job_id, outcome.results)
-            if outcome.total:
-                self.eta.record(info.kind, info.params, outcome.seconds / outcome.total)
+            # Per step the job asked for, as estimates of waiting jobs (and the history the store
+            # gives back after a restart) count them; the pipeline's own count may differ.
+            asked = steps_of(info.params) or outcome.total
+            if asked:
+                self.eta.record(info.kind, info.params, outcome.seconds / asked)
             status = JobStatus.DONE
         elif outcome.status == "stopped":
             await self.store.requeue(info.job_id)

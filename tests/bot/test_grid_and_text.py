@@ -73,3 +73,14 @@ def test_eta_averages_recent_steps_per_kind_and_size() -> None:
     # A running job's own pace wins once it has one.
     assert eta.remaining_seconds(JobKind.IMAGINE, small, step=5, total=10, elapsed=20.0) == 20.0
     assert eta.remaining_seconds(JobKind.IMAGINE, small, step=0, total=10, elapsed=0.0) == 15.0
+
+
+def test_eta_counts_the_steps_a_job_asked_for_not_the_pipelines_own_count() -> None:
+    eta = EtaEstimator()
+    edit = {"steps": 20, "blend_start": 0.25}
+    eta.record(JobKind.EDIT, edit, 1.0)  # a 20 s job that asked for 20 steps
+    assert eta.job_seconds(JobKind.EDIT, edit) == 20.0
+    # The pipeline reports progress over the 15 steps it runs after skipping the first quarter:
+    # before it has a pace of its own, the running job still has the whole 20 s ahead.
+    assert eta.remaining_seconds(JobKind.EDIT, edit, step=0, total=15, elapsed=0.0) == 20.0
+

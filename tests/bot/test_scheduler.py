@@ -353,6 +353,37 @@ async def test_positions_and_etas_come_from_recent_step_times(make_scheduler: An
     await scheduler.wait_idle()
 
 
+class ReportsThreeQuarters:
+    """Reports progress over the last 3/4 of its steps only, as an edit with blend_start 0.25."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __call__(self, request: Any, on_progress: Any, should_cancel: Any) -> Any:
+        def progress(step: int, total: int, preview: Any) -> None:
+            shown = total * 3 // 4
+            on_progress(max(0, step - (total - shown)), shown, preview)
+
+        return self.inner(request, progress, should_cancel)
+
+
+async def test_eta_history_predicts_a_whole_job_before_and_after_a_restart(
+    store: Store, make_scheduler: Any
+) -> None:
+    scheduler = await make_scheduler(ReportsThreeQuarters(StandInPipeline(0.01, 8, "sleep")))
+    job = await scheduler.submit(request(user=1, steps=20, kind=JobKind.EDIT))
+    await scheduler.wait_idle()
+    record = await store.get_job(job.job_id)
+    wall = record.finished_at - record.started_at
+    # The pipeline counted 15 steps, the job asked for 20: an average per reported step would
+    # predict a third more than the job took.
+    predicted = scheduler.eta.job_seconds(JobKind.EDIT, {"steps": 20})
+    assert predicted is not None and 20 * 0.01 <= predicted <= wall
+    await scheduler.shutdown()
+    restarted = await make_scheduler()
+    assert restarted.eta.job_seconds(JobKind.EDIT, {"steps": 20}) == pytest.approx(wall)
+
+
 async def test_shutdown_stops_the_running_job_and_requeues_it(
     store: Store, make_scheduler: Any
 ) -> None:
