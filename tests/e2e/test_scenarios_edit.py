@@ -35,6 +35,11 @@ async def test_edit_ranks_candidates_and_1_continues_from_the_best(standin, tmp_
             },
         )
         parent_id = await queued_job_id(handle)
+        # Acknowledged before the attachments were fetched: downloads must not eat Discord's 3 s.
+        downloads = standin.requests_matching("GET", r"/cdn/")
+        assert handle.deferred and handle.ephemeral and len(downloads) == 2
+        assert handle.callback is not None
+        assert handle.callback.at < min(request.at for request in downloads)
         grid_message, results = await results_with_reactions(bot, standin, parent_id)
         assert [r.rank for r in results] == [1, 2]
         assert results[0].score >= results[1].score
