@@ -20,7 +20,7 @@ from bot.jobs import JobRequest
 from bot.scheduler import SubmitRefused, Submitted
 from cogs.attachments import AttachmentFetcher, AttachmentPolicy
 from cogs.checks import SubmitCooldown, channel_allowed, channel_refusal
-from cogs.replies import queued_text
+from cogs.replies import SOMETHING_WENT_WRONG, answer, queued_text
 
 if TYPE_CHECKING:
     from bot.app import FaradayBot
@@ -104,9 +104,16 @@ class SubmitDesk(commands.Cog):
         try:
             submitted = await self.submit(request)
         except Refused as exc:
-            await interaction.edit_original_response(content=str(exc))
+            await answer(interaction, str(exc))
             return
-        await interaction.edit_original_response(content=queued_text(submitted, notes))
+        except Exception:
+            # E.g. the store could not write the job; without an answer the user would watch
+            # "thinking…" until the interaction expires.
+            log.exception("queueing a %s job for user %d failed", request.kind.value,
+                          request.user_id)
+            await answer(interaction, SOMETHING_WENT_WRONG)
+            return
+        await answer(interaction, queued_text(submitted, notes))
 
 
 async def ensure_desk(bot: FaradayBot) -> SubmitDesk:
