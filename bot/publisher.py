@@ -369,6 +369,12 @@ class Publisher:
                         "and its results stay in the store", info.job_id, info.channel_id)
             view.muted = True
             view.shown_version = version
+        except MessageGone:
+            # Only a send gets here (an edit's is handled above): the channel itself is gone.
+            log.warning("job %d: channel %d is gone; the job goes on and its results stay in "
+                        "the store", info.job_id, info.channel_id)
+            view.muted = True
+            view.shown_version = version
         except TransientSendError as exc:
             view.failures += 1
             if view.failures >= self.retry.max_attempts:
@@ -429,15 +435,17 @@ class Publisher:
             [r.seed for r in results],
         )
         files = [OutgoingFile(f"job-{info.job_id}-results.png", grid)]
+        message_id: int | None = None
         try:
             message_id = await self._retrying(
                 f"posting results of job {info.job_id}",
                 lambda: sink.send(info.channel_id, content, files),
             )
             await self.store.link_message(message_id, info.channel_id, info.job_id, RESULTS)
+            posted = message_id
             await self._retrying(
                 f"reacting to results of job {info.job_id}",
-                lambda: sink.add_reactions(info.channel_id, message_id,
+                lambda: sink.add_reactions(info.channel_id, posted,
                                            [*NUMBER_EMOJIS[: len(results)],
                                             *self.results_reactions]),
             )
@@ -445,8 +453,12 @@ class Publisher:
             log.warning("job %d: no permission to post results in channel %d; they stay in "
                         "the store", info.job_id, info.channel_id)
         except MessageGone:
-            log.info("job %d: the results message was deleted before its reactions were added",
-                     info.job_id)
+            if message_id is None:
+                log.warning("job %d: channel %d is gone; the results stay in the store",
+                            info.job_id, info.channel_id)
+            else:
+                log.info("job %d: the results message was deleted before its reactions were "
+                         "added", info.job_id)
         except TransientSendError as exc:
             log.error("job %d: Discord kept failing (%s); the results stay in the store",
                       info.job_id, exc)

@@ -16,7 +16,7 @@ from PIL import Image
 from bot.events import JobInfo, JobProgress, JobQueued, JobStarted, QueueMoved
 from bot.jobs import JobKind, JobStatus
 from bot.progress_text import NUMBER_EMOJIS
-from bot.publisher import NoPermission, TransientSendError
+from bot.publisher import MessageGone, NoPermission, TransientSendError
 from bot.stand_in import StandInPipeline
 from bot.store import Store
 from tests.bot.conftest import EventLog, FakeSink, make_publisher, request
@@ -128,6 +128,22 @@ async def test_no_permission_is_logged_and_the_job_still_completes(
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("no permission to post progress" in w for w in warnings)
     assert any("no permission to post results" in w for w in warnings)
+
+
+async def test_a_deleted_channel_is_logged_once_and_the_job_still_completes(
+    store: Store, make_scheduler: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = FakeSink()
+    sink.failures["send"] = [MessageGone("404 Unknown Channel")] * 20
+    with caplog.at_level(logging.WARNING, logger="bot.publisher"):
+        _, _, _, [job] = await run_jobs(make_scheduler, store, sink, [request(user=1, steps=5)])
+    assert await store.job_status(job.job_id) is JobStatus.DONE
+    assert len(await store.results_for_job(job.job_id)) == 1
+    # One try for the progress message and one for the results, not one per update.
+    assert len(sink.failures["send"]) == 18
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert sum("is gone" in w for w in warnings) == 2
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_server_errors_are_retried_with_backoff(store: Store, make_scheduler: Any) -> None:
