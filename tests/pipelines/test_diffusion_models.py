@@ -9,6 +9,7 @@ import open_clip
 import pytest
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
 
 from pipelines import diffusion_models
 from pipelines.blended import BlendedLatentDiffusionPipeline, EditRequest
@@ -100,15 +101,25 @@ def test_a_diffusers_folder_loads_back_through_the_default_preset(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     saved = save_tiny_diffusers_folder(tmp_path / "model", tmp_path / "tok")
-    seen: list[dict[str, Any]] = []
-    for cls in (UNet2DConditionModel, AutoencoderKL):
-        original = cls.from_pretrained.__func__  # type: ignore[attr-defined]
+    # The folder alone must make loading local: no help from an offline switch in the environment.
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    seen: dict[str, dict[str, Any]] = {}
+    for cls, method in (
+        (UNet2DConditionModel, "from_pretrained"),
+        (AutoencoderKL, "from_pretrained"),
+        (CLIPTextModel, "from_pretrained"),
+        (CLIPTokenizer, "from_pretrained"),
+        (DDIMScheduler, "load_config"),
+    ):
+        original = getattr(cls, method).__func__
 
-        def spying(klass: type, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
-            seen.append(kwargs)
-            return _original(klass, *args, **kwargs)
+        def spying(
+            klass: type, *args: Any, _original: Any = original, _name: str = cls.__name__, **kw: Any
+        ) -> Any:
+            seen[_name] = kw
+            return _original(klass, *args, **kw)
 
-        monkeypatch.setattr(cls, "from_pretrained", classmethod(spying))
+        monkeypatch.setattr(cls, method, classmethod(spying))
     settings = ModelSettings(
         preset="default",
         device="cpu",
@@ -117,8 +128,10 @@ def test_a_diffusers_folder_loads_back_through_the_default_preset(
     )
     components = load_diffusion(settings)
 
-    assert len(seen) == 2
-    assert all(k["local_files_only"] and k["dtype"] == torch.float32 for k in seen)
+    assert len(seen) == 5
+    assert all(kwargs["local_files_only"] is True for kwargs in seen.values())
+    for weights in ("UNet2DConditionModel", "AutoencoderKL", "CLIPTextModel"):
+        assert seen[weights]["dtype"] == torch.float32
     for ours, theirs in (
         (components.unet, saved.unet),
         (components.vae, saved.vae),
@@ -144,8 +157,29 @@ def test_a_diffusers_folder_loads_back_through_the_default_preset(
 def test_a_model_id_is_fetched_only_from_the_cache_when_offline(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert diffusion_models._local_only("stable-diffusion-v1-5/stable-diffusion-v1-5")
+    model_id = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    for value in ("1", "true", "YES"):
+        monkeypatch.setenv("HF_HUB_OFFLINE", value)
+        assert diffusion_models._local_only(model_id), value
+    # huggingface_hub reads these as "online"; so must we, or downloads are refused for nothing.
+    for value in ("0", "false", ""):
+        monkeypatch.setenv("HF_HUB_OFFLINE", value)
+        assert not diffusion_models._local_only(model_id), value
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    assert not diffusion_models._local_only("stable-diffusion-v1-5/stable-diffusion-v1-5")
+    assert not diffusion_models._local_only(model_id)
     assert diffusion_models._local_only(str(tmp_path))
+
+
+def test_float16_is_used_on_cuda_only(tmp_path: Path) -> None:
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert diffusion_models.diffusion_dtype("auto", cuda) == torch.float16
+    assert diffusion_models.diffusion_dtype("float16", cuda) == torch.float16
+    assert diffusion_models.diffusion_dtype("auto", cpu) == torch.float32
+    assert diffusion_models.diffusion_dtype("float16", cpu) == torch.float32
+    assert diffusion_models.diffusion_dtype("bfloat16", cpu) == torch.bfloat16
+    components = load_diffusion(
+        ModelSettings(preset="tiny", device="cpu", dtype="float16", cache_dir=tmp_path)
+    )
+    assert components.dtype == torch.float32
+    modules = (components.unet, components.vae, components.text_encoder)
+    assert all(p.dtype == torch.float32 for m in modules for p in m.parameters())
