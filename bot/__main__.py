@@ -5,8 +5,8 @@ models once, recover interrupted jobs, start the worker, connect. SIGINT or SIGT
 jobs, lets the running job stop at its next step (it is re-queued for the next start), posts the
 last message edits, disconnects and closes the store.
 
-Bad configuration, a missing token or a model file that is missing or wrong: one line per
-problem on stderr, exit code 2.
+Bad configuration, a missing token, a data folder or database that cannot be used, or a model
+file that is missing or wrong: one line per problem on stderr, exit code 2.
 """
 
 from __future__ import annotations
@@ -49,9 +49,14 @@ async def run(config: Config, token: str) -> int:
     import discord
 
     from bot.app import FaradayBot
+    from bot.store import StoreUnusable
 
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
-    bot = await FaradayBot.create(config)
+    try:
+        bot = await FaradayBot.create(config)
+    except StoreUnusable as exc:
+        print(f"error: cannot open the storage: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
@@ -74,6 +75,11 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreUnusable(RuntimeError):
+    """The data folder or the database cannot be used; ``str(exc)`` says which and why, in one
+    line for the server owner."""
 
 
 @dataclass(frozen=True)
@@ -188,18 +194,38 @@ class Store:
         commit (three per job).
         """
         paths = DataPaths(Path(data_dir))
-        await asyncio.to_thread(paths.make_dirs)
-        database.parent.mkdir(parents=True, exist_ok=True)
-        # Autocommit: each single-statement write commits by itself (one hop to the connection's
-        # thread, not two); multi-statement changes use explicit transactions.
-        db = await aiosqlite.connect(database, isolation_level=None)
-        db.row_factory = aiosqlite.Row
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute(f"PRAGMA synchronous={'FULL' if sync_commits else 'NORMAL'}")
-        await db.execute("PRAGMA foreign_keys=ON")
-        await db.execute("PRAGMA busy_timeout=5000")
-        store = cls(db, paths, sync_commits=sync_commits)
-        await store._migrate()
+
+        def make_dirs() -> None:
+            paths.make_dirs()
+            database.parent.mkdir(parents=True, exist_ok=True)
+
+        try:
+            await asyncio.to_thread(make_dirs)
+        except OSError as exc:
+            raise StoreUnusable(
+                f"the data folder {str(data_dir)!r} cannot be created or written: "
+                f"{exc.strerror or exc}"
+            ) from exc
+        try:
+            # Autocommit: each single-statement write commits by itself (one hop to the
+            # connection's thread, not two); multi-statement changes use explicit transactions.
+            db = await aiosqlite.connect(database, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreUnusable(f"the database {str(database)!r} cannot be opened: {exc}") from exc
+        try:
+            db.row_factory = aiosqlite.Row
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute(f"PRAGMA synchronous={'FULL' if sync_commits else 'NORMAL'}")
+            await db.execute("PRAGMA foreign_keys=ON")
+            await db.execute("PRAGMA busy_timeout=5000")
+            store = cls(db, paths, sync_commits=sync_commits)
+            await store._migrate()
+        except sqlite3.Error as exc:
+            await db.close()
+            raise StoreUnusable(f"the database {str(database)!r} cannot be used: {exc}") from exc
+        except BaseException:
+            await db.close()
+            raise
         return store
 
     async def close(self) -> None:
@@ -210,7 +236,7 @@ class Store:
             row = await cursor.fetchone()
         version = int(row[0]) if row else 0
         if version > SCHEMA_VERSION:
-            raise RuntimeError(
+            raise StoreUnusable(
                 f"the database schema is version {version}, newer than this bot knows "
                 f"({SCHEMA_VERSION}); upgrade the bot or use another storage.database"
             )

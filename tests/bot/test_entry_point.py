@@ -58,6 +58,33 @@ def test_a_bad_config_prints_one_line_per_problem_and_exits_2(
     ]
 
 
+@pytest.mark.parametrize("broken", ["data folder is a file", "database is not SQLite"])
+def test_storage_that_cannot_be_used_stops_start_up_with_one_line(
+    broken: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    data = tmp_path / "data"
+    if broken == "data folder is a file":
+        data.write_text("not a folder")
+        expected = f"error: cannot open the storage: the data folder {str(data)!r} cannot be "
+    else:
+        data.mkdir()
+        (data / "faraday.sqlite3").write_bytes(b"this is not a database" * 100)
+        expected = (f"error: cannot open the storage: the database "
+                    f"{str(data / 'faraday.sqlite3')!r} cannot be used: file is not a database")
+    config = tmp_path / "config.toml"
+    config.write_text(f'[scheduler]\npipeline = "stand-in"\n[storage]\ndata_dir = '
+                      f'"{data.as_posix()}"\n')
+    monkeypatch.setenv("DISCORD_TOKEN", "never-used-because-start-up-stops-first")
+    switch_interval = sys.getswitchinterval()
+    try:
+        assert main(["--config", str(config)]) == 2
+    finally:
+        sys.setswitchinterval(switch_interval)
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(expected), line
+
+
 def test_a_model_file_that_cannot_load_stops_start_up_with_one_line(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere" / "model.yaml"
     config = tmp_path / "config.toml"

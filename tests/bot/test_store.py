@@ -11,7 +11,7 @@ import pytest
 
 from bot.files import write_atomic
 from bot.jobs import JobKind, JobRequest, JobStatus
-from bot.store import SCHEMA_VERSION, NewResult, Store
+from bot.store import SCHEMA_VERSION, NewResult, Store, StoreUnusable
 from tests.bot.conftest import request
 
 
@@ -34,7 +34,7 @@ async def test_reopening_keeps_data_and_a_newer_schema_is_refused(data_dir: Path
     await store.close()
     with sqlite3.connect(database) as raw:
         raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    with pytest.raises(RuntimeError, match="newer than this bot knows"):
+    with pytest.raises(StoreUnusable, match="newer than this bot knows"):
         await Store.open(database, data_dir)
 
 
