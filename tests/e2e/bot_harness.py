@@ -99,8 +99,10 @@ async def running_bot(standin: DiscordStandin, config_path: Path) -> AsyncIterat
             await bot.start_services()
             client = asyncio.create_task(bot.start(standin.token), name="faraday-under-test")
             await standin.wait_until_connected()
+            # To the configured guilds, or globally (None) when there are none.
+            scope = standin.guild_id if config.discord.guild_ids else None
             await standin.wait_for(
-                lambda: standin.synced_commands(standin.guild_id), timeout=20,
+                lambda: standin.synced_commands(scope), timeout=20,
                 description="the bot's slash commands to be synced",
             )
             await asyncio.wait_for(bot.wait_until_ready(), timeout=20)

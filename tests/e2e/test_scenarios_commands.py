@@ -149,6 +149,7 @@ async def test_help_and_owner_only_resync(standin, tmp_path) -> None:
         assert help_reply.ephemeral and "/imagine" in help_reply.content
         assert "oil painting:0.5" in help_reply.content
 
+        assert sorted(c["name"] for c in standin.synced_commands(standin.guild_id)) == COMMANDS
         syncs = len(standin.command_syncs)
         handle = await standin.send_slash_command("resync", user="root")
         refused = await handle.wait_for_reply(timeout=WAIT)
@@ -160,6 +161,25 @@ async def test_help_and_owner_only_resync(standin, tmp_path) -> None:
         ).wait_for_reply(lambda m: "re-synced" in m.content, timeout=WAIT)
         assert done.ephemeral and "1 guild(s)" in done.content
         assert len(standin.command_syncs) == syncs + 1
+
+
+COMMANDS = ["cancel", "edit", "help", "imagine", "queue", "resync"]
+
+
+async def test_without_guild_ids_commands_are_synced_globally_and_resync_says_so(
+    standin, tmp_path
+) -> None:
+    config = write_test_config(tmp_path, standin, {"discord": {"guild_ids": []}})
+    async with running_bot(standin, config):
+        assert sorted(c["name"] for c in standin.synced_commands(None)) == COMMANDS
+        assert standin.synced_commands(standin.guild_id) == []
+        assert [scope for scope, _, _ in standin.command_syncs] == [None]
+
+        done = await (
+            await standin.send_slash_command("resync", user=standin.owner)
+        ).wait_for_reply(lambda m: "re-synced" in m.content, timeout=WAIT)
+        assert done.ephemeral and "all servers (global" in done.content
+        assert [scope for scope, _, _ in standin.command_syncs] == [None, None]
 
 
 async def test_without_manage_messages_reactions_still_work_and_simply_stay(
