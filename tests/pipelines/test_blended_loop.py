@@ -93,10 +93,28 @@ def test_outside_the_mask_the_latent_is_the_source_noised_to_its_own_step(
         posterior = components.vae.encode(pixels).latent_dist
         z_init = posterior.mean * components.vae.config.scaling_factor
     alphas = sd_alphas_cumprod()
+    # Each candidate's noise, regenerated here from its seed rather than taken from the records:
+    # the first draw noises the start latent, then one draw per step noises the background.
+    seed = 11
+    assert edit.seed == seed
+    generators = [torch.Generator().manual_seed(seed + i) for i in range(edit.candidates)]
 
-    assert len(records) == 12 - int(12 * 0.25) == len(unet_calls)
+    def next_noise() -> torch.Tensor:
+        return torch.stack([torch.randn(z_init.shape[1:], generator=g) for g in generators])
+
+    skipped = int(12 * 0.25)
+    assert len(records) == 12 - skipped == len(unet_calls)
     for record, call in zip(records, unet_calls, strict=True):
         assert record.timestep == call["timestep"]
+    # Algorithm 1 starts from z_init noised to the first step kept after blend_start. DDIM's
+    # "leading" spacing with SD's steps_offset of 1 puts step k of 12 at (11 - k) * 83 + 1.
+    start = unet_calls[0]["timestep"]
+    assert start == (12 - 1 - skipped) * (1000 // 12) + 1
+    alpha = alphas[start].float()
+    start_latent = alpha.sqrt() * z_init + (1 - alpha).sqrt() * next_noise()
+    torch.testing.assert_close(
+        unet_calls[0]["sample"][: edit.candidates], start_latent, rtol=1e-5, atol=1e-5
+    )
     for index, record in enumerate(records):
         inside = record.mask.bool().expand_as(record.latents)
         outside = ~inside
@@ -106,6 +124,8 @@ def test_outside_the_mask_the_latent_is_the_source_noised_to_its_own_step(
             following = unet_calls[index + 1]
             assert torch.equal(following["sample"][: edit.candidates], record.latents)
             assert record.latent_timestep == following["timestep"]
+            assert record.background_noise is not None
+            assert torch.equal(record.background_noise, next_noise())
             # ...and outside the mask it is the source noised exactly to that timestep.
             alpha = alphas[following["timestep"]].float()
             expected = alpha.sqrt() * z_init + (1 - alpha).sqrt() * record.background_noise
