@@ -145,6 +145,9 @@ async def test_a_429_on_a_progress_edit_and_a_500_on_the_result_post_are_survive
         await bot.publisher.wait_settled()
         assert throttled.hits and broken.hits
         assert len(results) == 2 and grid_message.files
+        # The 500 really met the grid's post (its file), and the retry delivered the same file.
+        (refused,) = broken.hits
+        assert {f.filename: f.data for f in refused.files} == grid_message.files
         assert "✅" in standin.message(progress.id).content
         record = await bot.store.get_job(job_id)
         assert record is not None and record.status is JobStatus.DONE
