@@ -22,13 +22,15 @@ How a prompt is read, right to left:
 
 Errors are :class:`~pipelines.interface.InvalidRequest` messages naming what is wrong and where
 (1-based prompt position and the offending text): empty prompts, weights that are not numbers,
-weights that sum to zero, and prompts longer than CLIP's context. Nothing here needs a model, so
+weights beyond ±MAX_ABS_WEIGHT (or a stop that overflows), weights that sum to zero, and prompts
+longer than CLIP's context. Nothing here needs a model, so
 the bot can validate a command before queueing it.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import re
 from dataclasses import dataclass
 
@@ -38,6 +40,10 @@ from pipelines.interface import InvalidRequest
 
 CLIP_CONTEXT_LENGTH = 77
 SEPARATOR = "|"
+# Weights only matter relative to each other and to the regularisers. Beyond this one prompt
+# drowns every other term of the float32 loss, and near 1e38 the loss overflows to inf, which
+# turns the whole image into NaN.
+MAX_ABS_WEIGHT = 1e6
 
 _NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
 _TRAILING_NUMBER = re.compile(rf"\s*:\s*({_NUMBER})\s*$")
@@ -126,10 +132,22 @@ def _parse_one(piece: str, index: int, count: int) -> Prompt:
     text = body.strip()
     if not text:
         raise InvalidRequest(f"{where} has a weight but no text ({_quote(piece.strip())})")
-    if len(numbers) == 2:
-        return Prompt(text, float(numbers[0]), float(numbers[1]))
-    if len(numbers) == 1:
-        return Prompt(text, float(numbers[0]))
+    values = [float(number) for number in numbers]
+    if values and (not math.isfinite(values[0]) or abs(values[0]) > MAX_ABS_WEIGHT):
+        raise InvalidRequest(
+            f"{where} has a weight that is too large: {_quote(numbers[0])} in "
+            f"{_quote(piece.strip())}; use a number between {-MAX_ABS_WEIGHT:g} and "
+            f"{MAX_ABS_WEIGHT:g}"
+        )
+    if len(values) == 2 and not math.isfinite(values[1]):
+        raise InvalidRequest(
+            f"{where} has a stop that is too large: {_quote(numbers[1])} in "
+            f"{_quote(piece.strip())}; a stop is a distance from 0 to about 4.93"
+        )
+    if len(values) == 2:
+        return Prompt(text, values[0], values[1])
+    if len(values) == 1:
+        return Prompt(text, values[0])
     return Prompt(text)
 
 
