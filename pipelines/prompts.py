@@ -23,8 +23,8 @@ How a prompt is read, right to left:
 Errors are :class:`~pipelines.interface.InvalidRequest` messages naming what is wrong and where
 (1-based prompt position and the offending text): empty prompts, weights that are not numbers,
 weights beyond ±MAX_ABS_WEIGHT (or a stop that overflows), weights that sum to zero, and prompts
-longer than CLIP's context. Nothing here needs a model, so
-the bot can validate a command before queueing it.
+longer than CLIP's context. Nothing here needs a model, so the bot can validate a command before
+queueing it.
 """
 
 from __future__ import annotations
