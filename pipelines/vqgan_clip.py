@@ -92,7 +92,7 @@ class ImagineRequest:
     - ``init_image``: start from this image (editing) instead of random codes (generation). It is
       resized to ``width`` x ``height``.
     - ``mask``: with an init image, only where the mask is white (or opaque) may change. It must
-      have the init image's aspect ratio and is resized with it (nearest neighbour).
+      have the init image's aspect ratio and is resized with it (see :func:`user_mask_pixels`).
     - ``mask_text``: with an init image, a phrase naming what to change; the mask is found by
       CLIP (self-masking) and a structure term keeps the rest close to the original.
     - ``image_prompts``: images whose CLIP embeddings guide like a prompt of weight 1 each.
@@ -377,9 +377,21 @@ def pixel_mask_to_latent(mask: torch.Tensor, factor: int) -> torch.Tensor:
 
 
 def user_mask_pixels(mask: Image.Image, width: int, height: int) -> torch.Tensor:
-    """The user's mask (white/opaque = edit) resized to the image with nearest neighbour."""
-    resized = mask if mask.size == (width, height) else mask.resize((width, height), Image.NEAREST)
-    return torch.from_numpy(mask_from_image(resized).copy())
+    """The user's mask (white/opaque = edit) at the image's size, (H, W) bool.
+
+    Shrinking marks a pixel if any mask pixel it covers is marked: nearest neighbour would drop a
+    stroke thinner than the scale factor, and the edit would then silently change nothing.
+    Enlarging is nearest neighbour, which keeps every marked pixel.
+    """
+    marked = torch.from_numpy(mask_from_image(mask).copy())
+    if mask.size == (width, height):
+        return marked
+    pixels = marked.float()[None, None]
+    if mask.width >= width and mask.height >= height:
+        resized = F.adaptive_max_pool2d(pixels, (height, width))
+    else:
+        resized = F.interpolate(pixels, size=(height, width), mode="nearest")
+    return resized[0, 0] > 0
 
 
 # ---------------------------------------------------------------------------------------------

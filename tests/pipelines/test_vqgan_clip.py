@@ -177,6 +177,18 @@ def test_a_mask_of_another_size_but_the_same_shape_is_resized(
     assert latent[:, 8:].eq(1).all() and latent[:, :8].eq(0).all()
 
 
+def test_a_stroke_thinner_than_the_scale_survives_shrinking_the_mask(
+    pipeline: VqganClipPipeline,
+) -> None:
+    mask = Image.new("L", (256, 256), 0)
+    mask.paste(255, (129, 0, 130, 256))  # one pixel wide; nearest neighbour to 64 skips it
+    run = pipeline.start(tiny_request(init_image=noise_image(), mask=mask), seed=3)
+    latent = run.latent_mask[0, 0]
+    # Pixel column 129 becomes image column 32, which lies in latent column 8 (cells of 4).
+    assert latent[:, 8].eq(1).all()
+    assert latent.sum() == latent.shape[0]
+
+
 def test_self_mask_is_image_sized_and_follows_the_threshold_rule(
     pipeline: VqganClipPipeline,
 ) -> None:
