@@ -120,7 +120,10 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def open_input(path: Path, what: str) -> Image.Image:
     image = image_io.open_image(path, what=what)
-    if image_io.is_animated(image):
+    # The opened copy has lost its frames (EXIF transposing copies it), so ask the file.
+    with Image.open(path) as raw:
+        animated = image_io.is_animated(raw)
+    if animated:
         raise InvalidRequest(f"the {what} {str(path)!r} is animated; give a still image")
     return image
 

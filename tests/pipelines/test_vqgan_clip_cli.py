@@ -79,12 +79,16 @@ def bad_input_cases(tmp_path: Path) -> dict[str, list[str]]:
     wide_mask = write_mask(tmp_path / "wide.png", (128, 64))
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("this is not a picture")
+    animated = tmp_path / "anim.gif"
+    frames = [Image.new("RGB", (64, 64), (80 * i, 0, 0)) for i in range(3)]
+    frames[0].save(animated, save_all=True, append_images=frames[1:])
     bad_config = tmp_path / "bad.toml"
     bad_config.write_text("[models\npreset = 'tiny'")
     out = str(tmp_path / "out.png")
     return {
         "unreadable image": ["x", "--out", out, "--init", str(not_an_image)],
         "missing image": ["x", "--out", out, "--image-prompt", str(tmp_path / "gone.png")],
+        "animated image": ["x", "--out", out, "--image-prompt", str(animated)],
         "mask shape differs": ["x", "--out", out, "--init", str(init), "--mask", str(wide_mask)],
         "mask without init": ["x", "--out", out, "--mask", str(wide_mask)],
         "size too big": ["x", "--out", out, "--size", "2048x64"],
@@ -104,7 +108,8 @@ def bad_input_cases(tmp_path: Path) -> dict[str, list[str]]:
 
 
 CASES = [
-    "unreadable image", "missing image", "mask shape differs", "mask without init",
+    "unreadable image", "missing image", "animated image", "mask shape differs",
+    "mask without init",
     "size too big", "size not a multiple", "size not a size", "steps zero", "steps too many",
     "steps not a number", "empty prompt part", "bad weight", "zero weights",
     "out folder missing", "out not png", "bad config", "unknown preset",
@@ -132,6 +137,7 @@ def test_the_messages_say_what_is_wrong(tmp_path: Path, capsys: pytest.CaptureFi
     cases = bad_input_cases(tmp_path)
     expected = {
         "unreadable image": "not an image",
+        "animated image": "is animated; give a still image",
         "mask shape differs": "the mask is 128x64 but the init image is 64x64",
         "size too big": "width must be between 64 and 1024",
         "size not a multiple": "multiple of 16",
