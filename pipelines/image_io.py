@@ -50,8 +50,36 @@ def is_animated(image: Image.Image) -> bool:
     return bool(getattr(image, "is_animated", False)) and getattr(image, "n_frames", 1) > 1
 
 
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def to_eight_bit(image: Image.Image) -> Image.Image:
+    """16-bit, 32-bit and float greyscale scaled into an 8-bit ``L`` image; others unchanged.
+
+    Pillow's ``convert`` clips these modes at 255 instead of scaling, which turns a 16-bit PNG
+    (a common export from photo tools) almost entirely white.
+    """
+    if image.mode not in (*_SIXTEEN_BIT_MODES, "I", "F"):
+        return image
+    array = np.asarray(image, dtype=np.float64)
+    top = float(array.max()) if array.size else 0.0
+    if image.mode in _SIXTEEN_BIT_MODES:
+        scale = 65535.0
+    elif image.mode == "F" and top <= 1.0:
+        scale = 1.0  # float images usually hold [0, 1]
+    elif top <= 255.0:
+        scale = 255.0
+    elif image.mode == "I" and top <= 65535.0:
+        scale = 65535.0  # a 16-bit file that Pillow opened as 32-bit
+    else:
+        scale = top
+    eight_bit = np.clip(array / scale, 0.0, 1.0) * 255.0
+    return Image.fromarray(eight_bit.round().astype(np.uint8), "L")
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """RGB, compositing any transparency over white so transparent areas do not turn black."""
+    image = to_eight_bit(image)
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -61,6 +89,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def mask_from_image(image: Image.Image, threshold: float = 0.5) -> np.ndarray:
     """A boolean mask: the alpha channel if the image has one, otherwise luminance, > threshold."""
+    image = to_eight_bit(image)
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         channel = image.convert("RGBA").getchannel("A")
     else:

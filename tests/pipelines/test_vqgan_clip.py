@@ -145,6 +145,18 @@ def test_editing_starts_from_the_encoded_init_image(pipeline: VqganClipPipeline)
     torch.testing.assert_close(encode_image_latent(vqgan, pixels), quantised)
 
 
+def test_a_16_bit_greyscale_init_image_is_scaled_not_clipped(pipeline: VqganClipPipeline) -> None:
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    image = Image.open(io.BytesIO(png_bytes(Image.fromarray(ramp))))
+    assert image.mode.startswith("I")
+    mask = Image.fromarray((ramp >= 32768).astype(np.uint16) * 65535)
+    run = pipeline.start(tiny_request(init_image=image, mask=mask), seed=3)
+    assert run.original is not None
+    # Pillow's own conversion clips at 255 of 65535, which would make this mean about 1.
+    assert float(run.original.mean()) == pytest.approx(0.5, abs=0.01)
+    assert float(run.latent_mask.mean()) == pytest.approx(0.5)
+
+
 def test_masked_editing_leaves_every_code_outside_the_mask_identical(
     pipeline: VqganClipPipeline,
 ) -> None:
