@@ -15,6 +15,7 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -23,6 +24,8 @@ from tqdm import tqdm
 log = logging.getLogger(__name__)
 
 FileKind = Literal["yaml", "checkpoint"]
+# Checks a file's contents; raises ModelFileError naming the file by the string it is given.
+ContentCheck = Callable[[Path, str], object]
 
 DEFAULT_TIMEOUT_S = 30.0
 _CHUNK = 1 << 20
@@ -102,11 +105,14 @@ def fetch(
     sha256: str = "",
     timeout: float = DEFAULT_TIMEOUT_S,
     progress: bool = True,
+    check: ContentCheck | None = None,
 ) -> Path:
     """A local path to the file ``source`` names, downloading it into ``cache_dir`` if needed.
 
     ``what`` names the file in messages (e.g. ``"models.vqgan_config"``). ``sha256``, when not
-    empty, must match the file's contents; a mismatching download is deleted.
+    empty, must match the file's contents; a mismatching download is deleted. ``check``, when
+    given, validates a download before it enters the cache (and a cached copy before reuse), so
+    a file that is not what it should be is never kept to fail every later run.
     """
     if not is_url(source):
         path = Path(source).expanduser()
@@ -119,24 +125,38 @@ def fetch(
 
     destination = cached_path_for_url(source, cache_dir)
     if destination.is_file():
-        if not sha256:
+        try:
+            if sha256:
+                _verify_pin(destination, sha256, what, str(destination))
+            if check is not None:
+                check(destination, str(destination))
             log.debug("%s: using cached %s", what, destination)
             return destination
-        try:
-            _verify_pin(destination, sha256, what, str(destination))
-            return destination
-        except ModelFileError:
+        except ModelFileError as exc:
             # The pin changed or the cache was damaged; fetching again is the honest fix.
-            log.warning(
-                "%s: cached %s does not match the pinned sha256; fetching again", what, destination
-            )
+            log.warning("%s: cached %s is refused (%s); fetching again", what, destination, exc)
             destination.unlink()
-    _download(source, destination, what=what, sha256=sha256, timeout=timeout, progress=progress)
+    _download(
+        source,
+        destination,
+        what=what,
+        sha256=sha256,
+        timeout=timeout,
+        progress=progress,
+        check=check,
+    )
     return destination
 
 
 def _download(
-    url: str, destination: Path, *, what: str, sha256: str, timeout: float, progress: bool
+    url: str,
+    destination: Path,
+    *,
+    what: str,
+    sha256: str,
+    timeout: float,
+    progress: bool,
+    check: ContentCheck | None,
 ) -> None:
     destination.parent.mkdir(parents=True, exist_ok=True)
     log.info("%s: downloading %s to %s", what, url, destination)
@@ -200,6 +220,8 @@ def _download(
                 f"{what}: {url} has sha256 {digest.hexdigest()}, but config.toml pins "
                 f"{sha256.lower()}; the download was deleted"
             )
+        if check is not None:
+            check(tmp, url)
         os.replace(tmp, destination)
     finally:
         tmp.unlink(missing_ok=True)

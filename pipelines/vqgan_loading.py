@@ -37,55 +37,61 @@ _REQUIRED_DDCONFIG = (
 )
 
 
-def parse_taming_config(path: Path, *, what: str = CONFIG_KEY) -> VqganConfig:
-    """The architecture a taming ``VQModel`` yaml describes."""
-    check_not_html(path, what, str(path))
+def parse_taming_config(
+    path: Path, *, what: str = CONFIG_KEY, name: str | None = None
+) -> VqganConfig:
+    """The architecture a taming ``VQModel`` yaml describes.
+
+    ``name`` is how messages call the file (a download's URL rather than its temporary file).
+    """
+    shown = name or str(path)
+    check_not_html(path, what, shown)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
-        raise ModelFileError(f"{what}: {path} is not a text file, so not a taming yaml") from None
+        raise ModelFileError(f"{what}: {shown} is not a text file, so not a taming yaml") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid syntax"
-        raise ModelFileError(f"{what}: {path} is not valid YAML ({problem}{where})") from None
+        raise ModelFileError(f"{what}: {shown} is not valid YAML ({problem}{where})") from None
 
     model = data.get("model") if isinstance(data, dict) else None
     if not isinstance(model, dict):
-        raise ModelFileError(f"{what}: {path} is not a taming config (it has no 'model' section)")
+        raise ModelFileError(f"{what}: {shown} is not a taming config (it has no 'model' section)")
     target = str(model.get("target", ""))
     if target.endswith("GumbelVQ"):
         raise ModelFileError(
-            f"{what}: {path} is a Gumbel VQGAN ({target}), which is not supported yet; "
+            f"{what}: {shown} is a Gumbel VQGAN ({target}), which is not supported yet; "
             "use a taming.models.vqgan.VQModel checkpoint such as vqgan_imagenet_f16_16384"
         )
     if target and not target.endswith("VQModel"):
         raise ModelFileError(
-            f"{what}: {path} describes {target}; only taming.models.vqgan.VQModel is supported"
+            f"{what}: {shown} describes {target}; only taming.models.vqgan.VQModel is supported"
         )
     params = model.get("params")
     if not isinstance(params, dict):
-        raise ModelFileError(f"{what}: {path} has no model.params section")
+        raise ModelFileError(f"{what}: {shown} has no model.params section")
     missing = [k for k in ("ddconfig", "n_embed", "embed_dim") if k not in params]
     if missing:
         names = ", ".join(f"model.params.{k}" for k in missing)
-        raise ModelFileError(f"{what}: {path} is missing {names}")
+        raise ModelFileError(f"{what}: {shown} is missing {names}")
     ddconfig = params["ddconfig"]
     if not isinstance(ddconfig, dict):
-        raise ModelFileError(f"{what}: {path}: model.params.ddconfig must be a mapping")
+        raise ModelFileError(f"{what}: {shown}: model.params.ddconfig must be a mapping")
     missing = [k for k in _REQUIRED_DDCONFIG if k not in ddconfig]
     if missing:
         names = ", ".join(f"model.params.ddconfig.{k}" for k in missing)
-        raise ModelFileError(f"{what}: {path} is missing {names}")
+        raise ModelFileError(f"{what}: {shown} is missing {names}")
     if params.get("remap") or params.get("colorize_nlabels"):
         raise ModelFileError(
-            f"{what}: {path} uses remap/colorize_nlabels (a segmentation-conditioned model); "
+            f"{what}: {shown} uses remap/colorize_nlabels (a segmentation-conditioned model); "
             "only image VQGANs are supported"
         )
     for key in ("n_embed", "embed_dim"):
         if not isinstance(params[key], int) or params[key] <= 0:
             raise ModelFileError(
-                f"{what}: {path}: model.params.{key} must be a positive integer, "
+                f"{what}: {shown}: model.params.{key} must be a positive integer, "
                 f"not {params[key]!r}"
             )
     return VqganConfig(
@@ -139,6 +145,7 @@ def load_vqgan_from_settings(settings: ModelSettings, *, progress: bool = True) 
         what=CONFIG_KEY,
         sha256=settings.vqgan_config_sha256,
         progress=progress,
+        check=lambda path, name: parse_taming_config(path, name=name),
     )
     config = parse_taming_config(config_path)
     weights = load_weights(

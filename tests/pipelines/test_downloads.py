@@ -215,3 +215,53 @@ def test_default_preset_loads_a_vqgan_from_urls_and_then_needs_only_its_cache(
         presets.clear_caches()
     assert host.hits["/ckpts/last.ckpt"] == 1
     assert host.hits["/configs/model.yaml"] == 1
+
+
+def test_a_config_that_is_not_a_taming_yaml_is_never_cached(host: FakeHost, tmp_path: Path):
+    import torch
+
+    from pipelines import presets
+    from pipelines.settings import ModelSettings
+    from pipelines.vqgan import VqganConfig
+    from tests.pipelines.test_vqgan_loading import yaml_for
+
+    # A dead link answered in plain text (not HTML) with status 200.
+    host.routes["/configs/model.yaml"] = (200, "text/plain", b"Link does not exist :-(\n")
+    settings = ModelSettings(
+        preset="default",
+        cache_dir=tmp_path / "models",
+        vqgan_config=host.url("/configs/model.yaml"),
+        vqgan_checkpoint=str(tmp_path / "never-reached.ckpt"),
+    )
+    presets.clear_caches()
+    try:
+        with pytest.raises(ModelFileError, match="is not a taming config") as refused:
+            presets.load_vqgan(settings, torch.device("cpu"))
+        assert host.url("/configs/model.yaml") in str(refused.value)  # the URL, not a temp file
+        assert leftovers(settings.cache_dir) == []
+
+        # Once the host serves the real file, it is fetched again rather than the bad one reused.
+        good = yaml_for(VqganConfig.tiny()).encode()
+        host.routes["/configs/model.yaml"] = (200, "text/plain", good)
+        with pytest.raises(ModelFileError, match=r"models\.vqgan_checkpoint: local file"):
+            presets.load_vqgan(settings, torch.device("cpu"))
+        assert host.hits["/configs/model.yaml"] == 2
+        cached = cached_path_for_url(settings.vqgan_config, settings.cache_dir)
+        assert cached.read_bytes() == good
+    finally:
+        presets.clear_caches()
+
+
+def test_a_cached_file_that_fails_its_check_is_fetched_again(host: FakeHost, tmp_path: Path):
+    url = host.url("/configs/model.yaml")
+    host.routes["/configs/model.yaml"] = (200, "text/plain", YAML_BYTES)
+    cached = cached_path_for_url(url, tmp_path)
+    cached.write_bytes(b"left by an older version that did not check")
+
+    def must_be_yaml(path: Path, name: str) -> None:
+        if not path.read_bytes().startswith(b"model:"):
+            raise ModelFileError(f"{name} is not a config")
+
+    assert fetch(url, tmp_path, what="x", progress=False, check=must_be_yaml) == cached
+    assert cached.read_bytes() == YAML_BYTES
+    assert host.hits["/configs/model.yaml"] == 1
