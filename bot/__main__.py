@@ -3,7 +3,8 @@
 Start-up: read and validate the config, open the store, prune old results, load the preset's
 models once, recover interrupted jobs, start the worker, connect. SIGINT or SIGTERM stops taking
 jobs, lets the running job stop at its next step (it is re-queued for the next start), posts the
-last message edits, disconnects and closes the store.
+last message edits, disconnects and closes the store; during start-up (a first model download can
+take minutes) it stops the start-up at once.
 
 Bad configuration, a missing token, a data folder or database that cannot be used, or a model
 file that is missing or wrong: one line per problem on stderr, exit code 2.
@@ -59,22 +60,36 @@ async def run(config: Config, token: str) -> int:
         return EXIT_BAD_INPUT
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for signum in signals:
         with contextlib.suppress(NotImplementedError):  # not on Windows
             loop.add_signal_handler(signum, stop.set)
     exit_code = 0
+    stopper = asyncio.create_task(stop.wait(), name="signal-wait")
     try:
+        # Loading the models can take minutes (a first download): a signal meanwhile stops the
+        # start-up instead of waiting for it.
+        starting = asyncio.create_task(bot.start_services(), name="start-up")
+        await asyncio.wait({starting, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            log.info("stopping during start-up")
+            starting.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await starting
+            await bot.stop_services()
+            return 0
         try:
-            await bot.start_services()
+            starting.result()
         except ModelFileError as exc:
             print(f"error: cannot load the models: {exc}", file=sys.stderr)
+            await bot.stop_services()
             return EXIT_BAD_INPUT
         except Exception as exc:
             log.exception("start-up failed")
             print(f"error: start-up failed: {exc}", file=sys.stderr)
+            await bot.stop_services()
             return 1
         client = asyncio.create_task(bot.start(token), name="discord-client")
-        stopper = asyncio.create_task(stop.wait(), name="signal-wait")
         done, _ = await asyncio.wait({client, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if client in done and client.exception() is not None:
             exc = client.exception()
@@ -87,16 +102,19 @@ async def run(config: Config, token: str) -> int:
                 exit_code = 1
         else:
             log.info("shutting down")
-        stopper.cancel()
         await bot.stop_services()
         if not client.done():
             await bot.close()
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await client
     finally:
+        stopper.cancel()
         if not bot.is_closed():
             await bot.close()
         await bot.store.close()
+        for signum in signals:
+            with contextlib.suppress(NotImplementedError):
+                loop.remove_signal_handler(signum)
         log.info("stopped")
     return exit_code
 

@@ -8,7 +8,6 @@ loads the models once and starts the worker; :meth:`FaradayBot.stop_services` sh
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import logging
 import pkgutil
@@ -101,7 +100,12 @@ class FaradayBot(commands.Bot):
             log.info("removed %d job(s) older than %d days", pruned,
                      self.config.storage.result_retention_days)
         log.info("loading the models of preset %r", self.config.models.preset)
-        await asyncio.to_thread(self.scheduler.source.preload, tuple(JobKind))
+        # On the worker thread that will run them. It is a daemon thread, unlike asyncio's
+        # executor threads, so a signal during a long first download does not have to wait for it.
+        worker = self.scheduler.worker
+        worker.start()
+        source = self.scheduler.source
+        await worker.run(lambda: source.preload(tuple(JobKind)))
         report = await self.scheduler.start()
         await self.publisher.announce_unposted()
         log.info("scheduler started: %d job(s) waiting, %d re-queued, %d failed as interrupted "

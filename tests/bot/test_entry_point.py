@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -107,6 +108,37 @@ def test_a_model_file_that_cannot_load_stops_start_up_with_one_line(tmp_path: Pa
         f"error: cannot load the models: models.vqgan_config: local file {missing} does not exist"
     ]
     assert "Traceback" not in finished.stderr
+
+
+async def test_a_signal_while_the_models_load_stops_start_up_without_waiting_for_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot.__main__ import run
+    from bot.config import parse_config
+    from bot.stand_in import StandInSource
+
+    loading, release = threading.Event(), threading.Event()
+
+    def slow_preload(self: StandInSource, kinds: object) -> None:  # a first download, say
+        loading.set()
+        release.wait(120)
+
+    monkeypatch.setattr(StandInSource, "preload", slow_preload)
+    data = tmp_path / "data"
+    config = parse_config(f'[scheduler]\npipeline = "stand-in"\n[storage]\ndata_dir = '
+                          f'"{data.as_posix()}"\n')
+    switch_interval = sys.getswitchinterval()
+    running = asyncio.create_task(run(config, "never-sent-because-start-up-stops-first"))
+    try:
+        assert await asyncio.to_thread(loading.wait, 60), "the models never started loading"
+        os.kill(os.getpid(), signal.SIGINT)  # run() handles it on this loop
+        assert await asyncio.wait_for(running, 60) == 0
+    finally:
+        release.set()
+        sys.setswitchinterval(switch_interval)
+    # The store was closed: SQLite removes the write-ahead log when its last connection closes.
+    assert (data / "faraday.sqlite3").is_file()
+    assert not (data / "faraday.sqlite3-wal").exists()
 
 
 def _job_row(database: Path, job_id: int) -> tuple[str, int]:
