@@ -196,7 +196,9 @@ def picture(size: tuple[int, int] = (64, 64)) -> bytes:
     return png(image)
 
 
-def box_mask(size: tuple[int, int] = (64, 64), box: tuple[int, int, int, int] = (16, 16, 48, 48)):
+def box_mask(
+    size: tuple[int, int] = (64, 64), box: tuple[int, int, int, int] = (16, 16, 48, 48)
+) -> bytes:
     mask = Image.new("L", size, 0)
     mask.paste(255, box)
     return png(mask)
