@@ -204,6 +204,7 @@ async def test_sigterm_stops_the_running_job_requeues_it_and_exits_cleanly(
         log = output.decode(errors="replace")
         assert process.returncode == 0, log[-3000:]
         assert "Traceback" not in log, log[-3000:]
+        assert standin.token not in log, "the bot token reached the log"
         # Stopped at a step and put back in line, not counted as a crash.
         assert await asyncio.to_thread(_job_row, data / "faraday.sqlite3", seeded.id) == (
             "queued", 0
