@@ -130,7 +130,14 @@ async def test_requester_only_continuation_and_rerun_with_a_new_seed(standin, tm
         )
         assert await bot.store.get_job(parent_id + 1) is None
 
-        rerun = await react_and_wait_for_new_job(bot, standin, grid.id, "🔁", "alice", parent_id)
+        # An admin always may.
+        by_admin = await react_and_wait_for_new_job(bot, standin, grid.id, "1️⃣", "root",
+                                                    parent_id)
+        assert by_admin.request.user_id == standin.users["root"].id
+        assert by_admin.parent_result_id is not None
+
+        rerun = await react_and_wait_for_new_job(bot, standin, grid.id, "🔁", "alice",
+                                                 by_admin.id)
         parent = await bot.store.get_job(parent_id)
         assert parent is not None
         assert rerun.request.images == parent.request.images == {}
