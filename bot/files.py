@@ -61,7 +61,8 @@ def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
     """Write ``data`` to ``path`` via a temporary file and a rename.
 
     Readers, and the bot after a crash of its process, see the old file or the whole new one.
-    ``durable`` also fsyncs the data before the rename, so that holds after power loss too.
+    ``durable`` also fsyncs the data before the rename and the folder after it, so that holds
+    after power loss too, and a row committed afterwards never names a file the disk forgot.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -76,6 +77,19 @@ def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp_name)
         raise
+    if durable:
+        _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Persist a rename: on POSIX the new name lives in the folder's own data."""
+    if os.name != "posix":
+        return  # Windows cannot open a folder for fsync; its renames go through the journal
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def png_bytes(image: Image.Image) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 import time
 from pathlib import Path
 
@@ -87,6 +88,24 @@ async def test_an_atomic_write_leaves_the_old_file_whole_when_it_fails(
         write_atomic(target, b"new contents that never land")
     assert target.read_bytes() == b"old contents"
     assert [p.name for p in tmp_path.iterdir()] == ["image.png"]  # no temp file left behind
+
+
+def test_a_durable_write_syncs_the_data_then_the_folder_that_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append("folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    write_atomic(tmp_path / "fast.png", b"png", durable=False)
+    assert synced == []
+    write_atomic(tmp_path / "durable.png", b"png", durable=True)
+    assert synced == ["file", "folder"]
+    assert (tmp_path / "durable.png").read_bytes() == b"png"
 
 
 async def test_messages_map_to_jobs_and_roles(store: Store) -> None:
