@@ -219,6 +219,26 @@ def test_self_mask_is_image_sized_and_follows_the_threshold_rule(
     assert torch.equal(result.mask, normalised >= threshold)
 
 
+def test_self_mask_records_each_crops_similarity_at_its_centre(
+    pipeline: VqganClipPipeline,
+) -> None:
+    clip = pipeline.clip
+    image = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(5))
+    phrase = clip.encode_text(["a red apple"])[0]
+    # One crop per pixel, so the map needs no interpolation and can be read back exactly.
+    result = self_mask(image, phrase, clip, grid=(24, 24))
+    side = 8  # a third of 24
+    padded = torch.nn.functional.pad(image, (side,) * 4, mode="replicate")
+    for y, x in [(0, 0), (5, 17), (12, 12), (23, 6)]:
+        top, left = y - side // 2 + side, x - side // 2 + side
+        crop = padded[:, :, top : top + side, left : left + side]
+        embedding = clip.encode_image(torch.nn.functional.interpolate(
+            crop, size=(clip.input_size,) * 2, mode="bilinear", align_corners=False
+        ))
+        expected = torch.nn.functional.cosine_similarity(embedding, phrase[None]).item()
+        assert result.similarity[y, x].item() == pytest.approx(expected, abs=1e-5), (y, x)
+
+
 def test_self_masking_drives_the_edit(pipeline: VqganClipPipeline) -> None:
     request = tiny_request(init_image=noise_image(), mask_text="the apple", steps=2)
     run = pipeline.start(request, seed=3)

@@ -69,6 +69,23 @@ data:
 
 FAKE_LIGHTNING = "faraday_test_fake_lightning_callbacks"
 
+# Entries of the real vqgan_imagenet_f16_16384 last.ckpt state_dict, as taming's VQModel names
+# them. Pinned here, not derived from our VQGAN, so a renamed attribute cannot pass unnoticed.
+F16_16384_REAL_KEYS = {
+    "encoder.conv_in.weight": (128, 3, 3, 3),
+    "encoder.down.0.downsample.conv.weight": (128, 128, 3, 3),
+    "encoder.down.4.attn.1.q.weight": (512, 512, 1, 1),
+    "encoder.mid.attn_1.proj_out.weight": (512, 512, 1, 1),
+    "encoder.conv_out.weight": (256, 512, 3, 3),
+    "quant_conv.weight": (256, 256, 1, 1),
+    "quantize.embedding.weight": (16384, 256),
+    "post_quant_conv.weight": (256, 256, 1, 1),
+    "decoder.conv_in.weight": (512, 256, 3, 3),
+    "decoder.up.4.attn.2.k.weight": (512, 512, 1, 1),
+    "decoder.norm_out.weight": (128,),
+    "decoder.conv_out.weight": (3, 128, 3, 3),
+}
+
 
 def yaml_for(config: VqganConfig) -> str:
     return yaml.safe_dump(
@@ -196,6 +213,8 @@ def test_f16_16384_lightning_checkpoint_round_trips_through_default_preset(tmp_p
     ckpt = tmp_path / "last.ckpt"
     contents = lightning_checkpoint(source, pickled_class=True)
     assert len(contents["state_dict"]) == len(source.state_dict()) + 4
+    written = {k: tuple(v.shape) for k, v in contents["state_dict"].items()}
+    assert {k: written.get(k) for k in F16_16384_REAL_KEYS} == F16_16384_REAL_KEYS
     save_with_fake_module(contents, ckpt)
     del contents
 
