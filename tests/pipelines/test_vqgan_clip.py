@@ -232,9 +232,11 @@ def test_self_mask_records_each_crops_similarity_at_its_centre(
     for y, x in [(0, 0), (5, 17), (12, 12), (23, 6)]:
         top, left = y - side // 2 + side, x - side // 2 + side
         crop = padded[:, :, top : top + side, left : left + side]
-        embedding = clip.encode_image(torch.nn.functional.interpolate(
-            crop, size=(clip.input_size,) * 2, mode="bilinear", align_corners=False
-        ))
+        embedding = clip.encode_image(
+            torch.nn.functional.interpolate(
+                crop, size=(clip.input_size,) * 2, mode="bilinear", align_corners=False
+            )
+        )
         expected = torch.nn.functional.cosine_similarity(embedding, phrase[None]).item()
         assert result.similarity[y, x].item() == pytest.approx(expected, abs=1e-5), (y, x)
 
