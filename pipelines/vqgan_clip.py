@@ -99,7 +99,7 @@ class ImagineRequest:
     - ``init_weight``: pull of ``z`` toward the starting latent, ``init_weight * mean((z - z0)²)``
       (Crowson's meaning; nerdyrodent's "init_weight" is ``z_reg_weight`` here). 0 = off.
     - ``z_reg_weight``: α of the paper's section 2.4, ``α_t * mean(z²)`` with α decaying linearly
-      from ``z_reg_weight`` at the first step to 0 at the last.
+      from ``z_reg_weight`` at the first step toward 0 (``α / steps`` at the last).
     - ``structure_weight``: weight of the self-masking structure term (only with ``mask_text``).
     - ``preview_every``: a preview reaches ``on_progress`` every this many steps.
     """
@@ -362,7 +362,7 @@ def structure_loss(current: torch.Tensor, original: torch.Tensor) -> torch.Tenso
 
 
 def z_regulariser_weight(alpha: float, step: int, steps: int) -> float:
-    """α decays linearly from ``alpha`` at step 0 to 0 at the last step."""
+    """α decays linearly from ``alpha`` at step 0 to ``alpha / steps`` at the last step."""
     return alpha * (1.0 - step / steps)
 
 
