@@ -100,5 +100,10 @@ class FairQueue(Generic[T]):
         for entry in self._entries:
             yield entry.job_id, entry.user_id, entry.item
 
+    def ahead_of_new(self, user_id: int) -> int:
+        """How many waiting jobs a new job of ``user_id`` would run after."""
+        fair_round = self.assign_round(user_id)
+        return sum(1 for entry in self._entries if entry.fair_round <= fair_round)
+
     def count_for_user(self, user_id: int) -> int:
         return self._per_user.get(user_id, 0)

@@ -343,11 +343,14 @@ class Scheduler:
             )
         total_cap = self.config.max_queued_total
         if len(self._queue) >= total_cap:
+            # Where fairness would have put it, which for someone with nothing waiting is often
+            # well ahead of the end of the line.
+            position = self._queue.ahead_of_new(user_id) + (2 if self._running else 1)
             raise SubmitRefused(
                 "global_limit",
                 f"The queue is full: {len(self._queue)} jobs are waiting (the limit is "
-                f"{total_cap}), so a new job would be at position {in_line + 1}. "
-                "Try again in a few minutes.",
+                f"{total_cap}), so a new job would be at position {position} of "
+                f"{in_line + 1}. Try again in a few minutes.",
             )
 
     async def cancel(self, job_id: int) -> CancelOutcome:

@@ -170,7 +170,25 @@ async def test_global_limit_refuses_with_the_position_it_would_have(make_schedul
         await scheduler.submit(request(user=5))
     assert refused.value.reason == "global_limit"
     assert "3 jobs are waiting (the limit is 3)" in str(refused.value)
-    assert "position 5" in str(refused.value)
+    assert "position 5 of 5" in str(refused.value)
+    gate.release.set()
+
+
+async def test_the_global_limit_names_the_fair_position_not_the_end_of_the_line(
+    make_scheduler: Any,
+) -> None:
+    gate = Gate(StandInPipeline(0.0, 8, "sleep"))
+    scheduler = await make_scheduler(
+        gate, config=scheduler_config(max_queued_per_user=3, max_queued_total=3)
+    )
+    await scheduler.submit(request(user=1))
+    await gate.wait_reached()
+    for _ in range(3):
+        await scheduler.submit(request(user=2))
+    with pytest.raises(SubmitRefused) as refused:
+        await scheduler.submit(request(user=5))
+    # After the running job and user 2's first; user 2's other two wait for later rounds.
+    assert "would be at position 3 of 5" in str(refused.value)
     gate.release.set()
 
 
