@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import pickle
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import open_clip
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from pipelines.downloads import ModelFileError
@@ -69,9 +71,27 @@ _cache: dict[tuple[ClipSpec, str], ClipBundle] = {}
 _lock = threading.Lock()
 
 
-def _clip_load_error(spec: ClipSpec, exc: RuntimeError) -> ModelFileError:
+# What open_clip raises for an unknown model or tag, a failed download, or a weights file that
+# is damaged, not a state dict, or for another model.
+_LOAD_ERRORS = (
+    RuntimeError,
+    ValueError,
+    OSError,
+    EOFError,
+    pickle.UnpicklingError,
+    SafetensorError,
+)
+
+
+def _clip_load_error(spec: ClipSpec, exc: Exception) -> ModelFileError:
     """open_clip's failure as one line that says which setting to fix."""
     detail = (str(exc).splitlines() or [type(exc).__name__])[0][:240]
+    if isinstance(exc, (pickle.UnpicklingError, SafetensorError, EOFError)):
+        # torch's weights-only refusal starts with a paragraph about PyTorch 2.6 defaults.
+        detail = (
+            "the weights file is damaged or is not a plain state dict (safe loading accepts "
+            "only tensors)"
+        )
     hint = ""
     if spec.pretrained and "download" in detail.lower():
         hint = (
@@ -103,7 +123,7 @@ def load_clip(spec: ClipSpec, device: torch.device, cache_dir: Path | None = Non
                     device=device,
                     cache_dir=str(cache_dir) if cache_dir else None,
                 )
-            except RuntimeError as exc:
+            except _LOAD_ERRORS as exc:
                 raise _clip_load_error(spec, exc) from exc
         model.eval().requires_grad_(False)
         visual = model.visual

@@ -106,3 +106,17 @@ def test_tag_that_cannot_be_downloaded_says_how_to_work_offline(tmp_path: Path):
     with pytest.raises(ModelFileError, match="local file's path") as refused:
         load_clip(ClipSpec("ViT-B-32", "openai"), CPU, cache_dir=tmp_path)
     assert str(refused.value).startswith("CLIP ViT-B-32 (openai) could not be loaded")
+
+
+@pytest.mark.parametrize(
+    "content", [b"garbage", b"<html><body>Link does not exist</body></html>", b"PK\x03\x04"]
+)
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_damaged_weights_file_is_one_clear_line(tmp_path: Path, suffix: str, content: bytes):
+    path = tmp_path / f"clip{suffix}"
+    path.write_bytes(content)
+    with pytest.raises(ModelFileError) as refused:
+        load_clip(ClipSpec(TINY_CLIP, str(path)), CPU)
+    message = str(refused.value)
+    assert message.startswith(f"CLIP {TINY_CLIP} ({path}) could not be loaded: ")
+    assert "\n" not in message
