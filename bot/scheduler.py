@@ -595,7 +595,7 @@ class Scheduler:
                 _free_accelerator_memory()
                 return _Outcome(
                     "failed",
-                    error=f"ran out of memory on the GPU; {OOM_ADVICE[info.kind]}.",
+                    error=f"ran out of memory; {OOM_ADVICE[info.kind]}.",
                 )
             log.exception("job %d failed in the pipeline", info.job_id)
             return _Outcome(
