@@ -136,8 +136,8 @@ def _parse_one(piece: str, index: int, count: int) -> Prompt:
     if values and (not math.isfinite(values[0]) or abs(values[0]) > MAX_ABS_WEIGHT):
         raise InvalidRequest(
             f"{where} has a weight that is too large: {_quote(numbers[0])} in "
-            f"{_quote(piece.strip())}; use a number between {-MAX_ABS_WEIGHT:g} and "
-            f"{MAX_ABS_WEIGHT:g}"
+            f"{_quote(piece.strip())}; use a number between -{MAX_ABS_WEIGHT:,.0f} and "
+            f"{MAX_ABS_WEIGHT:,.0f}"
         )
     if len(values) == 2 and not math.isfinite(values[1]):
         raise InvalidRequest(
