@@ -34,7 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="edit the masked region of an image (Blended Latent Diffusion)",
         description=(
             "Edit only the masked region of IMAGE to match PROMPT. The mask is MASK's alpha "
-            "channel if it has one, otherwise its brightness (white = edit)."
+            "channel if some of it is transparent, otherwise its brightness (white = edit)."
         ),
     )
     parser.add_argument("prompt", help="what the masked region should become")

@@ -88,13 +88,19 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def mask_from_image(image: Image.Image, threshold: float = 0.5) -> np.ndarray:
-    """A boolean mask: the alpha channel if the image has one, otherwise luminance, > threshold."""
+    """A boolean mask, > threshold: the alpha channel, or luminance where there is no transparency.
+
+    Paint tools often save a black-and-white mask as RGBA with every pixel opaque; reading that
+    alpha would select the whole image, so an alpha channel that is opaque everywhere defers to
+    the painted brightness.
+    """
     image = to_eight_bit(image)
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-        channel = image.convert("RGBA").getchannel("A")
-    else:
-        channel = image.convert("L")
-    return np.asarray(channel, dtype=np.float32) / 255.0 > threshold
+        alpha = np.asarray(image.convert("RGBA").getchannel("A"), dtype=np.float32)
+        if alpha.size and alpha.min() < 255:
+            return alpha / 255.0 > threshold
+    luminance = np.asarray(image.convert("L"), dtype=np.float32)
+    return luminance / 255.0 > threshold
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:

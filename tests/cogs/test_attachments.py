@@ -240,6 +240,15 @@ def test_mask_uses_alpha_or_luminance() -> None:
     assert decode_mask(png(rgba), "mask").covered_fraction == pytest.approx(0.25)
 
 
+def test_an_opaque_everywhere_rgba_mask_is_read_by_its_brightness() -> None:
+    # What paint tools save: white strokes on black, every pixel opaque.
+    painted = Image.new("RGBA", (8, 8), (0, 0, 0, 255))
+    painted.paste((255, 255, 255, 255), (0, 0, 2, 8))
+    mask = decode_mask(png(painted), "mask")
+    assert mask.covered_fraction == pytest.approx(0.25)
+    assert mask.image.getpixel((0, 0)) == 255 and mask.image.getpixel((7, 0)) == 0
+
+
 def test_mismatched_mask_is_refused() -> None:
     mask = decode_mask(png(Image.new("L", (8, 8), 255)), "mask")
     check_mask_matches(mask, Image.new("RGB", (8, 8)), "mask", "image")
