@@ -205,19 +205,6 @@ def _count_frames(data: bytes) -> int:
         return 1  # open_image already decoded it, so a header quirk here is not fatal
 
 
-def _to_eight_bit(image: Image.Image) -> Image.Image:
-    """16-bit and float greyscale scaled into 0..255 (Pillow's convert would clip, not scale)."""
-    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N"):
-        array = np.asarray(image, dtype=np.float32) / 65535.0
-    elif image.mode in ("I", "F"):
-        array = np.asarray(image, dtype=np.float32)
-        top = float(array.max()) if array.size else 0.0
-        array = array / top if top > 255.0 else array / 255.0
-    else:
-        return image
-    return Image.fromarray((np.clip(array, 0.0, 1.0) * 255.0).round().astype(np.uint8), "L")
-
-
 def _png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -231,7 +218,7 @@ def decode_image(data: bytes, label: str) -> FetchedImage:
     frames = _count_frames(data)
     if frames > 1:
         notes.append(f"`{label}` is animated ({frames} frames); I used its first frame.")
-    rgb = to_rgb(_to_eight_bit(image))
+    rgb = to_rgb(image)
     return FetchedImage(image=rgb, data=_png_bytes(rgb), notes=tuple(notes))
 
 
@@ -243,7 +230,7 @@ def decode_mask(data: bytes, label: str) -> FetchedMask:
             f"`{label}` is animated; a mask must be a still image. "
             "Save one frame as PNG (white where the image should change) and try again."
         )
-    selected = mask_from_image(_to_eight_bit(image))
+    selected = mask_from_image(image)
     covered = float(selected.mean()) if selected.size else 0.0
     if not selected.any():
         raise AttachmentRejected(
