@@ -14,7 +14,6 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipelines import image_io
 from pipelines.blended import BACKGROUND_MODES, EditRequest
 from pipelines.cli_common import (
     EXIT_BAD_INPUT,
@@ -22,6 +21,7 @@ from pipelines.cli_common import (
     errors_in_one_line,
     load_pipeline_or_exit_code,
     model_settings,
+    open_still_image,
 )
 from pipelines.interface import InvalidRequest
 
@@ -70,8 +70,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def build_request(args: argparse.Namespace) -> EditRequest:
     request = EditRequest(
         prompt=args.prompt,
-        image=image_io.open_image(args.image, what="image"),
-        mask=image_io.open_image(args.mask, what="mask"),
+        image=open_still_image(args.image, "image"),
+        mask=open_still_image(args.mask, "mask"),
         candidates=args.candidates,
         steps=args.steps,
         blend_start=args.blend_start,

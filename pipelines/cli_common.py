@@ -13,6 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+from PIL import Image
+
+from pipelines import image_io
 from pipelines.downloads import ModelFileError
 from pipelines.interface import InvalidRequest, Pipeline
 from pipelines.settings import PRESETS, ModelSettings
@@ -75,6 +78,17 @@ def model_settings(args: argparse.Namespace) -> ModelSettings:
         return ModelSettings.from_mapping(table)
     except (TypeError, ValueError) as exc:
         raise InvalidRequest(f"model settings: {exc}") from exc
+
+
+def open_still_image(path: Path, what: str) -> Image.Image:
+    """The image at ``path``, or ``InvalidRequest`` saying why not (animated ones included)."""
+    image = image_io.open_image(path, what=what)
+    # The opened copy has lost its frames (EXIF transposing copies it), so ask the file.
+    with Image.open(path) as raw:
+        animated = image_io.is_animated(raw)
+    if animated:
+        raise InvalidRequest(f"the {what} {str(path)!r} is animated; give a still image")
+    return image
 
 
 def load_pipeline_or_exit_code(kind: str, settings: ModelSettings) -> Pipeline | int:

@@ -14,16 +14,15 @@ import sys
 import time
 from pathlib import Path
 
-from PIL import Image
 from tqdm import tqdm
 
-from pipelines import image_io
 from pipelines.cli_common import (
     EXIT_BAD_INPUT,
     add_model_arguments,
     errors_in_one_line,
     load_pipeline_or_exit_code,
     model_settings,
+    open_still_image,
 )
 from pipelines.interface import InvalidRequest
 from pipelines.vqgan_clip import ImagineRequest, default_size_for
@@ -118,20 +117,10 @@ def parse_size(text: str) -> tuple[int, int]:
     raise InvalidRequest(f"--size {text!r} is not WIDTHxHEIGHT (e.g. 256x256) or one number")
 
 
-def open_input(path: Path, what: str) -> Image.Image:
-    image = image_io.open_image(path, what=what)
-    # The opened copy has lost its frames (EXIF transposing copies it), so ask the file.
-    with Image.open(path) as raw:
-        animated = image_io.is_animated(raw)
-    if animated:
-        raise InvalidRequest(f"the {what} {str(path)!r} is animated; give a still image")
-    return image
-
-
 def build_request(args: argparse.Namespace) -> ImagineRequest:
-    init = open_input(args.init, "init image") if args.init is not None else None
-    mask = open_input(args.mask, "mask") if args.mask is not None else None
-    image_prompts = [open_input(path, "image prompt") for path in args.image_prompt]
+    init = open_still_image(args.init, "init image") if args.init is not None else None
+    mask = open_still_image(args.mask, "mask") if args.mask is not None else None
+    image_prompts = [open_still_image(path, "image prompt") for path in args.image_prompt]
     if args.size is not None:
         width, height = parse_size(args.size)
     elif init is not None:

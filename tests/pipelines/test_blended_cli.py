@@ -87,6 +87,8 @@ def write_text(path: Path, text: str) -> Path:
         ({"image": "notes.txt"}, "the image is not an image Pillow can read"),
         ({"mask": "notes.txt"}, "the mask is not an image Pillow can read"),
         ({"mask": "black.png"}, "the mask selects nothing"),
+        ({"image": "animated.gif"}, "animated.gif' is animated; give a still image"),
+        ({"mask": "animated.gif"}, "animated.gif' is animated; give a still image"),
         ({"mask": "wide.png"}, "the mask is 64×32 but the image is 64×64"),
         ({"args": ["--candidates", "0"]}, "candidates must be a whole number from 1 to 8"),
         ({"args": ["--candidates", "9"]}, "candidates must be a whole number from 1 to 8"),
@@ -109,6 +111,8 @@ def test_bad_input_exits_2_with_one_line(
     write_text(folder / "notes.txt", "not an image")
     Image.new("L", (SIZE, SIZE), 0).save(folder / "black.png")
     Image.new("L", (SIZE, SIZE // 2), 255).save(folder / "wide.png")
+    frames = [Image.new("L", (SIZE, SIZE), shade) for shade in (255, 128)]
+    frames[0].save(folder / "animated.gif", save_all=True, append_images=frames[1:])
     for key in ("image", "mask"):
         if key in change:
             files[key] = folder / str(change[key])
