@@ -143,7 +143,3 @@ class LatestOnlyMailbox(Generic[T]):
             return
         self.delivered += 1
         self._deliver(item)
-
-    def flush(self) -> None:
-        """Deliver a pending item now (on the loop), e.g. before reporting the job's end."""
-        self._drain()
