@@ -85,17 +85,19 @@ class ImagineCog(JobCommandCog[ImagineOptions]):
         # Off the loop, because the first call loads CLIP's tokenizer vocabulary.
         await asyncio.to_thread(parse_prompts, options.prompt)
         notes: list[str] = []
+        if options.init_image is None:
+            for name in ("mask", "mask_text"):
+                if getattr(options, name):
+                    raise InvalidRequest(
+                        f"a `{name}` edits an image: attach the image to edit as `init_image` too"
+                    )
 
         init: FetchedImage | None = None
         if options.init_image is not None:
             init = await desk.fetcher.fetch_image(options.init_image, "init_image")
             notes.extend(init.notes)
         mask = None
-        if options.mask is not None:
-            if init is None:
-                raise InvalidRequest(
-                    "a `mask` edits an image: attach the image to edit as `init_image` too"
-                )
+        if options.mask is not None and init is not None:
             mask = await desk.fetcher.fetch_mask(options.mask, "mask")
             check_mask_matches(mask, init.image, "mask", "init_image")
         image_prompt: FetchedImage | None = None

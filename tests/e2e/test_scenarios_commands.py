@@ -83,6 +83,27 @@ async def test_options_outside_the_configured_bounds_are_refused_before_any_down
         assert not standin.requests_matching("GET", r"/cdn/")
 
 
+async def test_a_mask_without_an_init_image_is_refused_before_any_download(
+    standin, tmp_path
+) -> None:
+    config = write_test_config(tmp_path, standin)
+    async with running_bot(standin, config) as bot:
+        for name, value in (("mask_text", "the door"), ("mask", None)):
+            attachments = {"image_prompt": standin.add_cdn_file("style.png", picture())}
+            options = {"prompt": "a red door"}
+            if value is None:
+                attachments[name] = standin.add_cdn_file("mask.png", box_mask())
+            else:
+                options[name] = value
+            handle = await standin.send_slash_command("imagine", options, attachments=attachments)
+            reply = await handle.wait_for_reply(timeout=WAIT)
+            assert handle.ephemeral and reply.ephemeral, handle.describe()
+            assert "Nothing was queued" in reply.content, reply.content
+            assert f"a `{name}` edits an image" in reply.content, reply.content
+        assert await bot.store.get_job(1) is None
+        assert not standin.requests_matching("GET", r"/cdn/")
+
+
 async def test_submit_cooldown_is_per_user_and_counts_only_queued_jobs(standin, tmp_path) -> None:
     config = write_test_config(tmp_path, standin, {"discord": {"submit_cooldown_seconds": 60.0}})
     async with running_bot(standin, config) as bot:
