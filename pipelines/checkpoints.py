@@ -2,9 +2,11 @@
 
 ``torch.load(weights_only=True)`` is tried first; it refuses any pickled object that is not a
 tensor or plain container. Real taming checkpoints are Lightning files whose ``callbacks`` entry
-pickles Lightning's ``ModelCheckpoint`` class, so they are refused that way. Full unpickling can
-run arbitrary code, so it is allowed only for a file whose sha256 the owner pinned, or when the
-owner says ``models.trust_checkpoints = true``.
+is keyed by Lightning's ``ModelCheckpoint`` class, pickled by name. Safe loading is told to read
+that name (and Lightning's other stateful callbacks) as an empty placeholder class, which runs
+nothing, so such checkpoints load safely without Lightning. Any other pickled object is still
+refused. Full unpickling can run arbitrary code, so it is allowed only for a file whose sha256
+the owner pinned, or when the owner says ``models.trust_checkpoints = true``.
 
 The extracted weights are then cached as safetensors, so every later load reads plain tensors
 and never unpickles anything.
@@ -43,6 +45,28 @@ def opt_in_hint(sha256_key: str) -> str:
         f'to allow it, pin the file\'s sha256 in config.toml ({sha256_key} = "...") or set '
         "models.trust_checkpoints = true, and only for a file from a source you trust"
     )
+
+
+class _InertCallback:
+    """What safe loading reads a Lightning callback class as: a name and nothing else."""
+
+
+# Lightning saves the state of these callbacks keyed by their class. Only ``state_dict`` is used
+# from a checkpoint, so the placeholder loses nothing.
+_LIGHTNING_CALLBACKS = tuple(
+    f"{package}.callbacks.{module}.{name}"
+    for package in ("pytorch_lightning", "lightning.pytorch")
+    for module, name in (
+        ("model_checkpoint", "ModelCheckpoint"),
+        ("early_stopping", "EarlyStopping"),
+    )
+)
+
+
+def _load_safely(path: Path) -> Any:
+    placeholders = [(_InertCallback, name) for name in _LIGHTNING_CALLBACKS]
+    with torch.serialization.safe_globals(placeholders):
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 class _MissingClass:
@@ -108,7 +132,7 @@ def read_checkpoint(
     """
     _check_is_torch_file(path, what)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return _load_safely(path)
     except pickle.UnpicklingError as exc:
         if not str(exc).startswith("Weights only load failed"):
             raise _unreadable(path, what, exc) from None

@@ -255,6 +255,25 @@ def test_pickled_checkpoint_is_refused_without_trust(tiny_files, tmp_path: Path)
     assert not list((tmp_path / "models").glob("*.safetensors"))
 
 
+def test_a_checkpoint_keyed_by_lightnings_own_callback_class_loads_safely(tmp_path: Path):
+    """What heibox's taming checkpoints hold: ``callbacks`` keyed by Lightning's ModelCheckpoint
+    class, pickled by name. Safe loading reads that name as a placeholder; no trust is needed."""
+    from pytorch_lightning.callbacks.model_checkpoint import ModelCheckpoint
+
+    config = VqganConfig.tiny()
+    model = random_vqgan(config, seed=4321)
+    contents = lightning_checkpoint(model, pickled_class=False)
+    contents["callbacks"] = {
+        ModelCheckpoint: {"best_model_score": torch.tensor(0.25), "best_model_path": "logs/x.ckpt"}
+    }
+    ckpt = tmp_path / "last.ckpt"
+    torch.save(contents, ckpt)
+    config_path = tmp_path / "model.yaml"
+    config_path.write_text(yaml_for(config))
+    settings = default_settings(tmp_path, config_path, ckpt)  # neither pinned nor trusted
+    assert_same_weights(presets.load_vqgan(settings, CPU), model)
+
+
 def test_pickled_checkpoint_loads_with_trust(tiny_files, tmp_path: Path):
     model, config_path, ckpt = tiny_files
     settings = default_settings(tmp_path, config_path, ckpt, trust_checkpoints=True)
