@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 
 from pipelines import checkpoints, presets
 from pipelines.downloads import ModelFileError
@@ -333,6 +334,23 @@ def test_second_load_reads_the_safetensors_cache_without_unpickling(
 
     monkeypatch.setattr(torch, "load", no_unpickling)
     assert_same_weights(presets.load_vqgan(settings, CPU), model)
+
+
+def test_a_cache_whose_body_is_cut_off_is_rebuilt_from_the_checkpoint(
+    tiny_files, tmp_path: Path
+):
+    model, config_path, ckpt = tiny_files
+    settings = default_settings(tmp_path, config_path, ckpt, trust_checkpoints=True)
+    presets.load_vqgan(settings, CPU)
+    (cached,) = (tmp_path / "models").glob("*.weights.safetensors")
+    whole = cached.read_bytes()
+    cached.write_bytes(whole[: len(whole) // 2])  # the header reads; half the tensors are gone
+
+    presets.clear_caches()
+    assert_same_weights(presets.load_vqgan(settings, CPU), model)
+    rebuilt = load_file(str(cached))
+    assert len(cached.read_bytes()) == len(whole)
+    assert set(rebuilt) == {k for k in model.state_dict()}
 
 
 def test_changed_local_checkpoint_invalidates_the_cache(tiny_files, tmp_path: Path):
