@@ -350,7 +350,7 @@ def test_a_cache_whose_body_is_cut_off_is_rebuilt_from_the_checkpoint(
     assert_same_weights(presets.load_vqgan(settings, CPU), model)
     rebuilt = load_file(str(cached))
     assert len(cached.read_bytes()) == len(whole)
-    assert set(rebuilt) == {k for k in model.state_dict()}
+    assert set(rebuilt) == set(model.state_dict())
 
 
 def test_changed_local_checkpoint_invalidates_the_cache(tiny_files, tmp_path: Path):
