@@ -309,7 +309,7 @@ def _pretrained_load_message(model: str, local_only: bool) -> str:
     if local_only:
         return (
             f"models.diffusion_model: {model!r} is neither a local diffusers folder nor in the "
-            f"download cache, and downloads are off (HF_HUB_OFFLINE is set); give a local folder "
+            "download cache, and downloads are off (HF_HUB_OFFLINE is set); give a local folder "
             "or allow downloads once"
         )
     return (
