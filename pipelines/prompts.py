@@ -144,11 +144,7 @@ def _parse_one(piece: str, index: int, count: int) -> Prompt:
             f"{where} has a stop that is too large: {_quote(numbers[1])} in "
             f"{_quote(piece.strip())}; a stop is a distance from 0 to about 4.93"
         )
-    if len(values) == 2:
-        return Prompt(text, values[0], values[1])
-    if len(values) == 1:
-        return Prompt(text, values[0])
-    return Prompt(text)
+    return Prompt(text, *values)
 
 
 def _is_part_of_text(head: str, number: str) -> bool:
