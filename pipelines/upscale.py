@@ -317,13 +317,21 @@ def clear_cache() -> None:
 # -- the pipeline ------------------------------------------------------------------------------
 
 
-def compute_dtype(descriptor: Any, preference: str, device: torch.device) -> torch.dtype:
-    """fp16 on CUDA where the architecture supports it; fp32 otherwise (and always on CPU)."""
-    from pipelines.devices import pick_dtype
+_CUDA_DTYPES = {
+    "auto": torch.float16,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+}
 
-    dtype = pick_dtype(preference, device)
+
+def compute_dtype(descriptor: Any, preference: str, device: torch.device) -> torch.dtype:
+    """``[models] dtype`` on CUDA (``auto`` is float16), unless spandrel marks the architecture
+    as not supporting it; always float32 on the CPU, where float16 has no fast kernels and
+    bfloat16 measured slower here (FACTS.md)."""
     if device.type != "cuda":
         return torch.float32
+    dtype = _CUDA_DTYPES[preference]
     if dtype == torch.float16 and not descriptor.supports_half:
         return torch.float32
     if dtype == torch.bfloat16 and not descriptor.supports_bfloat16:
