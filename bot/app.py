@@ -85,7 +85,10 @@ class FaradayBot(commands.Bot):
         scheduler = Scheduler(store, source, config.scheduler,
                               executor=None if source is not None else make_executor(store, config))
         publisher = Publisher(
-            store, config.scheduler.progress_interval_seconds, config.scheduler.retry
+            store,
+            config.scheduler.progress_interval_seconds,
+            config.scheduler.retry,
+            upscale=config.upscale,
         )
         scheduler.add_listener(publisher)
         return cls(config, store, scheduler, publisher)

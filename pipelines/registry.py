@@ -12,14 +12,15 @@ import threading
 from pipelines.interface import Pipeline
 from pipelines.settings import ModelSettings
 
-KINDS = ("imagine", "edit")
+KINDS = ("imagine", "edit", "upscale")
 
 _loaded: dict[tuple[str, ModelSettings], Pipeline] = {}
 _lock = threading.Lock()
 
 
 def load_pipeline(kind: str, settings: ModelSettings) -> Pipeline:
-    """The pipeline for ``kind`` ("imagine" = VQGAN-CLIP, "edit" = Blended Latent Diffusion)."""
+    """The pipeline for ``kind`` ("imagine" = VQGAN-CLIP, "edit" = Blended Latent Diffusion,
+    "upscale" = an ESRGAN-family upscaler through spandrel)."""
     if kind not in KINDS:
         raise ValueError(f"unknown pipeline kind {kind!r}; expected one of {', '.join(KINDS)}")
     with _lock:
@@ -37,6 +38,10 @@ def build_pipeline(kind: str, settings: ModelSettings) -> Pipeline:
         from pipelines.vqgan_clip import VqganClipPipeline
 
         return VqganClipPipeline.from_settings(settings)
-    from pipelines.blended import BlendedLatentDiffusionPipeline
+    if kind == "edit":
+        from pipelines.blended import BlendedLatentDiffusionPipeline
 
-    return BlendedLatentDiffusionPipeline.from_settings(settings)
+        return BlendedLatentDiffusionPipeline.from_settings(settings)
+    from pipelines.upscale import UpscalePipeline
+
+    return UpscalePipeline.from_settings(settings)
