@@ -479,6 +479,8 @@ class PostgresExecutor:
                 remote.collecting = False
                 return
             status, error, step, total, seconds, preview_blob = row
+            if status == "cancelled" and remote.stop_reason == "shutdown":
+                status = "stopped"  # the bot is stopping: the job runs again after the restart
             results: list[NewResult] = []
             preview = preview_path = None
             if status == "done":
