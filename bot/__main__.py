@@ -50,6 +50,7 @@ async def run(config: Config, token: str) -> int:
     import discord
 
     from bot.app import FaradayBot
+    from bot.executor import ClusterRefused
     from bot.store import StoreUnusable
 
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
@@ -82,6 +83,10 @@ async def run(config: Config, token: str) -> int:
             starting.result()
         except ModelFileError as exc:
             print(f"error: cannot load the models: {exc}", file=sys.stderr)
+            await bot.stop_services()
+            return EXIT_BAD_INPUT
+        except ClusterRefused as exc:
+            print(f"error: {exc}", file=sys.stderr)
             await bot.stop_services()
             return EXIT_BAD_INPUT
         except Exception as exc:

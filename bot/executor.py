@@ -26,6 +26,11 @@ from bot.store import NewResult, QueuedJob
 StopReason = Literal["cancel", "shutdown"]
 
 
+class ClusterRefused(RuntimeError):
+    """This bot must not use its executor as configured (e.g. a second bot on one queue);
+    ``str(exc)`` says why, in one line for the server owner."""
+
+
 @dataclass(frozen=True)
 class Progress:
     step: int

@@ -31,7 +31,7 @@ from procrastinate import App, PsycopgConnector
 
 from bot.cluster import tables
 from bot.config import ClusterConfig
-from bot.executor import Outcome, Progress, Recovered, Run, RunningRef, StopReason
+from bot.executor import ClusterRefused, Outcome, Progress, Recovered, Run, RunningRef, StopReason
 from bot.files import write_atomic
 from bot.jobs import JobKind
 from bot.store import NewResult, QueuedJob, Store
@@ -43,10 +43,6 @@ UNREACHABLE = (
     "job is saved and waits until they are back."
 )
 NO_WORKER = "No GPU worker is running right now; jobs wait until one starts."
-
-
-class ClusterRefused(RuntimeError):
-    """This bot must not use the cluster as configured; ``str(exc)`` says why, for the owner."""
 
 
 @dataclass

@@ -130,3 +130,28 @@ async def start_cluster_scheduler(store: Store, cluster: ClusterConfig, **config
                           executor=PostgresExecutor(store, cluster))
     await scheduler.start()
     return scheduler
+
+
+def worker_config_text(cluster: ClusterConfig, step_seconds: float = 0.05) -> str:
+    """A config.toml for a ``python -m bot.gpu_worker`` process on the sleeping stand-in."""
+    return (
+        '[scheduler]\npipeline = "stand-in"\n'
+        f'[scheduler.stand_in]\nwork = "sleep"\nstep_seconds = {step_seconds}\nimage_size = 16\n'
+        f'[cluster]\ndatabase_url = "{cluster.database_url}"\nqueue = "{cluster.queue}"\n'
+        f"stall_timeout_seconds = {cluster.stall_timeout_seconds}\n"
+        f"progress_interval_seconds = {cluster.progress_interval_seconds}\n"
+        f"poll_interval_seconds = {cluster.poll_interval_seconds}\n"
+        f"reconnect_max_seconds = {cluster.reconnect_max_seconds}\n"
+    )
+
+
+def start_worker_process(config_path: Path, name: str) -> Any:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "bot.gpu_worker", "--config", str(config_path), "--name", name],
+        cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
