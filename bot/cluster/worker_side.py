@@ -47,6 +47,7 @@ class JobRunner:
         self.cluster = cluster
         self.source = source
         self.jobs_run = 0
+        self.busy = False
 
     def __call__(
         self,
@@ -58,6 +59,21 @@ class JobRunner:
     ) -> None:
         pj_id = context.job.id
         assert pj_id is not None
+        self.busy = True
+        try:
+            self._run(context, pj_id, job_id, kind, params, images)
+        finally:
+            self.busy = False
+
+    def _run(
+        self,
+        context: JobContext,
+        pj_id: int,
+        job_id: int,
+        kind: str,
+        params: dict[str, Any],
+        images: dict[str, Any],
+    ) -> None:
         with psycopg.connect(self.url, autocommit=True) as conn:
             request = JobRequest(JobKind(kind), 0, 0, None, params, _read_inputs(conn, images))
         progress = _ProgressWriter(self.url, self.cluster, pj_id, job_id)
@@ -263,6 +279,7 @@ class GpuWorker:
         self.name = name or f"{socket.gethostname()}-{threading.get_native_id()}"
         self._worker: Worker | None = None
         self._stopping = False
+        self._restart = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self.registered = threading.Event()
 
@@ -317,15 +334,49 @@ class GpuWorker:
             self._worker = worker
             if self._stopping:
                 return
-            announcer = asyncio.create_task(self._announce(app, worker))
+            side = [asyncio.create_task(self._announce(app, worker)),
+                    asyncio.create_task(self._watch(worker))]
             try:
                 await worker.run()
             finally:
-                announcer.cancel()
+                for task in side:
+                    task.cancel()
                 self._worker = None
         if not self._stopping:
-            # run() returns only when stopped; anything else is a lost connection.
+            # run() returns only when stopped: by the watchdog after an outage, or a lost
+            # connection; either way, connect and register again.
+            self._restart = False
             raise psycopg.OperationalError("the procrastinate worker stopped")
+
+    async def _watch(self, worker: Worker) -> None:
+        """Restart the worker after the database came back, or when its heartbeat went stale.
+
+        procrastinate's heartbeat task does not survive a lost database, so a worker that lived
+        through an outage would look dead to the bot for ever. Restarting registers it afresh;
+        it waits for a running job to finish (its outcome is retried until it is written).
+        """
+        lost = False
+        while True:
+            await asyncio.sleep(self.cluster.heartbeat_seconds)
+            if worker.worker_id is None:
+                continue
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self.url, autocommit=True, connect_timeout=3
+                ) as conn:
+                    cursor = await conn.execute(
+                        "SELECT extract(epoch FROM now() - last_heartbeat)"
+                        " FROM procrastinate_workers WHERE id = %s", (worker.worker_id,))
+                    row = await cursor.fetchone()
+            except (psycopg.Error, OSError):
+                lost = True
+                continue
+            stale = row is None or row[0] > self.cluster.stall_timeout_seconds / 2
+            if (lost or stale) and not self.runner.busy:
+                log.warning("the job database was away; restarting the worker to register again")
+                self._restart = True
+                worker.stop()
+                return
 
     async def _announce(self, app: App, worker: Worker) -> None:
         """Say which queue this worker serves, once procrastinate has registered it."""
