@@ -151,7 +151,9 @@ def start_worker_process(config_path: Path, name: str) -> Any:
 
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1"}
+    # The log goes to a file: an unread pipe would fill up and stall the worker.
+    log_file = open(config_path.parent / f"{name}.log", "wb")  # noqa: SIM115
     return subprocess.Popen(
         [sys.executable, "-m", "bot.gpu_worker", "--config", str(config_path), "--name", name],
-        cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        cwd=root, env=env, stdout=log_file, stderr=subprocess.STDOUT,
     )
