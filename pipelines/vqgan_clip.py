@@ -51,6 +51,7 @@ from pipelines.interface import (
     PipelineResult,
     ProgressCallback,
     RankedImage,
+    attach_mask,
     never_cancel,
     no_progress,
 )
@@ -65,7 +66,7 @@ from pipelines.prompts import (
     parse_prompts,
     token_count,
 )
-from pipelines.self_masking import SelfMask, self_mask
+from pipelines.self_masking import SelfMask, self_mask, weighted_step
 from pipelines.settings import ModelSettings
 from pipelines.straight_through import clamp_with_grad
 from pipelines.vqgan import VQGAN
@@ -549,10 +550,12 @@ class VqganClipRun:
         elif request.mask_text and self.original is not None:
             phrase = clip.encode_text([request.mask_text.strip()])[0]
             self.self_mask = self_mask(self.original, phrase, clip, (rows, cols))
-            self.latent_mask = pixel_mask_to_latent(self.self_mask.mask, factor).to(self.device)
-            share = float(self.self_mask.mask.float().mean())
+            # Soft: each cell's weight in [0, 1] scales its step (pipelines.self_masking).
+            self.latent_mask = self.self_mask.weights[None, None].to(self.device)
             self.notes.append(
-                f"self-mask for {request.mask_text!r} covers {share:.0%} of the image"
+                f"self-mask for {request.mask_text!r}: mean weight "
+                f"{float(self.self_mask.weights.mean()):.2f}, "
+                f"{self.self_mask.frozen_share:.0%} of the image kept as it is"
             )
         self.latest: torch.Tensor | None = None
 
@@ -607,8 +610,11 @@ class VqganClipRun:
             if self.latent_mask is not None:
                 # Zero gradient means Adam's moments stay zero there, so those cells never move.
                 self.z.grad.mul_(self.latent_mask)
+            before = self.z.detach().clone() if self.self_mask is not None else None
             self.optimizer.step()
             with torch.no_grad():
+                if before is not None:
+                    self.z.copy_(weighted_step(before, self.z, self.latent_mask))
                 self.z.copy_(torch.maximum(torch.minimum(self.z, self.z_max), self.z_min))
         result = StepResult(self.steps_done, torch.cat(images), prompt_losses, total_losses)
         self.latest = result.images
@@ -726,7 +732,11 @@ class VqganClipPipeline:
                 raise Cancelled(step, total, latest)
             result = run.step()
             if step % request.preview_every == 0:
-                on_progress(step, total, tile(to_pils(result.images)))
+                preview = tile(to_pils(result.images))
+                if step == 0 and run.self_mask is not None:
+                    # Shown once, so the user sees which part the phrase picked.
+                    attach_mask(preview, tile([run.self_mask.image()] * len(result.images)))
+                on_progress(step, total, preview)
         final = run.decode()
         scores = run.scores(final)
         order = sorted(range(len(scores)), key=lambda i: scores[i], reverse=True)
@@ -736,7 +746,13 @@ class VqganClipPipeline:
             for rank, i in enumerate(order, start=1)
         ]
         on_progress(total, total, tile([r.image for r in ranked]))
-        return PipelineResult(images=ranked, settings=self.describe(request, seed), notes=run.notes)
+        artifacts = {} if run.self_mask is None else {"mask": run.self_mask.image()}
+        return PipelineResult(
+            images=ranked,
+            settings=self.describe(request, seed),
+            notes=run.notes,
+            artifacts=artifacts,
+        )
 
     def describe(self, request: ImagineRequest, seed: int) -> dict[str, Any]:
         """Every setting a run used, JSON-serialisable, for OUT.json and the store."""
