@@ -158,13 +158,17 @@ def test_weights_that_sum_to_zero_run_and_rank_by_the_sum_of_magnitudes(
 
 
 def test_a_wide_images_sides_change_its_embedding(pipeline: VqganClipPipeline) -> None:
-    # Two 3:1 images with the same centre square and different sides. CLIP's centre crop would
-    # see the same picture twice.
-    centre = noise(64, 64, seed=1)
-    left, right = noise(64, 64, seed=2), noise(64, 64, seed=3)
-    first = Image.fromarray(np.concatenate([left, centre, right], axis=1))
-    second = Image.fromarray(np.concatenate([255 - left, centre, 255 - right], axis=1))
+    # Two 3:1 images, small enough to need no resizing, with the same centre square (and a
+    # shared margin around it) but different outer sides. A centre crop would see the same
+    # pixels in both, so only an embedding of the whole image can tell them apart.
+    side = 40
+    shared = noise(side, side + 16, seed=1)
+    outer_left, outer_right = noise(side, side - 8, seed=2), noise(side, side - 8, seed=3)
+    first = Image.fromarray(np.concatenate([outer_left, shared, outer_right], axis=1))
+    second = Image.fromarray(np.concatenate([255 - outer_left, shared, 255 - outer_right], axis=1))
+    assert first.size == (3 * side, side)
     clip = pipeline.clip
+    assert max(first.size) <= 4 * clip.input_size  # no thumbnail resampling mixes the parts
     a = embed_image_prompt(clip, first, cutn=32, cut_pow=1.0, seed=7)
     b = embed_image_prompt(clip, second, cutn=32, cut_pow=1.0, seed=7)
     again = embed_image_prompt(clip, first, cutn=32, cut_pow=1.0, seed=7)
