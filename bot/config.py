@@ -95,6 +95,8 @@ class EditConfig:
     backgrounds: tuple[str, ...] = ("none", "paste", "finetune")
     default_background: str = "none"
     shrink: bool = True
+    # What the masked region starts from when the user picks nothing (pipelines.blended).
+    start: str = "noised-source"
     max_side: int = 512
     preview_every: int = 5
     max_prompt_chars: int = 500
@@ -443,6 +445,7 @@ def pipeline_hard_limits() -> tuple[dict[str, Any], dict[str, Any]]:
         "guidance": (1.0, blended.MAX_GUIDANCE),
         "side": (blended.MIN_SIDE, blended.MAX_SIDE),
         "prompt_chars": blended.MAX_PROMPT_CHARS,
+        "starts": blended.START_MODES,
     }
     return imagine, edit
 
@@ -580,13 +583,14 @@ def _edit(t: _Table, limits: dict[str, Any]) -> EditConfig:
         backgrounds=backgrounds,
         default_background=t.choice("default_background", d.default_background, backgrounds),
         shrink=t.boolean("shrink", d.shrink),
+        start=t.choice("start", d.start, limits["starts"]),
         max_side=t.integer("max_side", d.max_side, *limits["side"]),
         preview_every=t.integer("preview_every", d.preview_every, 1, 1000),
         max_prompt_chars=t.integer("max_prompt_chars", d.max_prompt_chars, 1,
                                    limits["prompt_chars"]),
     )
-    if out.max_side % 64:
-        t.problem("max_side", out.max_side, "must be a multiple of 64")
+    if out.max_side % 8:
+        t.problem("max_side", out.max_side, "must be a multiple of 8")
     t.finish()
     return out
 
