@@ -88,6 +88,8 @@ class ResultsCog(commands.Cog):
         if job is None:
             await self.notify(payload, "that job is no longer stored, so I cannot reuse it.")
             return True
+        if job.request.kind not in KIND_COMMAND:
+            return False  # an upscaled image is an end product: nothing to continue or rerun
         if not self.may_continue(payload, job):
             await self.notify(
                 payload,
