@@ -96,6 +96,8 @@ class EditConfig:
     backgrounds: tuple[str, ...] = ("none", "paste", "finetune")
     default_background: str = "none"
     shrink: bool = True
+    # What the masked region starts from when the user picks nothing (pipelines.blended).
+    start: str = "noised-source"
     max_side: int = 512
     preview_every: int = 5
     max_prompt_chars: int = 500
@@ -497,6 +499,7 @@ def pipeline_hard_limits() -> tuple[dict[str, Any], dict[str, Any]]:
         "guidance": (1.0, blended.MAX_GUIDANCE),
         "side": (blended.MIN_SIDE, blended.MAX_SIDE),
         "prompt_chars": blended.MAX_PROMPT_CHARS,
+        "starts": blended.START_MODES,
     }
     return imagine, edit
 
@@ -599,6 +602,13 @@ def _models(raw: Any, problems: list[str]) -> ModelSettings:
                 problems.append(f"models.{key} = {_show(value)}: must be true or false")
             else:
                 table[key] = value
+        elif key == "devices":
+            if (not isinstance(value, list) or not value
+                    or not all(isinstance(v, str) and v.strip() for v in value)):
+                problems.append(f"models.devices = {_show(value)}: must be a non-empty list of "
+                                'devices, e.g. ["cuda:0", "cuda:1"]')
+            else:
+                table[key] = value
         elif not isinstance(value, str):
             what = "a folder path" if key == "cache_dir" else "a string"
             problems.append(f"models.{key} = {_show(value)}: must be {what}")
@@ -640,13 +650,14 @@ def _edit(t: _Table, limits: dict[str, Any]) -> EditConfig:
         backgrounds=backgrounds,
         default_background=t.choice("default_background", d.default_background, backgrounds),
         shrink=t.boolean("shrink", d.shrink),
+        start=t.choice("start", d.start, limits["starts"]),
         max_side=t.integer("max_side", d.max_side, *limits["side"]),
         preview_every=t.integer("preview_every", d.preview_every, 1, 1000),
         max_prompt_chars=t.integer("max_prompt_chars", d.max_prompt_chars, 1,
                                    limits["prompt_chars"]),
     )
-    if out.max_side % 64:
-        t.problem("max_side", out.max_side, "must be a multiple of 64")
+    if out.max_side % 8:
+        t.problem("max_side", out.max_side, "must be a multiple of 8")
     t.finish()
     return out
 
