@@ -14,13 +14,16 @@ import pkgutil
 
 import discord
 import yarl
+from discord import app_commands
 from discord.ext import commands
 
+from bot.admission import BLOCKED_USER, Gatekeeper
 from bot.config import Config, DiscordConfig
-from bot.jobs import JobKind
+from bot.owner_store import OwnerStore
 from bot.pipeline_source import PipelineSource
 from bot.publisher import Publisher
-from bot.scheduler import Scheduler, make_source
+from bot.runtime_settings import SettingsService
+from bot.scheduler import Scheduler, make_executor
 from bot.store import RecoveryReport, Store
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,20 @@ def cog_modules(package: str = COGS_PACKAGE) -> list[str]:
     )
 
 
+class FaradayTree(app_commands.CommandTree):
+    """Refuses every slash command of a user an admin blocked (/block), before the command runs."""
+
+    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
+        client = interaction.client
+        settings = getattr(client, "settings", None)
+        if settings is None or not settings.is_blocked(interaction.user.id):
+            return True
+        log.info("refused /%s from blocked user %d",
+                 interaction.command.name if interaction.command else "?", interaction.user.id)
+        await interaction.response.send_message(BLOCKED_USER, ephemeral=True)
+        return False
+
+
 class FaradayBot(commands.Bot):
     def __init__(
         self,
@@ -70,11 +87,16 @@ class FaradayBot(commands.Bot):
             intents=intents,
             # Users' prompts are echoed in messages; they must never ping anyone.
             allowed_mentions=discord.AllowedMentions.none(),
+            tree_cls=FaradayTree,
         )
         self.config = config
         self.store = store
         self.scheduler = scheduler
         self.publisher = publisher
+        self.owner_store = OwnerStore(store)
+        # Loaded from the store by create(); until then config.toml's values apply.
+        self.settings = SettingsService(config, self.owner_store)
+        self.gatekeeper = Gatekeeper(self.settings, self.owner_store)
         self.cogs_package = cogs_package
         self.loaded_cog_modules: list[str] = []
 
@@ -83,15 +105,18 @@ class FaradayBot(commands.Bot):
         """Open the store and build the scheduler and publisher (nothing runs yet)."""
         store = await Store.open(config.storage.database_path, config.storage.data_dir,
                                  sync_commits=config.storage.sync_commits)
-        if source is None:
-            source = make_source(config.scheduler.pipeline, config.models,
-                                 config.scheduler.stand_in)
-        scheduler = Scheduler(store, source, config.scheduler)
+        scheduler = Scheduler(store, source, config.scheduler,
+                              executor=None if source is not None else make_executor(store, config))
         publisher = Publisher(
-            store, config.scheduler.progress_interval_seconds, config.scheduler.retry
+            store,
+            config.scheduler.progress_interval_seconds,
+            config.scheduler.retry,
+            upscale=config.upscale,
         )
         scheduler.add_listener(publisher)
-        return cls(config, store, scheduler, publisher)
+        bot = cls(config, store, scheduler, publisher)
+        await bot.settings.load()
+        return bot
 
     async def start_services(self) -> RecoveryReport:
         """Prune old results, load the models once (off the loop), recover and start the worker."""
@@ -100,12 +125,9 @@ class FaradayBot(commands.Bot):
             log.info("removed %d job(s) older than %d days", pruned,
                      self.config.storage.result_retention_days)
         log.info("loading the models of preset %r", self.config.models.preset)
-        # On the worker thread that will run them. It is a daemon thread, unlike asyncio's
-        # executor threads, so a signal during a long first download does not have to wait for it.
-        worker = self.scheduler.worker
-        worker.start()
-        source = self.scheduler.source
-        await worker.run(lambda: source.preload(tuple(JobKind)))
+        # On the worker threads that will run them (daemon threads, unlike asyncio's executor
+        # threads, so a signal during a long first download does not have to wait for them).
+        await self.scheduler.preload()
         report = await self.scheduler.start()
         await self.publisher.announce_unposted()
         log.info("scheduler started: %d job(s) waiting, %d re-queued, %d failed as interrupted "

@@ -18,7 +18,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +72,34 @@ MIGRATIONS: tuple[str, ...] = (
         created_at REAL NOT NULL
     );
     CREATE INDEX messages_job ON messages(job_id, role);
+    """,
+    # Runtime settings (/settings, per server or channel), the prompt block list and blocked
+    # users (bot.owner_store).
+    """
+    CREATE TABLE settings (
+        scope TEXT NOT NULL CHECK (scope IN ('global', 'server', 'channel')),
+        scope_id INTEGER NOT NULL,
+        key TEXT NOT NULL,
+        value_json TEXT NOT NULL,
+        updated_by INTEGER,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (scope, scope_id, key)
+    );
+    CREATE TABLE blocked_terms (
+        scope TEXT NOT NULL CHECK (scope IN ('server', 'channel')),
+        scope_id INTEGER NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('word', 'pattern')),
+        term TEXT NOT NULL,
+        added_by INTEGER,
+        added_at REAL NOT NULL,
+        PRIMARY KEY (scope, scope_id, term)
+    );
+    CREATE TABLE blocked_users (
+        user_id INTEGER PRIMARY KEY,
+        blocked_by INTEGER,
+        blocked_at REAL NOT NULL
+    );
+    CREATE INDEX jobs_user_created ON jobs(user_id, created_at);
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -470,12 +498,16 @@ class Store:
             )
         return rows
 
-    async def recover(self) -> RecoveryReport:
-        """After a crash: jobs left running are re-queued once, then failed (interrupted twice)."""
+    async def recover(self, keep_running: Collection[int] = ()) -> RecoveryReport:
+        """After a crash: jobs left running are re-queued once, then failed (interrupted twice).
+
+        Jobs in ``keep_running`` are still running elsewhere (a GPU worker outlives the bot) and
+        are left as they are.
+        """
         async with self._db.execute(
             "SELECT id, interruptions FROM jobs WHERE status = 'running' ORDER BY id"
         ) as cursor:
-            rows = await cursor.fetchall()
+            rows = [row for row in await cursor.fetchall() if row["id"] not in keep_running]
         requeued: list[int] = []
         failed: list[int] = []
         now = time.time()
@@ -497,6 +529,31 @@ class Store:
                     )
         queued = [job.id for job in await self.pending_jobs()]
         return RecoveryReport(requeued=requeued, failed=failed, queued=queued)
+
+    async def interrupt(self, job_id: int) -> bool:
+        """A running job's worker died: re-queue it (True) the first time, fail it the second.
+
+        Counts like a crash of the bot does, with the same "interrupted twice" message.
+        """
+        async with self._db.execute(
+            "SELECT interruptions FROM jobs WHERE id = ? AND status = 'running'", (job_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            return False
+        if row["interruptions"] >= 1:
+            await self._write(
+                "UPDATE jobs SET status = 'failed', error = ?, finished_at = ?,"
+                " interruptions = interruptions + 1 WHERE id = ? AND status = 'running'",
+                (INTERRUPTED_TWICE, time.time(), job_id),
+            )
+            return False
+        await self._write(
+            "UPDATE jobs SET status = 'queued', interruptions = interruptions + 1"
+            " WHERE id = ? AND status = 'running'",
+            (job_id,),
+        )
+        return True
 
     async def recent_step_timings(self, limit: int) -> list[StepTiming]:
         """Seconds per step of the latest finished jobs, to seed ETAs after a restart."""

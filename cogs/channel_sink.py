@@ -23,6 +23,7 @@ from discord.ext import commands
 from PIL import Image
 
 from bot.publisher import MessageGone, NoPermission, OutgoingFile, TransientSendError
+from bot.uploads import UPLOAD_HEADROOM
 
 if TYPE_CHECKING:
     from bot.app import FaradayBot
@@ -33,8 +34,6 @@ T = TypeVar("T")
 
 # Discord's smallest upload limit today; used when the guild is unknown (e.g. not cached).
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
-# Multipart overhead and the JSON payload ride in the same request.
-UPLOAD_HEADROOM = 64 * 1024
 
 
 async def translated(operation: Callable[[], Awaitable[T]]) -> T:

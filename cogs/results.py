@@ -88,6 +88,8 @@ class ResultsCog(commands.Cog):
         if job is None:
             await self.notify(payload, "that job is no longer stored, so I cannot reuse it.")
             return True
+        if job.request.kind not in KIND_COMMAND:
+            return False  # an upscaled image is an end product: nothing to continue or rerun
         if not self.may_continue(payload, job):
             await self.notify(
                 payload,
@@ -156,7 +158,9 @@ class ResultsCog(commands.Cog):
         self, payload: discord.RawReactionActionEvent, request: JobRequest, what: str
     ) -> None:
         try:
-            submitted = await SubmitDesk.of(self.bot).submit(request)
+            admin = is_admin(self.bot.config.discord, payload.user_id,
+                             role_ids_of(payload.member))
+            submitted = await SubmitDesk.of(self.bot).submit(request, admin=admin)
         except Refused as exc:
             await self.notify(payload, f"{what} was not queued: {exc}")
             return
