@@ -19,7 +19,7 @@ from discord.ext import commands
 from bot.jobs import JobRequest
 from bot.scheduler import SubmitRefused, Submitted
 from cogs.attachments import AttachmentFetcher, AttachmentPolicy
-from cogs.checks import SubmitCooldown, channel_allowed, channel_refusal
+from cogs.checks import SubmitCooldown, channel_allowed_for, channel_refusal
 from cogs.replies import SOMETHING_WENT_WRONG, answer, queued_text
 
 if TYPE_CHECKING:
@@ -60,10 +60,12 @@ class SubmitDesk(commands.Cog):
     async def cog_unload(self) -> None:
         await self.fetcher.close()
 
-    def admission_problem(self, user_id: int, channel_id: int | None) -> str | None:
+    async def admission_problem(
+        self, user_id: int, channel_id: int | None, channel: object = None
+    ) -> str | None:
         """Why this user may not submit here and now, or ``None`` if they may."""
         discord_config = self.bot.config.discord
-        if not channel_allowed(discord_config, channel_id):
+        if not await channel_allowed_for(self.bot, discord_config, channel_id, channel):
             return channel_refusal(discord_config)
         wait = self.cooldown.retry_after(user_id)
         if wait > 0:
@@ -72,7 +74,8 @@ class SubmitDesk(commands.Cog):
 
     async def admit(self, interaction: discord.Interaction) -> bool:
         """Answer a refused interaction at once (ephemeral); true when it may go on."""
-        problem = self.admission_problem(interaction.user.id, interaction.channel_id)
+        problem = await self.admission_problem(interaction.user.id, interaction.channel_id,
+                                               interaction.channel)
         if problem is None:
             return True
         await interaction.response.send_message(problem, ephemeral=True)
