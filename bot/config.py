@@ -522,6 +522,9 @@ def _discord(t: _Table) -> DiscordConfig:
     return out
 
 
+_MIXED_MODEL_KEYS = ("candidate_batch", "channels_last")
+
+
 def _models(raw: Any, problems: list[str]) -> ModelSettings:
     if not isinstance(raw, dict):
         problems.append(f"models = {_show(raw)}: must be a table ([models])")
@@ -536,6 +539,9 @@ def _models(raw: Any, problems: list[str]) -> ModelSettings:
                 f"models.{key} = {_show(value)}: unknown key (allowed in [models]: "
                 f"{', '.join(sorted(known))})"
             )
+        elif key in _MIXED_MODEL_KEYS:
+            # "auto" or a number/boolean: ModelSettings.problems() checks the value itself.
+            table[key] = value
         elif isinstance(known[key], bool):
             if not isinstance(value, bool):
                 problems.append(f"models.{key} = {_show(value)}: must be true or false")

@@ -43,6 +43,14 @@ class ModelSettings:
     # BLD's ranker (paper section 4.4 uses ViT-B/16).
     ranker_clip_model: str = "ViT-B-16"
     ranker_clip_pretrained: str = "openai"
+    # Throughput and reproducibility (config.toml explains each; precision.py decides dtypes).
+    deterministic: bool = False
+    # "auto" or a whole number: how many /imagine candidates are forwarded together.
+    candidate_batch: int | str = "auto"
+    # "auto" or true/false: channels-last memory format for the image decoders.
+    channels_last: bool | str = "auto"
+    # torch.compile the image decoders.
+    compile: bool = False
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -55,8 +63,16 @@ class ModelSettings:
         if self.preset not in PRESETS:
             out.append(f"models.preset = {self.preset!r}: must be one of {', '.join(PRESETS)}")
         if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
+            out.append(f"models.dtype = {self.dtype!r}: must be auto, float32, float16 or bfloat16")
+        batch = self.candidate_batch
+        if batch != "auto" and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
             out.append(
-                f"models.dtype = {self.dtype!r}: must be auto, float32, float16 or bfloat16"
+                f'models.candidate_batch = {batch!r}: must be "auto" or a whole number of at '
+                "least 1"
+            )
+        if self.channels_last != "auto" and not isinstance(self.channels_last, bool):
+            out.append(
+                f'models.channels_last = {self.channels_last!r}: must be "auto", true or false'
             )
         if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
             out.append(f"models.device = {self.device!r}: must be auto, cpu, cuda or cuda:N")

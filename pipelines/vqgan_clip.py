@@ -42,7 +42,6 @@ from PIL import Image
 
 from pipelines.clip_models import ClipBundle
 from pipelines.cutouts import MakeCutouts, resize_square
-from pipelines.devices import autocast_for
 from pipelines.image_io import mask_from_image, pil_to_tensor, tensor_to_pil, to_rgb
 from pipelines.interface import (
     CancelCheck,
@@ -54,6 +53,7 @@ from pipelines.interface import (
     never_cancel,
     no_progress,
 )
+from pipelines.precision import Precision, apply_determinism, autocast, decide_precision, tf32_scope
 from pipelines.prompts import CLIP_CONTEXT_LENGTH, Prompt, parse_prompts, token_count
 from pipelines.self_masking import SelfMask, self_mask
 from pipelines.settings import ModelSettings
@@ -202,9 +202,7 @@ def _check_int(name: str, value: Any, low: int, high: int) -> None:
         raise InvalidRequest(f"{name} must be between {low} and {high}, got {value}")
 
 
-def _check_float(
-    name: str, value: Any, low: float, high: float, *, open_low: bool = False
-) -> None:
+def _check_float(name: str, value: Any, low: float, high: float, *, open_low: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise InvalidRequest(f"{name} must be a number, got {value!r}")
     if value > high or value < low or (open_low and value == low):
@@ -437,13 +435,19 @@ class VqganClipRun:
     """The state of one optimisation: the latents, Adam, the targets and the masks."""
 
     def __init__(
-        self, vqgan: VQGAN, clip: ClipBundle, request: ImagineRequest, seed: int
+        self,
+        vqgan: VQGAN,
+        clip: ClipBundle,
+        request: ImagineRequest,
+        seed: int,
+        precision: Precision | None = None,
     ) -> None:
         self.vqgan = vqgan
         self.clip = clip
         self.request = request
         self.seed = seed
         self.device = clip.device
+        self.precision = precision or decide_precision("imagine", self.device.type)
         self.steps_done = 0
         self.notes: list[str] = []
         factor = vqgan.downsample_factor
@@ -507,13 +511,13 @@ class VqganClipRun:
         images, prompt_losses, total_losses = [], [], []
         for index, stream in enumerate(self.streams):
             z = self.z[index : index + 1]
-            with stream.active(), autocast_for(self.device):
+            with stream.active():
                 with timer("decode"):
                     image = synthesize(self.vqgan, z)
                 with timer("cutouts"):
                     stack = image if self.self_mask is None else torch.cat([image, self.original])
                     views = self.cutouts(stack)
-                with timer("clip_forward"):
+                with timer("clip_forward"), autocast(self.precision):
                     embeddings = self.clip.encode_image(views[0])
                     loss_prompts = prompt_loss(embeddings, self.targets)
                     loss = loss_prompts
@@ -549,10 +553,7 @@ class VqganClipRun:
     @torch.no_grad()
     def decode(self) -> torch.Tensor:
         """(N, 3, H, W) in [0, 1] of the current latents."""
-        with autocast_for(self.device):
-            return torch.cat(
-                [synthesize(self.vqgan, z[None]).float() for z in self.z.detach()]
-            )
+        return torch.cat([synthesize(self.vqgan, z[None]).float() for z in self.z.detach()])
 
     @torch.no_grad()
     def scores(self, images: torch.Tensor) -> list[float]:
@@ -596,12 +597,14 @@ class VqganClipPipeline:
         vqgan: VQGAN,
         clip: ClipBundle,
         model_info: dict[str, str] | None = None,
+        precision: Precision | None = None,
     ) -> None:
         # Frozen weights: backward then computes no weight gradients, only the one for z.
         self.vqgan = vqgan.eval().requires_grad_(False)
         self.clip = clip
         self.device = clip.device
         self.model_info = dict(model_info or {})
+        self.precision = precision or decide_precision("imagine", self.device.type)
 
     @classmethod
     def from_settings(cls, settings: ModelSettings) -> VqganClipPipeline:
@@ -609,7 +612,11 @@ class VqganClipPipeline:
         from pipelines.clip_models import load_clip
         from pipelines.devices import pick_device
 
+        apply_determinism(settings.deterministic)
         device = pick_device(settings.device)
+        precision = decide_precision("imagine", device.type, settings.dtype)
+        if precision.note:
+            log.warning("%s", precision.note)
         vqgan = presets.load_vqgan(settings, device)
         spec = presets.guide_clip_spec(settings)
         clip = load_clip(spec, device, cache_dir=settings.cache_dir)
@@ -619,7 +626,7 @@ class VqganClipPipeline:
             "clip_pretrained": spec.pretrained or "random weights",
             **presets.vqgan_identity(settings),
         }
-        return cls(vqgan, clip, info)
+        return cls(vqgan, clip, info, precision)
 
     def start(self, request: ImagineRequest, seed: int) -> VqganClipRun:
         """Validate and set up a run (tests and the benchmark drive its steps themselves)."""
@@ -627,7 +634,7 @@ class VqganClipPipeline:
         factor = self.vqgan.downsample_factor
         if request.width % factor or request.height % factor:
             raise InvalidRequest(f"width and height must be multiples of {factor} for this VQGAN")
-        return VqganClipRun(self.vqgan, self.clip, request, seed)
+        return VqganClipRun(self.vqgan, self.clip, request, seed, self.precision)
 
     def __call__(
         self,
@@ -636,7 +643,17 @@ class VqganClipPipeline:
         should_cancel: CancelCheck = never_cancel,
     ) -> PipelineResult:
         seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
-        run = self.start(request, seed)
+        with tf32_scope(self.precision):
+            return self._run(self.start(request, seed), request, seed, on_progress, should_cancel)
+
+    def _run(
+        self,
+        run: VqganClipRun,
+        request: ImagineRequest,
+        seed: int,
+        on_progress: ProgressCallback,
+        should_cancel: CancelCheck,
+    ) -> PipelineResult:
         total = request.steps
         for step in range(total):
             if should_cancel():
@@ -654,9 +671,7 @@ class VqganClipPipeline:
             for rank, i in enumerate(order, start=1)
         ]
         on_progress(total, total, tile([r.image for r in ranked]))
-        return PipelineResult(
-            images=ranked, settings=self.describe(request, seed), notes=run.notes
-        )
+        return PipelineResult(images=ranked, settings=self.describe(request, seed), notes=run.notes)
 
     def describe(self, request: ImagineRequest, seed: int) -> dict[str, Any]:
         """Every setting a run used, JSON-serialisable, for OUT.json and the store."""
@@ -684,6 +699,13 @@ class VqganClipPipeline:
             "structure_weight": request.structure_weight,
             "preview_every": request.preview_every,
             "device": str(self.device),
+            "precision": {
+                "weights": str(self.precision.weights).removeprefix("torch."),
+                "clip_autocast": None
+                if self.precision.autocast is None
+                else str(self.precision.autocast).removeprefix("torch."),
+                "tf32": self.precision.allow_tf32,
+            },
             "models": self.model_info,
         }
 
