@@ -88,7 +88,10 @@ class FaradayBot(commands.Bot):
                                  config.scheduler.stand_in)
         scheduler = Scheduler(store, source, config.scheduler)
         publisher = Publisher(
-            store, config.scheduler.progress_interval_seconds, config.scheduler.retry
+            store,
+            config.scheduler.progress_interval_seconds,
+            config.scheduler.retry,
+            upscale=config.upscale,
         )
         scheduler.add_listener(publisher)
         return cls(config, store, scheduler, publisher)

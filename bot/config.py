@@ -102,6 +102,35 @@ class EditConfig:
 
 
 @dataclass(frozen=True)
+class UpscaleConfig:
+    """The upscaler behind "Upscale ×4" (the model itself is [models] upscaler_model)."""
+
+    # Input pixels per tile core, and of context around each core (0: no tiling).
+    tile_size: int = 256
+    tile_overlap: int = 16
+    # Images with a longer side are refused before they are queued.
+    max_input_side: int = 1024
+    # An upscaled PNG over the channel's upload limit goes out as a JPEG, its quality stepped
+    # down from the first to the last in steps of the third until it fits.
+    jpeg_max_quality: int = 95
+    jpeg_min_quality: int = 50
+    jpeg_quality_step: int = 5
+
+
+@dataclass(frozen=True)
+class TimelapseConfig:
+    """The 🎞 timelapse of every /imagine: its preview frames, kept and turned into a video."""
+
+    # Keep the job's preview frames (one per [imagine] preview_every steps) for a timelapse.
+    keep_frames: bool = True
+    # At most this many frames per job; past it every other frame is dropped (so the whole run
+    # stays covered at half the frame rate). The issue caps it at 400.
+    max_frames: int = 400
+    # Frames per second of the video.
+    fps: int = 10
+
+
+@dataclass(frozen=True)
 class RetryConfig:
     """How Discord sends that fail with 5xx or a network error are retried."""
 
@@ -158,6 +187,8 @@ class Config:
     scheduler: SchedulerConfig = SchedulerConfig()
     storage: StorageConfig = StorageConfig()
     logging: LoggingConfig = LoggingConfig()
+    upscale: UpscaleConfig = UpscaleConfig()
+    timelapse: TimelapseConfig = TimelapseConfig()
 
 
 def discord_token(environ: Mapping[str, str] | None = None) -> str | None:
@@ -196,7 +227,8 @@ def parse_config(text: str, source: str = "config.toml") -> Config:
 
 def config_from_mapping(document: Mapping[str, Any]) -> Config:
     problems: list[str] = []
-    known_sections = ("discord", "models", "imagine", "edit", "scheduler", "storage", "logging")
+    known_sections = ("discord", "models", "imagine", "edit", "scheduler", "storage", "logging",
+                      "upscale", "timelapse")
     for name in sorted(set(document) - set(known_sections)):
         problems.append(
             f"[{name}]: unknown section (allowed: {', '.join(f'[{s}]' for s in known_sections)})"
@@ -214,6 +246,8 @@ def config_from_mapping(document: Mapping[str, Any]) -> Config:
         scheduler=_scheduler(section("scheduler")),
         storage=_storage(section("storage")),
         logging=_logging(section("logging")),
+        upscale=_upscale(section("upscale")),
+        timelapse=_timelapse(section("timelapse")),
     )
     if problems:
         raise ConfigError(problems)
@@ -670,6 +704,40 @@ def _storage(t: _Table) -> StorageConfig:
 def _logging(t: _Table) -> LoggingConfig:
     out = LoggingConfig(
         level=t.choice("level", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+    )
+    t.finish()
+    return out
+
+
+def _upscale(t: _Table) -> UpscaleConfig:
+    d = UpscaleConfig()
+    tile_size = t.integer("tile_size", d.tile_size, 0, 4096)
+    if 0 < tile_size < 16:
+        t.problem("tile_size", tile_size, "must be 0 (no tiling) or from 16 to 4096")
+        tile_size = d.tile_size
+    out = UpscaleConfig(
+        tile_size=tile_size,
+        tile_overlap=t.integer("tile_overlap", d.tile_overlap, 0, 256),
+        max_input_side=t.integer("max_input_side", d.max_input_side, 16, 8192),
+        jpeg_max_quality=t.integer("jpeg_max_quality", d.jpeg_max_quality, 1, 100),
+        jpeg_min_quality=t.integer("jpeg_min_quality", d.jpeg_min_quality, 1, 100),
+        jpeg_quality_step=t.integer("jpeg_quality_step", d.jpeg_quality_step, 1, 99),
+    )
+    if out.jpeg_min_quality > out.jpeg_max_quality:
+        t.problems.append(
+            f"upscale.jpeg_min_quality = {out.jpeg_min_quality}: must not exceed "
+            f"upscale.jpeg_max_quality = {out.jpeg_max_quality}"
+        )
+    t.finish()
+    return out
+
+
+def _timelapse(t: _Table) -> TimelapseConfig:
+    d = TimelapseConfig()
+    out = TimelapseConfig(
+        keep_frames=t.boolean("keep_frames", d.keep_frames),
+        max_frames=t.integer("max_frames", d.max_frames, 2, 400),
+        fps=t.integer("fps", d.fps, 1, 60),
     )
     t.finish()
     return out

@@ -76,6 +76,8 @@ def models_used(kind: JobKind, models: ModelSettings) -> list[str]:
             f"diffusion model {models.diffusion_model}",
             f"ranking CLIP {models.ranker_clip_model} ({models.ranker_clip_pretrained})",
         ]
+    if kind is JobKind.UPSCALE:
+        return [f"upscaler {_short(models.upscaler_model)}"]
     return []
 
 
@@ -124,10 +126,11 @@ def job_info_text(record: JobRecord, results: Sequence[ResultRecord], models: Mo
     if record.parent_result_id is not None:
         lines.append(f"Continued from result #{record.parent_result_id}.")
     attached = [IMAGE_OPTIONS[name] for name in record.stored_images if name in IMAGE_OPTIONS]
-    command = reproduce_command(request.kind, params)
-    lines.append("Reproduce it with:")
-    lines.append(f"```\n{command.replace('```', chr(39) * 3)}\n```")
-    if attached:
-        lines.append("…attaching the same " + ", ".join(attached) + ".")
+    if request.kind in COMMAND_OPTIONS:
+        command = reproduce_command(request.kind, params)
+        lines.append("Reproduce it with:")
+        lines.append(f"```\n{command.replace('```', chr(39) * 3)}\n```")
+        if attached:
+            lines.append("…attaching the same " + ", ".join(attached) + ".")
     text = "\n".join(lines)
     return text if len(text) <= MAX_CONTENT else text[: MAX_CONTENT - 1] + "…"

@@ -16,6 +16,7 @@ from typing import Any
 class JobKind(str, Enum):
     IMAGINE = "imagine"  # VQGAN-CLIP (pipelines.vqgan_clip.ImagineRequest)
     EDIT = "edit"  # Blended Latent Diffusion (pipelines.blended.EditRequest)
+    UPSCALE = "upscale"  # one result upscaled (pipelines.upscale.UpscaleRequest)
 
 
 class JobStatus(str, Enum):

@@ -21,6 +21,7 @@ from pipelines.settings import ModelSettings
 REQUEST_CLASSES: dict[JobKind, tuple[str, str]] = {
     JobKind.IMAGINE: ("pipelines.vqgan_clip", "ImagineRequest"),
     JobKind.EDIT: ("pipelines.blended", "EditRequest"),
+    JobKind.UPSCALE: ("pipelines.upscale", "UpscaleRequest"),
 }
 
 

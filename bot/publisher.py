@@ -23,7 +23,7 @@ from typing import Protocol, TypeVar
 
 from PIL import Image
 
-from bot.config import RetryConfig
+from bot.config import RetryConfig, UpscaleConfig
 from bot.controls import Controls, progress_controls, result_controls
 from bot.events import (
     JobFinished,
@@ -37,7 +37,7 @@ from bot.events import (
 )
 from bot.files import png_bytes
 from bot.grid import numbered_grid
-from bot.jobs import JobStatus
+from bot.jobs import JobKind, JobStatus
 from bot.progress_text import (
     NUMBER_EMOJIS,
     clip,
@@ -49,6 +49,7 @@ from bot.progress_text import (
     running_lines,
 )
 from bot.store import MessageLink, ResultRecord, Store
+from bot.uploads import FittedImage, fit_image, jpeg_qualities
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,9 @@ class ChannelSink(Protocol):
     async def add_reactions(self, channel_id: int, message_id: int, emojis: list[str]) -> None:
         """Add reactions in order."""
 
+    def upload_limit(self, channel_id: int) -> int:
+        """The channel's upload limit in bytes, as Discord says now (it changes over time)."""
+
 
 @dataclass
 class _Wanted:
@@ -156,10 +160,12 @@ class Publisher:
         retry: RetryConfig | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
+        upscale: UpscaleConfig | None = None,
     ) -> None:
         self.store = store
         self.progress_interval = progress_interval
         self.retry = retry or RetryConfig()
+        self.upscale = upscale or UpscaleConfig()
         self._clock = clock
         self._sink: ChannelSink | None = None
         self._sink_ready = asyncio.Event()
@@ -488,6 +494,9 @@ class Publisher:
         assert self._sink is not None
         sink = self._sink
         info = view.info
+        if info.kind is JobKind.UPSCALE:
+            await self._post_upscaled(view, wanted)
+            return
         results = wanted.results[: len(NUMBER_EMOJIS)]
         if not results:
             return
@@ -533,6 +542,48 @@ class Publisher:
             log.error("job %d: Discord kept failing (%s); the results stay in the store",
                       info.job_id, exc)
 
+    async def _post_upscaled(self, view: _JobView, wanted: _Wanted) -> None:
+        """One upscaled image alone at full size: a PNG, or a JPEG when the PNG is over the
+        channel's upload limit (read now), its quality stepped down until it fits. No number
+        reactions: it is an end product, not a grid to continue from."""
+        assert self._sink is not None
+        sink = self._sink
+        info = view.info
+        if not wanted.results:
+            return
+        result = wanted.results[0]
+        limit = sink.upload_limit(info.channel_id)
+        config = self.upscale
+        qualities = jpeg_qualities(
+            config.jpeg_max_quality, config.jpeg_min_quality, config.jpeg_quality_step
+        )
+        try:
+            png = await asyncio.to_thread(result.path.read_bytes)
+            fitted = await asyncio.to_thread(fit_image, png, limit, qualities)
+        except OSError:
+            log.exception("job %d: its upscaled file could not be read", info.job_id)
+            return
+        if fitted.quality is not None:
+            log.info("job %d: upscaled PNG of %d bytes over the %d-byte limit; sending a JPEG "
+                     "at quality %d", info.job_id, len(png), limit, fitted.quality)
+        content = clip(upscaled_content(
+            describe_job(info.job_id, info.kind, info.user_id, info.params), fitted
+        ))
+        files = [OutgoingFile(f"job-{info.job_id}-upscaled.{fitted.extension}", fitted.data)]
+        ping = await self._ping_target(info)
+        try:
+            message_id = await self._retrying(
+                f"posting the upscaled image of job {info.job_id}",
+                lambda: sink.send(info.channel_id, content, files, ping_user=ping),
+            )
+            await self.store.link_message(message_id, info.channel_id, info.job_id, RESULTS)
+        except (NoPermission, MessageGone):
+            log.warning("job %d: cannot post in channel %d; the upscaled image stays in the "
+                        "store", info.job_id, info.channel_id)
+        except TransientSendError as exc:
+            log.error("job %d: Discord kept failing (%s); the upscaled image stays in the store",
+                      info.job_id, exc)
+
 
     async def _ping_target(self, info: JobInfo) -> int | None:
         """The requester, unless they turned pings off (``/prefs ping:false``)."""
@@ -567,6 +618,12 @@ class Publisher:
         except (NoPermission, MessageGone, TransientSendError) as exc:
             log.warning("job %d: could not tell its requester it ended (%s)", info.job_id,
                         type(exc).__name__)
+
+
+def upscaled_content(header: str, fitted: FittedImage) -> str:
+    width, height = fitted.size
+    line = f"✅ {header}: {width}×{height}"
+    return f"{line}\n{fitted.note}" if fitted.note else line
 
 
 def notice_content(info: JobInfo, phase: str, error: str | None, by: int | None) -> str:

@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 OOM_ADVICE = {
     JobKind.IMAGINE: "try a smaller size or fewer cutouts (cutn)",
     JobKind.EDIT: "try fewer candidates or a smaller image",
+    JobKind.UPSCALE: "the server owner can lower [upscale] tile_size in config.toml",
 }
 
 

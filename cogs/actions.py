@@ -28,6 +28,7 @@ from bot.jobs import JobKind, JobRequest
 from bot.publisher import MessageGone, NoPermission, OutgoingFile, TransientSendError
 from bot.scheduler import CancelOutcome
 from bot.store import JobRecord
+from bot.upscaling import UpscaleUnavailable, upscale_request
 from cogs.checks import is_admin
 from cogs.continuations import continue_from, rerun
 from cogs.replies import format_eta
@@ -115,6 +116,11 @@ class Actions(commands.Cog):
             return await self.upscale(job, press.n, actor)
         if press.act is Act.TIMELAPSE:
             return await self.timelapse(job, actor)
+        if job.request.kind not in KIND_COMMAND:
+            return Answer(
+                f"job #{job.id} is an end product ({job.request.kind.value}): there is "
+                "nothing to continue or rerun."
+            )
         if not self.may_continue(actor, job):
             return Answer(
                 f"only <@{job.request.user_id}> can continue or rerun this job "
@@ -288,10 +294,23 @@ class Actions(commands.Cog):
         return Answer(f"Result {number} of job #{job.id} is posted at full size.{offer}")
 
     def can_upscale(self) -> bool:
-        return False
+        return True
 
     async def upscale(self, job: JobRecord, number: int, actor: Actor) -> Answer:
-        return Answer("upscaling is not available on this bot yet.")
+        """An ``upscale`` job of result ``number``, through the same queue as every job."""
+        try:
+            request = await upscale_request(
+                self.bot.store,
+                self.bot.config.upscale,
+                job_id=job.id,
+                rank=number,
+                user_id=actor.user_id,
+                channel_id=actor.channel_id,
+                guild_id=actor.guild_id,
+            )
+        except UpscaleUnavailable as exc:
+            return Answer(str(exc))
+        return await self.submit(request, f"upscaling result {number} of job #{job.id}")
 
     async def timelapse(self, job: JobRecord, actor: Actor) -> Answer:
         return Answer("timelapses are not available on this bot yet.")

@@ -24,6 +24,7 @@ from PIL import Image
 
 from bot.controls import Controls
 from bot.publisher import MessageGone, NoPermission, OutgoingFile, TransientSendError
+from bot.uploads import UPLOAD_HEADROOM
 from cogs.components import view_for
 
 if TYPE_CHECKING:
@@ -35,8 +36,6 @@ T = TypeVar("T")
 
 # Discord's smallest upload limit today; used when the guild is unknown (e.g. not cached).
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
-# Multipart overhead and the JSON payload ride in the same request.
-UPLOAD_HEADROOM = 64 * 1024
 
 
 async def translated(operation: Callable[[], Awaitable[T]]) -> T:

@@ -12,14 +12,15 @@ import threading
 from pipelines.interface import Pipeline
 from pipelines.settings import ModelSettings
 
-KINDS = ("imagine", "edit")
+KINDS = ("imagine", "edit", "upscale")
 
 _loaded: dict[tuple[str, ModelSettings], Pipeline] = {}
 _lock = threading.Lock()
 
 
 def load_pipeline(kind: str, settings: ModelSettings) -> Pipeline:
-    """The pipeline for ``kind`` ("imagine" = VQGAN-CLIP, "edit" = Blended Latent Diffusion)."""
+    """The pipeline for ``kind`` ("imagine" = VQGAN-CLIP, "edit" = Blended Latent Diffusion,
+    "upscale" = an ESRGAN-family upscaler through spandrel)."""
     if kind not in KINDS:
         raise ValueError(f"unknown pipeline kind {kind!r}; expected one of {', '.join(KINDS)}")
     with _lock:
@@ -29,8 +30,12 @@ def load_pipeline(kind: str, settings: ModelSettings) -> Pipeline:
                 from pipelines.vqgan_clip import VqganClipPipeline
 
                 _loaded[key] = VqganClipPipeline.from_settings(settings)
-            else:
+            elif kind == "edit":
                 from pipelines.blended import BlendedLatentDiffusionPipeline
 
                 _loaded[key] = BlendedLatentDiffusionPipeline.from_settings(settings)
+            else:
+                from pipelines.upscale import UpscalePipeline
+
+                _loaded[key] = UpscalePipeline.from_settings(settings)
         return _loaded[key]

@@ -19,6 +19,10 @@ VQGAN_F16_16384_CONFIG_URL = (
 VQGAN_F16_16384_CHECKPOINT_URL = (
     "https://heibox.uni-heidelberg.de/d/a7530b09fed84f80a887/files/?p=%2Fckpts%2Flast.ckpt&dl=1"
 )
+# Real-ESRGAN x4plus, as released by its authors (a plain state dict under "params_ema").
+REAL_ESRGAN_X4PLUS_URL = (
+    "https://github.com/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth"
+)
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,9 @@ class ModelSettings:
     channels_last: bool | str = "auto"
     # torch.compile the image decoders.
     compile: bool = False
+    # The upscaler: an ESRGAN-family .pth/.safetensors file spandrel can load, a path or a URL.
+    upscaler_model: str = REAL_ESRGAN_X4PLUS_URL
+    upscaler_model_sha256: str = ""
 
     def __post_init__(self) -> None:
         problems = self.problems()

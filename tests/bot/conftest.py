@@ -44,8 +44,9 @@ class SinkCall:
 class FakeSink:
     """A ChannelSink: remembers messages, records calls, raises scripted errors, can be slow."""
 
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self, delay: float = 0.0, limit: int = 10 * 1024 * 1024) -> None:
         self.delay = delay
+        self.limit = limit
         self.calls: list[SinkCall] = []
         self.messages: dict[int, tuple[str, list[OutgoingFile]]] = {}
         self._next_id = 5000
@@ -100,6 +101,9 @@ class FakeSink:
         self._maybe_fail("react")
         self.calls.append(SinkCall("react", channel_id, message_id, "", None, time.monotonic(),
                                    list(emojis)))
+
+    def upload_limit(self, channel_id: int) -> int:
+        return self.limit
 
     def of(self, op: str, message_id: int | None = None) -> list[SinkCall]:
         return [c for c in self.calls

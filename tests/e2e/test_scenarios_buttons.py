@@ -13,7 +13,7 @@ import re
 from PIL import Image
 
 from bot.controls import Act, custom_id
-from bot.jobs import JobStatus
+from bot.jobs import JobKind, JobStatus
 from tests.e2e.bot_harness import (
     WAIT,
     finished_job,
@@ -86,6 +86,15 @@ async def test_every_result_button_and_the_remix_modal(standin, tmp_path) -> Non
         (data,) = single.files.values()
         assert data == results[0].path.read_bytes()
         assert Image.open(io.BytesIO(data)).size == Image.open(results[0].path).size
+        # …with an Upscale ×4 button: an upscale job through the queue, its image posted.
+        upscale_button = single.button(custom_id(Act.UPSCALE, job_id, 1))
+        assert upscale_button is not None and upscale_button["label"] == "Upscale ×4"
+        _, text = await press(standin, single.id, Act.UPSCALE, job_id, 1, user="bob")
+        upscaled = await finished_job(bot, job_in(text))
+        assert upscaled.status is JobStatus.DONE and upscaled.request.kind is JobKind.UPSCALE
+        posted = await message_of(bot, standin, upscaled.id, "results")
+        (big,) = posted.files.values()
+        assert Image.open(io.BytesIO(big)).size == (4 * 64, 4 * 64)
 
         # ℹ️ shows every setting, the seed, the models, timings and a command to copy.
         _, text = await press(standin, grid.id, Act.INFO, job_id, user="bob")
@@ -120,7 +129,7 @@ async def test_every_result_button_and_the_remix_modal(standin, tmp_path) -> Non
         assert f"Only <@{alice}>" in text and "delete" in text
         assert not standin.message(grid.id).deleted
         progress = await message_of(bot, standin, job_id, "progress")
-        for other in (child.id, rerun.id, remixed.id, fresh.id):
+        for other in (child.id, rerun.id, remixed.id, fresh.id, upscaled.id):
             await finished_job(bot, other)
         _, text = await press(standin, grid.id, Act.DELETE, job_id)
         assert f"Job #{job_id} is deleted" in text
