@@ -42,6 +42,9 @@ def queued_text(
         head = f"Job #{submitted.job_id} queued, position {submitted.position}, {eta}."
     where = f"the thread <#{thread_id}>" if thread_id is not None else "this channel"
     tail = f"Progress and results will appear in {where}."
+    if submitted.notice:
+        # Safely queued, but nothing can run it right now: say so rather than promise an ETA.
+        head = f"Job #{submitted.job_id} queued, position {submitted.position}. {submitted.notice}"
     return "\n".join((f"{head} {tail}", *notes))
 
 
