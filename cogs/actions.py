@@ -135,6 +135,7 @@ class Actions(commands.Cog):
                     guild_id=actor.guild_id,
                 ),
                 f"rerunning job #{job.id} with a new seed",
+                actor,
             )
         if press.act is Act.CONTINUE:
             return await self.continue_result(job, press.n, actor)
@@ -190,7 +191,7 @@ class Actions(commands.Cog):
         if prompt is not None:
             request = _with_prompt(request, prompt)
             what = f"remixing result {number} of job #{job.id}"
-        return await self.submit(request, what)
+        return await self.submit(request, what, actor)
 
     async def _result(self, job: JobRecord, number: int) -> tuple[int, bytes] | Answer:
         results = await self.bot.store.results_for_job(job.id)
@@ -203,9 +204,10 @@ class Actions(commands.Cog):
             return Answer(f"result {number} of job #{job.id} is no longer stored.")
         return chosen.id, png
 
-    async def submit(self, request: JobRequest, what: str) -> Answer:
+    async def submit(self, request: JobRequest, what: str, actor: Actor) -> Answer:
         try:
-            submitted = await SubmitDesk.of(self.bot).submit(request)
+            # Admins are spared the daily quota, as with commands.
+            submitted = await SubmitDesk.of(self.bot).submit(request, admin=self.is_admin(actor))
         except Refused as exc:
             return Answer(f"{what} was not queued: {exc}")
         if submitted.position > 1:
@@ -258,7 +260,9 @@ class Actions(commands.Cog):
                 ),
                 prompt,
             )
-            return await self.submit(request, f"rerunning job #{job.id} with the new prompt")
+            return await self.submit(
+                request, f"rerunning job #{job.id} with the new prompt", actor
+            )
         count = len(await self.bot.store.results_for_job(job.id))
         if not result.isdigit() or not 1 <= int(result) <= count:
             return Answer(
@@ -310,7 +314,7 @@ class Actions(commands.Cog):
             )
         except UpscaleUnavailable as exc:
             return Answer(str(exc))
-        return await self.submit(request, f"upscaling result {number} of job #{job.id}")
+        return await self.submit(request, f"upscaling result {number} of job #{job.id}", actor)
 
     async def timelapse(self, job: JobRecord, actor: Actor) -> Answer:
         return Answer("timelapses are not available on this bot yet.")

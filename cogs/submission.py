@@ -21,7 +21,13 @@ from discord.ext import commands
 from bot.jobs import JobRequest
 from bot.scheduler import SubmitRefused, Submitted
 from cogs.attachments import AttachmentFetcher, AttachmentPolicy
-from cogs.checks import SubmitCooldown, channel_allowed_for, channel_refusal
+from cogs.checks import (
+    SubmitCooldown,
+    channel_allowed_for,
+    channel_refusal,
+    is_admin,
+    role_ids_of,
+)
 from cogs.replies import (
     INTERACTION_TOKEN_SECONDS,
     SOMETHING_WENT_WRONG,
@@ -71,40 +77,58 @@ class SubmitDesk(commands.Cog):
             task.cancel()
         await self.fetcher.close()
 
+    def cooldown_problem(
+        self, user_id: int, guild_id: int | None, channel_id: int | None
+    ) -> str | None:
+        seconds = self.bot.settings.effective(guild_id, channel_id).cooldown_seconds
+        wait = self.cooldown.retry_after(user_id, seconds=seconds)
+        return self.cooldown.refusal(wait, seconds) if wait > 0 else None
+
     async def admission_problem(
-        self, user_id: int, channel_id: int | None, channel: object = None
+        self, user_id: int, channel_id: int | None, command: str | None = None,
+        guild_id: int | None = None, channel: object = None,
     ) -> str | None:
         """Why this user may not submit here and now, or ``None`` if they may."""
         discord_config = self.bot.config.discord
         if not await channel_allowed_for(self.bot, discord_config, channel_id, channel):
             return channel_refusal(discord_config)
-        wait = self.cooldown.retry_after(user_id)
-        if wait > 0:
-            return self.cooldown.refusal(wait)
-        return None
+        if command is not None:
+            problem = self.bot.gatekeeper.command_refusal(user_id, command, guild_id, channel_id)
+            if problem is not None:
+                return problem
+        return self.cooldown_problem(user_id, guild_id, channel_id)
 
     async def admit(self, interaction: discord.Interaction) -> bool:
         """Answer a refused interaction at once (ephemeral); true when it may go on."""
+        command = interaction.command.name if interaction.command is not None else None
         problem = await self.admission_problem(interaction.user.id, interaction.channel_id,
+                                               command, interaction.guild_id,
                                                interaction.channel)
         if problem is None:
             return True
         await interaction.response.send_message(problem, ephemeral=True)
         return False
 
-    async def submit(self, request: JobRequest) -> Submitted:
+    async def submit(self, request: JobRequest, *, admin: bool = False) -> Submitted:
         """Queue the job (persisted before this returns) and start the user's cooldown.
 
-        Raises :class:`Refused` when the cooldown or the scheduler's caps say no.
+        Every new job passes here, so the owners' rules (block lists, pause, quota, switched-off
+        commands) are checked here for all of them. Raises :class:`Refused` when those rules, the
+        cooldown or the scheduler's caps say no; ``admin`` lifts the daily quota.
         """
-        submitted, _ = await self.submit_placed(request)
+        submitted, _ = await self.submit_placed(request, admin=admin)
         return submitted
 
-    async def submit_placed(self, request: JobRequest) -> tuple[Submitted, int | None]:
+    async def submit_placed(
+        self, request: JobRequest, *, admin: bool = False
+    ) -> tuple[Submitted, int | None]:
         """:meth:`submit`, also saying which new thread the job's messages go to, if any."""
-        wait = self.cooldown.retry_after(request.user_id)
-        if wait > 0:
-            raise Refused(self.cooldown.refusal(wait))
+        problem = await self.bot.gatekeeper.submit_refusal(request, admin=admin)
+        if problem is None:
+            problem = self.cooldown_problem(request.user_id, request.guild_id,
+                                            request.channel_id)
+        if problem is not None:
+            raise Refused(problem)
         thread = await self.new_thread_for(request)
         if thread is not None:
             request = replace(request, channel_id=thread.id)
@@ -161,8 +185,10 @@ class SubmitDesk(commands.Cog):
     ) -> None:
         """Submit and tell the user where the job stands (the interaction is already deferred);
         once the job's progress message exists, the answer links to it."""
+        admin = is_admin(self.bot.config.discord, interaction.user.id,
+                         role_ids_of(interaction.user))
         try:
-            submitted, thread_id = await self.submit_placed(request)
+            submitted, thread_id = await self.submit_placed(request, admin=admin)
         except Refused as exc:
             await answer(interaction, str(exc))
             return
