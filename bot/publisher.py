@@ -264,12 +264,13 @@ class Publisher:
 
     async def progress_message(self, job_id: int, timeout: float) -> MessageLink | None:
         """The job's progress message, waiting up to ``timeout`` seconds for it to be posted."""
-        link = await self.store.message_for_job(job_id, PROGRESS)
-        if link is not None:
-            return link
+        # Waiting before looking: a message posted while the store answers still wakes us.
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._progress_waiters.setdefault(job_id, []).append(future)
         try:
+            link = await self.store.message_for_job(job_id, PROGRESS)
+            if link is not None:
+                return link
             await asyncio.wait_for(asyncio.shield(future), timeout)
         except asyncio.TimeoutError:
             return None
