@@ -86,7 +86,7 @@ class FaradayBot(commands.Bot):
         if source is None:
             source = make_source(config.scheduler.pipeline, config.models,
                                  config.scheduler.stand_in)
-        scheduler = Scheduler(store, source, config.scheduler)
+        scheduler = Scheduler(store, source, config.scheduler, timelapse=config.timelapse)
         publisher = Publisher(
             store,
             config.scheduler.progress_interval_seconds,

@@ -26,7 +26,7 @@ from typing import Any
 
 from PIL import Image
 
-from bot.config import MAX_SEED, SchedulerConfig
+from bot.config import MAX_SEED, SchedulerConfig, TimelapseConfig
 from bot.eta import EtaEstimator, WorkKey, steps_of, work_key
 from bot.events import (
     JobFinished,
@@ -44,6 +44,7 @@ from bot.files import png_bytes, write_atomic
 from bot.jobs import JobKind, JobRequest, JobStatus
 from bot.pipeline_source import PipelineSource
 from bot.store import NewResult, QueuedJob, RecoveryReport, ResultRecord, Store
+from bot.timelapse import frames_for
 from bot.worker import LatestOnlyMailbox, WorkerThread
 from pipelines.downloads import ModelFileError
 from pipelines.interface import Cancelled, InvalidRequest
@@ -204,10 +205,13 @@ class Scheduler:
         config: SchedulerConfig,
         *,
         rng: random.Random | None = None,
+        timelapse: TimelapseConfig | None = None,
     ) -> None:
         self.store = store
         self.source = source
         self.config = config
+        # Where /imagine jobs' preview frames are kept for their timelapse; None keeps none.
+        self.timelapse = timelapse
         self.eta = EtaEstimator(config.eta_window)
         self.worker = WorkerThread(niceness=config.worker_niceness)
         self._rng = rng or random.Random()
@@ -541,6 +545,7 @@ class Scheduler:
         """Runs on the worker thread: read inputs, prepare, run the pipeline, write results."""
         info = running.info
         started = time.monotonic()
+        frames = frames_for(self.store, self.timelapse, info.kind, info.job_id)
 
         def on_progress(step: int, total: int, preview: Image.Image | None) -> None:
             with running.lock:
@@ -551,6 +556,8 @@ class Scheduler:
                     running.preview_step = step
                 progress = _Progress(step, total, running.preview, running.preview_step)
             mailbox.post((running, progress))
+            if frames is not None and preview is not None:
+                frames(step, total, preview)
 
         def stopped_or_cancelled(step: int | None, total: int | None,
                                  latest: Image.Image | None) -> _Outcome:
@@ -573,6 +580,8 @@ class Scheduler:
         except OSError as exc:
             log.error("job %d: its input images cannot be read: %s", info.job_id, exc)
             return _Outcome("failed", error="its input images were lost from the bot's storage")
+        if frames is not None:
+            frames.start()
         try:
             prepared = self.source.prepare(request)
             result = prepared.pipeline(prepared.request, on_progress, running.stop.is_set)
