@@ -188,17 +188,17 @@ def _mp4_errors() -> tuple[type[BaseException], ...]:
 
 
 def encode_timelapse(
-    paths: list[Path], *, fps: int = 10, limit_bytes: int | None = None
+    paths: list[Path], *, fps: int = 10, limit_bytes: int | None = None, webp: bool = False
 ) -> Timelapse:
-    """The frames as an MP4 (or, when PyAV cannot encode, an animated WebP) of at most
-    ``limit_bytes``, scaled down as far as needed. Raises :class:`TimelapseError` when there are
-    no frames or not even a tiny video fits. Blocking: run it off the event loop."""
+    """The frames as an MP4 (or, when PyAV cannot encode or ``webp`` asks, an animated WebP) of
+    at most ``limit_bytes``, scaled down as far as needed. Raises :class:`TimelapseError` when
+    there are no frames or not even a tiny video fits. Blocking: run it off the event loop."""
     if not paths:
         raise TimelapseError("there are no frames to make a timelapse from")
     with Image.open(paths[-1]) as last:
         full = even_size(*last.size)
     notes: list[str] = []
-    extension = "mp4"
+    extension = "webp" if webp else "mp4"
     size = full
     while True:
         if extension == "mp4":
