@@ -17,10 +17,9 @@ import yarl
 from discord.ext import commands
 
 from bot.config import Config, DiscordConfig
-from bot.jobs import JobKind
 from bot.pipeline_source import PipelineSource
 from bot.publisher import Publisher
-from bot.scheduler import Scheduler, make_source
+from bot.scheduler import Scheduler, make_executor
 from bot.store import RecoveryReport, Store
 
 log = logging.getLogger(__name__)
@@ -83,10 +82,9 @@ class FaradayBot(commands.Bot):
         """Open the store and build the scheduler and publisher (nothing runs yet)."""
         store = await Store.open(config.storage.database_path, config.storage.data_dir,
                                  sync_commits=config.storage.sync_commits)
-        if source is None:
-            source = make_source(config.scheduler.pipeline, config.models,
-                                 config.scheduler.stand_in)
-        scheduler = Scheduler(store, source, config.scheduler, timelapse=config.timelapse)
+        scheduler = Scheduler(store, source, config.scheduler,
+                              executor=None if source is not None else make_executor(store, config),
+                              timelapse=config.timelapse)
         publisher = Publisher(
             store,
             config.scheduler.progress_interval_seconds,
@@ -103,12 +101,9 @@ class FaradayBot(commands.Bot):
             log.info("removed %d job(s) older than %d days", pruned,
                      self.config.storage.result_retention_days)
         log.info("loading the models of preset %r", self.config.models.preset)
-        # On the worker thread that will run them. It is a daemon thread, unlike asyncio's
-        # executor threads, so a signal during a long first download does not have to wait for it.
-        worker = self.scheduler.worker
-        worker.start()
-        source = self.scheduler.source
-        await worker.run(lambda: source.preload(tuple(JobKind)))
+        # On the worker threads that will run them (daemon threads, unlike asyncio's executor
+        # threads, so a signal during a long first download does not have to wait for them).
+        await self.scheduler.preload()
         report = await self.scheduler.start()
         await self.publisher.announce_unposted()
         log.info("scheduler started: %d job(s) waiting, %d re-queued, %d failed as interrupted "

@@ -579,6 +579,13 @@ def _models(raw: Any, problems: list[str]) -> ModelSettings:
                 problems.append(f"models.{key} = {_show(value)}: must be true or false")
             else:
                 table[key] = value
+        elif key == "devices":
+            if (not isinstance(value, list) or not value
+                    or not all(isinstance(v, str) and v.strip() for v in value)):
+                problems.append(f"models.devices = {_show(value)}: must be a non-empty list of "
+                                'devices, e.g. ["cuda:0", "cuda:1"]')
+            else:
+                table[key] = value
         elif not isinstance(value, str):
             what = "a folder path" if key == "cache_dir" else "a string"
             problems.append(f"models.{key} = {_show(value)}: must be {what}")

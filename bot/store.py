@@ -19,7 +19,7 @@ import logging
 import shutil
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -471,12 +471,16 @@ class Store:
             )
         return rows
 
-    async def recover(self) -> RecoveryReport:
-        """After a crash: jobs left running are re-queued once, then failed (interrupted twice)."""
+    async def recover(self, keep_running: Collection[int] = ()) -> RecoveryReport:
+        """After a crash: jobs left running are re-queued once, then failed (interrupted twice).
+
+        Jobs in ``keep_running`` are still running elsewhere (a GPU worker outlives the bot) and
+        are left as they are.
+        """
         async with self._db.execute(
             "SELECT id, interruptions FROM jobs WHERE status = 'running' ORDER BY id"
         ) as cursor:
-            rows = await cursor.fetchall()
+            rows = [row for row in await cursor.fetchall() if row["id"] not in keep_running]
         requeued: list[int] = []
         failed: list[int] = []
         now = time.time()
@@ -498,6 +502,31 @@ class Store:
                     )
         queued = [job.id for job in await self.pending_jobs()]
         return RecoveryReport(requeued=requeued, failed=failed, queued=queued)
+
+    async def interrupt(self, job_id: int) -> bool:
+        """A running job's worker died: re-queue it (True) the first time, fail it the second.
+
+        Counts like a crash of the bot does, with the same "interrupted twice" message.
+        """
+        async with self._db.execute(
+            "SELECT interruptions FROM jobs WHERE id = ? AND status = 'running'", (job_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            return False
+        if row["interruptions"] >= 1:
+            await self._write(
+                "UPDATE jobs SET status = 'failed', error = ?, finished_at = ?,"
+                " interruptions = interruptions + 1 WHERE id = ? AND status = 'running'",
+                (INTERRUPTED_TWICE, time.time(), job_id),
+            )
+            return False
+        await self._write(
+            "UPDATE jobs SET status = 'queued', interruptions = interruptions + 1"
+            " WHERE id = ? AND status = 'running'",
+            (job_id,),
+        )
+        return True
 
     async def recent_step_timings(self, limit: int) -> list[StepTiming]:
         """Seconds per step of the latest finished jobs, to seed ETAs after a restart."""

@@ -51,13 +51,15 @@ def describe_queue(snapshot: QueueSnapshot, user_id: int) -> str:
     running = snapshot.running
     if running is None:
         lines.append("Nothing is running right now.")
-    else:
-        progress = f"step {running.step}/{running.total}" if running.total else "starting"
-        whose = "yours" if running.user_id == user_id else f"<@{running.user_id}>'s"
-        state = "stopping" if running.stopping else f"{progress}, done in " + format_eta(
-            running.eta_seconds
+    for entry in snapshot.all_running:
+        progress = f"step {entry.step}/{entry.total}" if entry.total else "starting"
+        whose = "yours" if entry.user_id == user_id else f"<@{entry.user_id}>'s"
+        state = "stopping" if entry.stopping else f"{progress}, done in " + format_eta(
+            entry.eta_seconds
         )
-        lines.append(f"Running: job #{running.job_id} ({running.kind.value}, {whose}), {state}.")
+        lines.append(f"Running: job #{entry.job_id} ({entry.kind.value}, {whose}), {state}.")
+    if snapshot.notice:
+        lines.append(snapshot.notice)
     lines.append(f"Queue length: {snapshot.length} job(s) waiting or running.")
     mine = snapshot.for_user(user_id)
     if mine:
@@ -67,7 +69,7 @@ def describe_queue(snapshot: QueueSnapshot, user_id: int) -> str:
             f"ETA {format_eta(e.eta_seconds)}"
             for e in mine
         )
-    elif running is None or running.user_id != user_id:
+    elif all(entry.user_id != user_id for entry in snapshot.all_running):
         lines.append("You have no jobs waiting.")
     return "\n".join(lines)
 
@@ -131,8 +133,9 @@ class QueueCog(commands.Cog):
 
     @staticmethod
     def own_job(snapshot: QueueSnapshot, user_id: int) -> int | None:
-        if snapshot.running is not None and snapshot.running.user_id == user_id:
-            return snapshot.running.job_id
+        for entry in snapshot.all_running:
+            if entry.user_id == user_id:
+                return entry.job_id
         mine = snapshot.for_user(user_id)
         return mine[0].job_id if mine else None
 

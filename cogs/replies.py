@@ -34,6 +34,9 @@ def queued_text(submitted: Submitted, notes: tuple[str, ...] = ()) -> str:
     else:
         head = f"Job #{submitted.job_id} queued, position {submitted.position}, {eta}."
     tail = "Progress and results will appear in this channel."
+    if submitted.notice:
+        # Safely queued, but nothing can run it right now: say so rather than promise an ETA.
+        head = f"Job #{submitted.job_id} queued, position {submitted.position}. {submitted.notice}"
     return "\n".join((f"{head} {tail}", *notes))
 
 

@@ -26,16 +26,22 @@ def load_pipeline(kind: str, settings: ModelSettings) -> Pipeline:
     with _lock:
         key = (kind, settings)
         if key not in _loaded:
-            if kind == "imagine":
-                from pipelines.vqgan_clip import VqganClipPipeline
-
-                _loaded[key] = VqganClipPipeline.from_settings(settings)
-            elif kind == "edit":
-                from pipelines.blended import BlendedLatentDiffusionPipeline
-
-                _loaded[key] = BlendedLatentDiffusionPipeline.from_settings(settings)
-            else:
-                from pipelines.upscale import UpscalePipeline
-
-                _loaded[key] = UpscalePipeline.from_settings(settings)
+            _loaded[key] = build_pipeline(kind, settings)
         return _loaded[key]
+
+
+def build_pipeline(kind: str, settings: ModelSettings) -> Pipeline:
+    """A new pipeline with models of its own (not cached): one per worker thread on a device."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown pipeline kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if kind == "imagine":
+        from pipelines.vqgan_clip import VqganClipPipeline
+
+        return VqganClipPipeline.from_settings(settings)
+    if kind == "edit":
+        from pipelines.blended import BlendedLatentDiffusionPipeline
+
+        return BlendedLatentDiffusionPipeline.from_settings(settings)
+    from pipelines.upscale import UpscalePipeline
+
+    return UpscalePipeline.from_settings(settings)

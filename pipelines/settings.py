@@ -29,6 +29,8 @@ REAL_ESRGAN_X4PLUS_URL = (
 class ModelSettings:
     preset: str = "default"
     device: str = "auto"
+    # One worker slot per entry, each with its own models on its own device; empty = (device,).
+    devices: tuple[str, ...] = ()
     dtype: str = "auto"
     cache_dir: Path = Path("data/models")
     # VQGAN-CLIP's guide.
@@ -81,9 +83,18 @@ class ModelSettings:
             out.append(
                 f'models.channels_last = {self.channels_last!r}: must be "auto", true or false'
             )
-        if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
+        if not _device_ok(self.device):
             out.append(f"models.device = {self.device!r}: must be auto, cpu, cuda or cuda:N")
+        bad = [d for d in self.devices if not isinstance(d, str) or not _device_ok(d)]
+        if bad:
+            out.append(f"models.devices = {list(self.devices)!r}: every entry must be auto, cpu, "
+                       "cuda or cuda:N")
         return out
+
+    @property
+    def device_list(self) -> tuple[str, ...]:
+        """The devices that get a worker slot each."""
+        return self.devices or (self.device,)
 
     @classmethod
     def from_mapping(cls, table: dict[str, Any]) -> ModelSettings:
@@ -93,6 +104,12 @@ class ModelSettings:
         if unknown:
             raise ValueError(f"unknown key(s) in [models]: {', '.join(unknown)}")
         values = dict(table)
+        if "devices" in values:
+            values["devices"] = tuple(values["devices"])
         if "cache_dir" in values:
             values["cache_dir"] = Path(values["cache_dir"])
         return cls(**values)
+
+
+def _device_ok(device: str) -> bool:
+    return device in ("auto", "cpu") or device.startswith("cuda")
