@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from bot.blocklist import BadTerm, BlockedTerm, TermKind, compile_term
 from pipelines.settings import ModelSettings
 
 if sys.version_info >= (3, 11):
@@ -95,6 +96,8 @@ class EditConfig:
     backgrounds: tuple[str, ...] = ("none", "paste", "finetune")
     default_background: str = "none"
     shrink: bool = True
+    # What the masked region starts from when the user picks nothing (pipelines.blended).
+    start: str = "noised-source"
     max_side: int = 512
     preview_every: int = 5
     max_prompt_chars: int = 500
@@ -173,6 +176,23 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class ModerationConfig:
+    """What admins may later override per server or channel with /settings (the defaults here)."""
+
+    # Whole words (case-insensitive) and regular expressions refused in every prompt.
+    blocked_words: tuple[str, ...] = ()
+    blocked_patterns: tuple[str, ...] = ()
+    # Jobs one user may submit per rolling 24 hours; 0 means no limit.
+    daily_job_quota: int = 0
+    # Job commands switched off everywhere unless a server or channel turns them back on.
+    disabled_commands: tuple[str, ...] = ()
+
+
+# The commands /settings can switch on and off (the ones that queue work).
+JOB_COMMANDS: tuple[str, ...] = ("imagine", "edit")
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = "INFO"
 
@@ -185,6 +205,7 @@ class Config:
     edit: EditConfig = EditConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     storage: StorageConfig = StorageConfig()
+    moderation: ModerationConfig = ModerationConfig()
     logging: LoggingConfig = LoggingConfig()
     upscale: UpscaleConfig = UpscaleConfig()
     timelapse: TimelapseConfig = TimelapseConfig()
@@ -227,7 +248,7 @@ def parse_config(text: str, source: str = "config.toml") -> Config:
 def config_from_mapping(document: Mapping[str, Any]) -> Config:
     problems: list[str] = []
     known_sections = ("discord", "models", "imagine", "edit", "scheduler", "storage", "logging",
-                      "upscale", "timelapse")
+                      "upscale", "timelapse", "moderation")
     for name in sorted(set(document) - set(known_sections)):
         problems.append(
             f"[{name}]: unknown section (allowed: {', '.join(f'[{s}]' for s in known_sections)})"
@@ -244,6 +265,7 @@ def config_from_mapping(document: Mapping[str, Any]) -> Config:
         edit=_edit(section("edit"), edit_limits),
         scheduler=_scheduler(section("scheduler")),
         storage=_storage(section("storage")),
+        moderation=_moderation(section("moderation")),
         logging=_logging(section("logging")),
         upscale=_upscale(section("upscale")),
         timelapse=_timelapse(section("timelapse")),
@@ -477,6 +499,7 @@ def pipeline_hard_limits() -> tuple[dict[str, Any], dict[str, Any]]:
         "guidance": (1.0, blended.MAX_GUIDANCE),
         "side": (blended.MIN_SIDE, blended.MAX_SIDE),
         "prompt_chars": blended.MAX_PROMPT_CHARS,
+        "starts": blended.START_MODES,
     }
     return imagine, edit
 
@@ -627,13 +650,14 @@ def _edit(t: _Table, limits: dict[str, Any]) -> EditConfig:
         backgrounds=backgrounds,
         default_background=t.choice("default_background", d.default_background, backgrounds),
         shrink=t.boolean("shrink", d.shrink),
+        start=t.choice("start", d.start, limits["starts"]),
         max_side=t.integer("max_side", d.max_side, *limits["side"]),
         preview_every=t.integer("preview_every", d.preview_every, 1, 1000),
         max_prompt_chars=t.integer("max_prompt_chars", d.max_prompt_chars, 1,
                                    limits["prompt_chars"]),
     )
-    if out.max_side % 64:
-        t.problem("max_side", out.max_side, "must be a multiple of 64")
+    if out.max_side % 8:
+        t.problem("max_side", out.max_side, "must be a multiple of 8")
     t.finish()
     return out
 
@@ -701,6 +725,44 @@ def _storage(t: _Table) -> StorageConfig:
         result_retention_days=t.integer("result_retention_days", d.result_retention_days, 0,
                                         100_000),
         sync_commits=t.boolean("sync_commits", d.sync_commits),
+    )
+    t.finish()
+    return out
+
+
+def _moderation(t: _Table) -> ModerationConfig:
+    d = ModerationConfig()
+    terms: dict[str, tuple[str, ...]] = {}
+    for name, kind in (("blocked_words", TermKind.WORD), ("blocked_patterns", TermKind.PATTERN)):
+        present, value = t._get(name)
+        terms[name] = ()
+        if not present:
+            continue
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            t.problem(name, value, "must be a list of strings")
+            continue
+        good = True
+        for text in value:
+            try:
+                compile_term(BlockedTerm(kind, text))
+            except BadTerm as exc:
+                t.problem(name, text, str(exc))
+                good = False
+        if good:
+            terms[name] = tuple(value)
+    present, value = t._get("disabled_commands")
+    disabled: tuple[str, ...] = ()
+    if present:
+        if not isinstance(value, list) or not all(v in JOB_COMMANDS for v in value):
+            t.problem("disabled_commands", value,
+                      f"must be a list of command names from {', '.join(JOB_COMMANDS)}")
+        else:
+            disabled = tuple(value)
+    out = ModerationConfig(
+        blocked_words=terms["blocked_words"],
+        blocked_patterns=terms["blocked_patterns"],
+        daily_job_quota=t.integer("daily_job_quota", d.daily_job_quota, 0, 100_000),
+        disabled_commands=disabled,
     )
     t.finish()
     return out

@@ -74,6 +74,34 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX messages_job ON messages(job_id, role);
     """,
+    # Runtime settings (/settings, per server or channel), the prompt block list and blocked
+    # users (bot.owner_store).
+    """
+    CREATE TABLE settings (
+        scope TEXT NOT NULL CHECK (scope IN ('global', 'server', 'channel')),
+        scope_id INTEGER NOT NULL,
+        key TEXT NOT NULL,
+        value_json TEXT NOT NULL,
+        updated_by INTEGER,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (scope, scope_id, key)
+    );
+    CREATE TABLE blocked_terms (
+        scope TEXT NOT NULL CHECK (scope IN ('server', 'channel')),
+        scope_id INTEGER NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('word', 'pattern')),
+        term TEXT NOT NULL,
+        added_by INTEGER,
+        added_at REAL NOT NULL,
+        PRIMARY KEY (scope, scope_id, term)
+    );
+    CREATE TABLE blocked_users (
+        user_id INTEGER PRIMARY KEY,
+        blocked_by INTEGER,
+        blocked_at REAL NOT NULL
+    );
+    CREATE INDEX jobs_user_created ON jobs(user_id, created_at);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -158,7 +158,9 @@ class ResultsCog(commands.Cog):
         self, payload: discord.RawReactionActionEvent, request: JobRequest, what: str
     ) -> None:
         try:
-            submitted = await SubmitDesk.of(self.bot).submit(request)
+            admin = is_admin(self.bot.config.discord, payload.user_id,
+                             role_ids_of(payload.member))
+            submitted = await SubmitDesk.of(self.bot).submit(request, admin=admin)
         except Refused as exc:
             await self.notify(payload, f"{what} was not queued: {exc}")
             return

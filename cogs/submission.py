@@ -19,7 +19,13 @@ from discord.ext import commands
 from bot.jobs import JobRequest
 from bot.scheduler import SubmitRefused, Submitted
 from cogs.attachments import AttachmentFetcher, AttachmentPolicy
-from cogs.checks import SubmitCooldown, channel_allowed, channel_refusal
+from cogs.checks import (
+    SubmitCooldown,
+    channel_allowed,
+    channel_refusal,
+    is_admin,
+    role_ids_of,
+)
 from cogs.replies import SOMETHING_WENT_WRONG, answer, queued_text
 
 if TYPE_CHECKING:
@@ -60,32 +66,50 @@ class SubmitDesk(commands.Cog):
     async def cog_unload(self) -> None:
         await self.fetcher.close()
 
-    def admission_problem(self, user_id: int, channel_id: int | None) -> str | None:
+    def cooldown_problem(
+        self, user_id: int, guild_id: int | None, channel_id: int | None
+    ) -> str | None:
+        seconds = self.bot.settings.effective(guild_id, channel_id).cooldown_seconds
+        wait = self.cooldown.retry_after(user_id, seconds=seconds)
+        return self.cooldown.refusal(wait, seconds) if wait > 0 else None
+
+    def admission_problem(
+        self, user_id: int, channel_id: int | None, command: str | None = None,
+        guild_id: int | None = None,
+    ) -> str | None:
         """Why this user may not submit here and now, or ``None`` if they may."""
         discord_config = self.bot.config.discord
         if not channel_allowed(discord_config, channel_id):
             return channel_refusal(discord_config)
-        wait = self.cooldown.retry_after(user_id)
-        if wait > 0:
-            return self.cooldown.refusal(wait)
-        return None
+        if command is not None:
+            problem = self.bot.gatekeeper.command_refusal(user_id, command, guild_id, channel_id)
+            if problem is not None:
+                return problem
+        return self.cooldown_problem(user_id, guild_id, channel_id)
 
     async def admit(self, interaction: discord.Interaction) -> bool:
         """Answer a refused interaction at once (ephemeral); true when it may go on."""
-        problem = self.admission_problem(interaction.user.id, interaction.channel_id)
+        command = interaction.command.name if interaction.command is not None else None
+        problem = self.admission_problem(interaction.user.id, interaction.channel_id, command,
+                                         interaction.guild_id)
         if problem is None:
             return True
         await interaction.response.send_message(problem, ephemeral=True)
         return False
 
-    async def submit(self, request: JobRequest) -> Submitted:
+    async def submit(self, request: JobRequest, *, admin: bool = False) -> Submitted:
         """Queue the job (persisted before this returns) and start the user's cooldown.
 
-        Raises :class:`Refused` when the cooldown or the scheduler's caps say no.
+        Every new job passes here, so the owners' rules (block lists, pause, quota, switched-off
+        commands) are checked here for all of them. Raises :class:`Refused` when those rules, the
+        cooldown or the scheduler's caps say no; ``admin`` lifts the daily quota.
         """
-        wait = self.cooldown.retry_after(request.user_id)
-        if wait > 0:
-            raise Refused(self.cooldown.refusal(wait))
+        problem = await self.bot.gatekeeper.submit_refusal(request, admin=admin)
+        if problem is None:
+            problem = self.cooldown_problem(request.user_id, request.guild_id,
+                                            request.channel_id)
+        if problem is not None:
+            raise Refused(problem)
         try:
             submitted = await self.bot.scheduler.submit(request)
         except SubmitRefused as exc:
@@ -101,8 +125,10 @@ class SubmitDesk(commands.Cog):
         self, interaction: discord.Interaction, request: JobRequest, notes: tuple[str, ...] = ()
     ) -> None:
         """Submit and tell the user where the job stands (the interaction is already deferred)."""
+        admin = is_admin(self.bot.config.discord, interaction.user.id,
+                         role_ids_of(interaction.user))
         try:
-            submitted = await self.submit(request)
+            submitted = await self.submit(request, admin=admin)
         except Refused as exc:
             await answer(interaction, str(exc))
             return

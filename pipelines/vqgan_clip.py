@@ -43,6 +43,7 @@ from PIL import Image
 from pipelines.clip_models import ClipBundle
 from pipelines.cutouts import MakeCutouts, resize_square
 from pipelines.image_io import mask_from_image, pil_to_tensor, tensor_to_pil, to_rgb
+from pipelines.image_prompts import describe_image_prompts, embed_image_prompt, image_prompt_label
 from pipelines.interface import (
     CancelCheck,
     Cancelled,
@@ -50,12 +51,22 @@ from pipelines.interface import (
     PipelineResult,
     ProgressCallback,
     RankedImage,
+    attach_mask,
     never_cancel,
     no_progress,
 )
 from pipelines.precision import Precision, apply_determinism, autocast, decide_precision, tf32_scope
-from pipelines.prompts import CLIP_CONTEXT_LENGTH, Prompt, parse_prompts, token_count
-from pipelines.self_masking import SelfMask, self_mask
+from pipelines.prompts import (
+    CLIP_CONTEXT_LENGTH,
+    MAX_ABS_WEIGHT,
+    SHOWN_SEPARATOR,
+    Prompt,
+    check_weights,
+    describe_prompts,
+    parse_prompts,
+    token_count,
+)
+from pipelines.self_masking import SelfMask, self_mask, weighted_step
 from pipelines.settings import ModelSettings
 from pipelines.straight_through import clamp_with_grad
 from pipelines.vqgan import VQGAN
@@ -95,7 +106,10 @@ class ImagineRequest:
       have the init image's aspect ratio and is resized with it (see :func:`user_mask_pixels`).
     - ``mask_text``: with an init image, a phrase naming what to change; the mask is found by
       CLIP (self-masking) and a structure term keeps the rest close to the original.
-    - ``image_prompts``: images whose CLIP embeddings guide like a prompt of weight 1 each.
+    - ``image_prompts``: images whose look guides like a text prompt: the target is the mean
+      CLIP embedding of augmented cutouts of the whole image (:mod:`pipelines.image_prompts`).
+    - ``image_prompt_weights`` / ``image_prompt_stops``: per image prompt, as a text prompt's
+      ``:weight:stop``; empty means weight 1 and no stop for every one.
     - ``init_weight``: pull of ``z`` toward the starting latent, ``init_weight * mean((z - z0)²)``
       (Crowson's meaning; nerdyrodent's "init_weight" is ``z_reg_weight`` here). 0 = off.
     - ``z_reg_weight``: α of the paper's section 2.4, ``α_t * mean(z²)`` with α decaying linearly
@@ -117,6 +131,8 @@ class ImagineRequest:
     mask: Image.Image | None = None
     mask_text: str | None = None
     image_prompts: list[Image.Image] = field(default_factory=list)
+    image_prompt_weights: list[float] = field(default_factory=list)
+    image_prompt_stops: list[float | None] = field(default_factory=list)
     init_weight: float = 0.0
     z_reg_weight: float = 0.1
     structure_weight: float = 0.5
@@ -130,9 +146,24 @@ class ImagineRequest:
             return []
         return parse_prompts(self.prompt)
 
+    def image_prompt_settings(self) -> tuple[list[float], list[float | None]]:
+        """Each image prompt's weight and stop (1 and none unless given)."""
+        count = len(self.image_prompts)
+        weights = list(self.image_prompt_weights) or [1.0] * count
+        stops = list(self.image_prompt_stops) or [None] * count
+        return weights, stops
+
+    def reading(self) -> str:
+        """How the prompts were read, e.g. ``a red apple (1) · blurry (−1) · image prompt 1
+        (0.5)``, for the user to check."""
+        parts = [describe_prompts(self.prompts())] if self.prompts() else []
+        parts += describe_image_prompts(*self.image_prompt_settings())
+        return SHOWN_SEPARATOR.join(parts)
+
     def validate(self) -> None:
         """Raise InvalidRequest with one clear line for the first thing out of bounds."""
-        self.prompts()
+        prompts = self.prompts()
+        self._validate_image_prompts(prompts)
         _check_int("steps", self.steps, MIN_STEPS, MAX_STEPS)
         for name in ("width", "height"):
             value = getattr(self, name)
@@ -157,11 +188,27 @@ class ImagineRequest:
         _check_int("preview_every", self.preview_every, 1, MAX_STEPS)
         for name in ("init_weight", "z_reg_weight", "structure_weight"):
             _check_float(name, getattr(self, name), 0.0, MAX_REGULARISER_WEIGHT)
-        if len(self.image_prompts) > MAX_IMAGE_PROMPTS:
-            raise InvalidRequest(
-                f"too many image prompts: {len(self.image_prompts)}, at most {MAX_IMAGE_PROMPTS}"
-            )
         self._validate_editing()
+
+    def _validate_image_prompts(self, prompts: list[Prompt]) -> None:
+        count = len(self.image_prompts)
+        if count > MAX_IMAGE_PROMPTS:
+            raise InvalidRequest(f"too many image prompts: {count}, at most {MAX_IMAGE_PROMPTS}")
+        for name in ("image_prompt_weights", "image_prompt_stops"):
+            given = len(getattr(self, name))
+            if given not in (0, count):
+                raise InvalidRequest(
+                    f"{name} has {given} values for {count} image prompt(s): give one each"
+                )
+        weights, stops = self.image_prompt_settings()
+        for index, (weight, stop) in enumerate(zip(weights, stops, strict=True), start=1):
+            _check_float(f"image prompt {index}'s weight", weight, -MAX_ABS_WEIGHT, MAX_ABS_WEIGHT)
+            if stop is not None:
+                _check_float(f"image prompt {index}'s stop", stop, -MAX_ABS_WEIGHT, MAX_ABS_WEIGHT)
+        check_weights(
+            [(f"text prompt {i}", p.text, p.weight) for i, p in enumerate(prompts, start=1)]
+            + [(image_prompt_label(i), "", w) for i, w in enumerate(weights, start=1)]
+        )
 
     def _validate_editing(self) -> None:
         if self.mask is not None and self.mask_text:
@@ -248,23 +295,34 @@ def clip_view(images: torch.Tensor, size: int) -> torch.Tensor:
 
 @torch.no_grad()
 def encode_targets(
-    clip: ClipBundle, prompts: list[Prompt], image_prompts: list[Image.Image]
+    clip: ClipBundle,
+    prompts: list[Prompt],
+    image_prompts: list[Image.Image],
+    image_weights: list[float] | None = None,
+    image_stops: list[float | None] | None = None,
+    *,
+    cutn: int = 32,
+    cut_pow: float = 1.0,
+    seed: int = 0,
 ) -> Targets:
+    """Text prompts embed their text; image prompts the mean of augmented cutouts of the whole
+    image (see :mod:`pipelines.image_prompts`), with the run's cutout settings and seed."""
     embeddings, weights, stops, labels = [], [], [], []
     if prompts:
         embeddings.append(clip.encode_text([p.text for p in prompts]))
         weights += [p.weight for p in prompts]
         stops += [math.nan if p.stop is None else p.stop for p in prompts]
         labels += [p.text for p in prompts]
+    count = len(image_prompts)
+    image_weights = image_weights or [1.0] * count
+    image_stops = image_stops or [None] * count
     for index, image in enumerate(image_prompts, start=1):
-        # A phone photo would be a 300 MB tensor; CLIP only needs a few times its input size.
-        small = to_rgb(image)
-        small.thumbnail((4 * clip.input_size, 4 * clip.input_size), Image.LANCZOS)
-        pixels = pil_to_tensor(small).to(clip.device)
-        embeddings.append(clip.encode_image(clip_view(pixels, clip.input_size)))
-        weights.append(1.0)
-        stops.append(math.nan)
-        labels.append(f"image prompt {index}")
+        embedding = embed_image_prompt(clip, image, cutn, cut_pow, seed + index)
+        embeddings.append(embedding[None])
+        weights.append(image_weights[index - 1])
+        stop = image_stops[index - 1]
+        stops.append(math.nan if stop is None else stop)
+        labels.append(image_prompt_label(index))
     return Targets(
         embeddings=F.normalize(torch.cat(embeddings).float(), dim=-1),
         weights=torch.tensor(weights, device=clip.device),
@@ -454,7 +512,15 @@ class VqganClipRun:
         rows, cols = request.height // factor, request.width // factor
         count = request.candidates
 
-        self.targets = encode_targets(clip, request.prompts(), request.image_prompts)
+        self.targets = encode_targets(
+            clip,
+            request.prompts(),
+            request.image_prompts,
+            *request.image_prompt_settings(),
+            cutn=request.cutn,
+            cut_pow=request.cut_pow,
+            seed=seed,
+        )
         self.cutouts = MakeCutouts(clip.input_size, request.cutn, request.cut_pow)
         self.streams = [RngStream(seed + i) for i in range(count)]
 
@@ -484,10 +550,12 @@ class VqganClipRun:
         elif request.mask_text and self.original is not None:
             phrase = clip.encode_text([request.mask_text.strip()])[0]
             self.self_mask = self_mask(self.original, phrase, clip, (rows, cols))
-            self.latent_mask = pixel_mask_to_latent(self.self_mask.mask, factor).to(self.device)
-            share = float(self.self_mask.mask.float().mean())
+            # Soft: each cell's weight in [0, 1] scales its step (pipelines.self_masking).
+            self.latent_mask = self.self_mask.weights[None, None].to(self.device)
             self.notes.append(
-                f"self-mask for {request.mask_text!r} covers {share:.0%} of the image"
+                f"self-mask for {request.mask_text!r}: mean weight "
+                f"{float(self.self_mask.weights.mean()):.2f}, "
+                f"{self.self_mask.frozen_share:.0%} of the image kept as it is"
             )
         self.latest: torch.Tensor | None = None
 
@@ -542,8 +610,11 @@ class VqganClipRun:
             if self.latent_mask is not None:
                 # Zero gradient means Adam's moments stay zero there, so those cells never move.
                 self.z.grad.mul_(self.latent_mask)
+            before = self.z.detach().clone() if self.self_mask is not None else None
             self.optimizer.step()
             with torch.no_grad():
+                if before is not None:
+                    self.z.copy_(weighted_step(before, self.z, self.latent_mask))
                 self.z.copy_(torch.maximum(torch.minimum(self.z, self.z_max), self.z_min))
         result = StepResult(self.steps_done, torch.cat(images), prompt_losses, total_losses)
         self.latest = result.images
@@ -661,7 +732,11 @@ class VqganClipPipeline:
                 raise Cancelled(step, total, latest)
             result = run.step()
             if step % request.preview_every == 0:
-                on_progress(step, total, tile(to_pils(result.images)))
+                preview = tile(to_pils(result.images))
+                if step == 0 and run.self_mask is not None:
+                    # Shown once, so the user sees which part the phrase picked.
+                    attach_mask(preview, tile([run.self_mask.image()] * len(result.images)))
+                on_progress(step, total, preview)
         final = run.decode()
         scores = run.scores(final)
         order = sorted(range(len(scores)), key=lambda i: scores[i], reverse=True)
@@ -671,7 +746,13 @@ class VqganClipPipeline:
             for rank, i in enumerate(order, start=1)
         ]
         on_progress(total, total, tile([r.image for r in ranked]))
-        return PipelineResult(images=ranked, settings=self.describe(request, seed), notes=run.notes)
+        artifacts = {} if run.self_mask is None else {"mask": run.self_mask.image()}
+        return PipelineResult(
+            images=ranked,
+            settings=self.describe(request, seed),
+            notes=run.notes,
+            artifacts=artifacts,
+        )
 
     def describe(self, request: ImagineRequest, seed: int) -> dict[str, Any]:
         """Every setting a run used, JSON-serialisable, for OUT.json and the store."""
@@ -694,6 +775,9 @@ class VqganClipPipeline:
             "mask": _image_summary(request.mask),
             "mask_text": request.mask_text,
             "image_prompts": [_image_summary(image) for image in request.image_prompts],
+            "image_prompt_weights": request.image_prompt_settings()[0],
+            "image_prompt_stops": request.image_prompt_settings()[1],
+            "reading": request.reading(),
             "init_weight": request.init_weight,
             "z_reg_weight": request.z_reg_weight,
             "structure_weight": request.structure_weight,

@@ -1,8 +1,10 @@
 """``python -m pipelines imagine``: VQGAN-CLIP from the command line.
 
 Writes ``OUT.png`` (the best candidate), ``OUT-2.png`` … for the other candidates in rank order,
-and ``OUT.json`` with every setting used, the seed, the scores and the model identities. Bad
-input exits with code 2 and one line on stderr, before any model is loaded.
+and ``OUT.json`` with every setting used, the seed, the scores and the model identities. With
+``--mask-text`` it also writes ``OUT.mask.png``, the soft self-mask CLIP found (white changes
+fully, black not at all). Before any work it prints how the prompts were read. Bad input exits
+with code 2 and one line on stderr, before any model is loaded.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pipelines.cli_common import (
     model_settings,
     open_still_image,
 )
+from pipelines.image_prompts import parse_image_prompt_argument
 from pipelines.interface import InvalidRequest
 from pipelines.timelapse import (
     MAX_FRAMES,
@@ -50,7 +53,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description=(
             "Optimise a VQGAN latent so that CLIP finds the image close to PROMPT. Prompts are "
             "'text[:weight[:stop]]' separated by '|', e.g. 'a castle | oil painting:0.5 | "
-            "blurry:-1'. With --init the run edits that image instead of starting from noise."
+            "blurry:-1'; write \\: for a colon that belongs to the text. With --init the run "
+            "edits that image instead of starting from noise."
         ),
     )
     parser.add_argument("prompt", help="weighted prompts; may be '' when --image-prompt is given")
@@ -84,11 +88,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument(
         "--image-prompt",
-        type=Path,
         action="append",
         default=[],
-        metavar="IMAGE",
-        help="an image to aim for, weight 1 (repeat for several)",
+        metavar="IMAGE[:WEIGHT[:STOP]]",
+        help="an image to aim for, weight 1 unless given (repeat for several); a path that "
+        "exists is taken whole, so 'a:b.png' works, and only otherwise are trailing numbers "
+        "read as weight and stop",
     )
     parser.add_argument(
         "--init-weight",
@@ -139,7 +144,8 @@ def parse_size(text: str) -> tuple[int, int]:
 def build_request(args: argparse.Namespace) -> ImagineRequest:
     init = open_still_image(args.init, "init image") if args.init is not None else None
     mask = open_still_image(args.mask, "mask") if args.mask is not None else None
-    image_prompts = [open_still_image(path, "image prompt") for path in args.image_prompt]
+    image_args = [parse_image_prompt_argument(text) for text in args.image_prompt]
+    image_prompts = [open_still_image(arg.path, "image prompt") for arg in image_args]
     if args.size is not None:
         width, height = parse_size(args.size)
     elif init is not None:
@@ -160,6 +166,8 @@ def build_request(args: argparse.Namespace) -> ImagineRequest:
         mask=mask,
         mask_text=args.mask_text,
         image_prompts=image_prompts,
+        image_prompt_weights=[arg.weight for arg in image_args],
+        image_prompt_stops=[arg.stop for arg in image_args],
         init_weight=args.init_weight,
         z_reg_weight=args.z_reg_weight,
         structure_weight=args.structure_weight,
@@ -211,6 +219,12 @@ def write_video(frames_dir: Path, video: Path, fps: int) -> Path:
     return path
 
 
+def mask_path(out: Path) -> Path:
+    """OUT.mask.png beside OUT.png."""
+    stem = out.with_suffix("") if out.suffix else out
+    return stem.with_name(f"{stem.name}.mask.png")
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         settings = model_settings(args)
@@ -220,6 +234,8 @@ def run(args: argparse.Namespace) -> int:
     except InvalidRequest as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    # Shown first, so a misread prompt can be stopped before the models load.
+    print(f"prompts: {request.reading()}")
 
     pipeline = load_pipeline_or_exit_code("imagine", settings)
     if isinstance(pipeline, int):
@@ -260,10 +276,16 @@ def run(args: argparse.Namespace) -> int:
         outputs.append(
             {"file": path.name, "rank": ranked.rank, "score": ranked.score, "seed": ranked.seed}
         )
+    written_mask = None
+    if "mask" in result.artifacts:
+        written_mask = mask_path(paths[0])
+        result.artifacts["mask"].save(written_mask, format="PNG")
     inputs = {
         "init_image": None if args.init is None else str(args.init),
         "mask": None if args.mask is None else str(args.mask),
-        "image_prompts": [str(path) for path in args.image_prompt],
+        "image_prompts": [
+            str(arg.path) for arg in map(parse_image_prompt_argument, args.image_prompt)
+        ],
     }
     report = {
         "command": COMMAND,
@@ -271,13 +293,15 @@ def run(args: argparse.Namespace) -> int:
         "settings": result.settings,
         "inputs": inputs,
         "notes": result.notes,
+        "mask_file": None if written_mask is None else written_mask.name,
         "seconds": round(seconds, 3),
     }
     json_path = paths[0].with_suffix(".json")
     json_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     for note in result.notes:
         print(note)
-    written = ", ".join(str(p) for p in [*paths, *([video] if video else [])])
+    extra = [p for p in (written_mask, video) if p]
+    written = ", ".join(str(p) for p in [*paths, *extra])
     print(f"wrote {written} and {json_path} (seed {result.settings['seed']})")
     if video_error:
         print(video_error, file=sys.stderr)

@@ -171,7 +171,9 @@ def test_values_are_read_into_typed_objects() -> None:
          "imagine.default_size = 'square': must be \"WIDTHxHEIGHT\""),
         ("[imagine]\ndefault_size = '128x128'",
          "imagine.default_size = '128x128': must be one of imagine.sizes: 256x256, 384x256"),
-        ("[edit]\nmax_side = 500", "edit.max_side = 500: must be a multiple of 64"),
+        ("[edit]\nmax_side = 500", "edit.max_side = 500: must be a multiple of 8"),
+        ("[edit]\nstart = \"pure\"",
+         "edit.start = 'pure': must be one of 'noised-source', 'noise'"),
         ("[edit]\nmax_side = 4096", "edit.max_side = 4096: must be a whole number from 64 to 2048"),
         # Cross-field rules.
         ("[scheduler]\nmax_queued_per_user = 60\nmax_queued_total = 50",

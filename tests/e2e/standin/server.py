@@ -18,7 +18,7 @@ import discord
 from aiohttp import web
 
 from .gateway import OP_RECONNECT, GatewayHub, GatewaySession
-from .interactions import InteractionHandle, InvalidInvocation, build_options
+from .interactions import SUB_COMMAND, InteractionHandle, InvalidInvocation, build_options
 from .model import (
     MESSAGE_TYPE_DEFAULT,
     Guild,
@@ -497,21 +497,32 @@ class DiscordStandin:
         author = self._user(user)
         channel = channel_id or self.channel_id
         given = {**(options or {}), **(attachments or {})}
-        command = self._find_command(name)
+        # "settings set" is the subcommand `set` of the command group `settings`.
+        top, _, sub = name.partition(" ")
+        command = self._find_command(top)
         if command is None and validate:
             raise InvalidInvocation(
-                f"/{name} was never synced; guild commands: "
+                f"/{top} was never synced; guild commands: "
                 f"{sorted(self._commands.get(self.guild.id, {}))}, "
                 f"global: {sorted(self._commands.get(None, {}))}"
             )
-        built = build_options(command, given, validate=validate)
+        schema = command
+        if sub and command is not None:
+            schema = next((o for o in command.get("options", [])
+                           if o["name"] == sub and o["type"] == SUB_COMMAND), None)
+            if schema is None and validate:
+                raise InvalidInvocation(f"/{top} has no subcommand {sub!r}")
+        built = build_options(schema, given, validate=validate)
         interaction_id = self._ids.next()
         token = f"interaction-token-{interaction_id}"
         data: dict[str, Any] = {
             "id": command["id"] if command else str(self._ids.next()),
-            "name": name,
+            "name": top,
             "type": 1,
-            "options": built.options,
+            "options": (
+                [{"name": sub, "type": SUB_COMMAND, "options": built.options}] if sub
+                else built.options
+            ),
         }
         if built.resolved:
             data["resolved"] = built.resolved
