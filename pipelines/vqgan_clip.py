@@ -22,7 +22,9 @@ independent latents together: candidate ``i`` starts from seed ``seed + i`` and 
 from its own random stream seeded the same way, and its loss involves only its own latent. The
 candidates share one Adam optimiser over the stacked latents; Adam is elementwise, so this is the
 same as optimising each alone (candidate ``i`` of seed ``s`` matches candidate 0 of seed
-``s + i``). They are forwarded and backpropagated one at a time so memory stays that of one image.
+``s + i``). They are forwarded and backpropagated ``candidate_batch`` at a time: one at a time
+keeps memory that of one image, more fill a GPU (see :mod:`pipelines.candidate_batching`); the
+images are the same either way, to fp32 rounding.
 At the end they are ranked by CLIP similarity of the final image to the weighted prompts.
 """
 
@@ -40,6 +42,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from pipelines.candidate_batching import (
+    MemoryProbe,
+    auto_candidate_batch,
+    fixed_candidate_batch,
+    memory_probe_for,
+)
 from pipelines.clip_models import ClipBundle
 from pipelines.cutouts import MakeCutouts, resize_square
 from pipelines.image_io import mask_from_image, pil_to_tensor, tensor_to_pil, to_rgb
@@ -68,6 +76,7 @@ from pipelines.prompts import (
 )
 from pipelines.self_masking import SelfMask, self_mask, weighted_step
 from pipelines.settings import ModelSettings
+from pipelines.speedups import FastModule, channels_last_enabled, layout_changed
 from pipelines.straight_through import clamp_with_grad
 from pipelines.vqgan import VQGAN
 
@@ -359,13 +368,18 @@ def encode_image_latent(vqgan: VQGAN, pixels: torch.Tensor) -> torch.Tensor:
     return codes.view(1, z.shape[2], z.shape[3], -1).permute(0, 3, 1, 2).contiguous()
 
 
-def synthesize(vqgan: VQGAN, z: torch.Tensor) -> torch.Tensor:
+def synthesize(
+    vqgan: VQGAN,
+    z: torch.Tensor,
+    decoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Pixels in [0, 1] from the continuous latent, differentiable with respect to ``z``.
 
     The quantiser replaces each cell by its nearest code in the forward pass and passes the
-    gradient straight through to ``z``; the clamp passes its gradient through too.
+    gradient straight through to ``z``; the clamp passes its gradient through too. ``decoder``
+    replaces ``vqgan.decode`` with a channels-last or compiled path to the same function.
     """
-    decoded = vqgan.decode(vqgan.quantize_straight_through(z))
+    decoded = (decoder or vqgan.decode)(vqgan.quantize_straight_through(z))
     return clamp_with_grad(decoded.add(1).div(2), 0.0, 1.0)
 
 
@@ -480,6 +494,28 @@ class RngStream:
             self._state = torch.get_rng_state()
             torch.set_rng_state(outer)
 
+    def snapshot(self) -> torch.Tensor:
+        return self._state.clone()
+
+    def restore(self, state: torch.Tensor) -> None:
+        self._state = state.clone()
+
+
+@dataclass
+class Throughput:
+    """How a run's work is laid out on the device. None of it changes a result.
+
+    - ``candidate_batch``: ``[models] candidate_batch`` ("auto" or a whole number), see
+      :mod:`pipelines.candidate_batching`;
+    - ``decoder``: what turns quantised latents into pixels (``VQGAN.decode`` unless the
+      pipeline made a channels-last or compiled path);
+    - ``memory``: the device's memory figures for "auto" (None on the CPU).
+    """
+
+    candidate_batch: int | str = 1
+    decoder: Callable[[torch.Tensor], torch.Tensor] | None = None
+    memory: MemoryProbe | None = None
+
 
 @dataclass
 class StepResult:
@@ -499,6 +535,7 @@ class VqganClipRun:
         request: ImagineRequest,
         seed: int,
         precision: Precision | None = None,
+        throughput: Throughput | None = None,
     ) -> None:
         self.vqgan = vqgan
         self.clip = clip
@@ -506,6 +543,13 @@ class VqganClipRun:
         self.seed = seed
         self.device = clip.device
         self.precision = precision or decide_precision("imagine", self.device.type)
+        layout = throughput or Throughput()
+        self.decoder = layout.decoder or vqgan.decode
+        self.memory = layout.memory
+        # None: "auto" with a memory probe, decided by measuring the first step.
+        self.candidate_batch = fixed_candidate_batch(layout.candidate_batch, request.candidates)
+        if self.candidate_batch is None and self.memory is None:
+            self.candidate_batch = 1
         self.steps_done = 0
         self.notes: list[str] = []
         factor = vqgan.downsample_factor
@@ -572,40 +616,44 @@ class VqganClipRun:
         return pil_to_tensor(rgb).to(self.device)
 
     def step(self, timer: PhaseTimer = _no_timing) -> StepResult:
-        """One Adam step on every candidate's latent."""
-        request = self.request
-        alpha = z_regulariser_weight(request.z_reg_weight, self.steps_done, request.steps)
-        self.optimizer.zero_grad(set_to_none=False)
-        images, prompt_losses, total_losses = [], [], []
-        for index, stream in enumerate(self.streams):
-            z = self.z[index : index + 1]
-            with stream.active():
-                with timer("decode"):
-                    image = synthesize(self.vqgan, z)
-                with timer("cutouts"):
-                    stack = image if self.self_mask is None else torch.cat([image, self.original])
-                    views = self.cutouts(stack)
-                with timer("clip_forward"), autocast(self.precision):
-                    embeddings = self.clip.encode_image(views[0])
-                    loss_prompts = prompt_loss(embeddings, self.targets)
-                    loss = loss_prompts
-                    if self.self_mask is not None:
-                        with torch.no_grad():
-                            original_embeddings = self.clip.encode_image(views[1])
-                        loss = loss + request.structure_weight * structure_loss(
-                            embeddings, original_embeddings
-                        )
-                    if alpha > 0:
-                        loss = loss + alpha * z.pow(2).mean()
-                    if request.init_weight > 0:
-                        loss = loss + request.init_weight * F.mse_loss(
-                            z, self.z_init[index : index + 1]
-                        )
-            with timer("backward"):
-                loss.backward()
-            images.append(image.detach().float())
-            prompt_losses.append(loss_prompts.item())
-            total_losses.append(loss.item())
+        """One Adam step on every candidate's latent, ``candidate_batch`` candidates at a time.
+
+        On an out-of-memory error the chunk is halved and the whole step is redone from the same
+        random streams, so the job goes on with the result it would have had.
+        """
+        states = [stream.snapshot() for stream in self.streams]
+        while True:
+            chunk = self.candidate_batch or 1
+            measuring = self.candidate_batch is None and self.memory is not None
+            try:
+                if measuring:
+                    self.memory.start()
+                images, prompt_losses, total_losses = self._forward_backward(chunk, timer)
+            except torch.OutOfMemoryError:
+                if chunk == 1:
+                    raise
+                for stream, state in zip(self.streams, states, strict=True):
+                    stream.restore(state)
+                if self.memory is not None:
+                    self.memory.release()
+                self.candidate_batch = chunk // 2
+                log.warning(
+                    "out of memory with %d candidates at once; redoing the step with %d",
+                    chunk,
+                    self.candidate_batch,
+                )
+                continue
+            if measuring:
+                per_candidate = self.memory.peak_bytes()
+                self.candidate_batch = auto_candidate_batch(
+                    self.memory.free_bytes(), per_candidate, len(self.streams)
+                )
+                log.info(
+                    "one candidate needs %.0f MiB; running %d at once",
+                    per_candidate / 2**20,
+                    self.candidate_batch,
+                )
+            break
         with timer("update"):
             if self.latent_mask is not None:
                 # Zero gradient means Adam's moments stay zero there, so those cells never move.
@@ -621,10 +669,75 @@ class VqganClipRun:
         self.steps_done += 1
         return result
 
+    def _forward_backward(
+        self, chunk: int, timer: PhaseTimer
+    ) -> tuple[list[torch.Tensor], list[float], list[float]]:
+        """Gradients of every candidate's loss into ``z.grad``, ``chunk`` candidates per pass.
+
+        Candidate ``i``'s cutouts come from its own stream and its loss involves only its own
+        latent, so the sum of a chunk's losses has exactly each candidate's gradient.
+        """
+        request = self.request
+        alpha = z_regulariser_weight(request.z_reg_weight, self.steps_done, request.steps)
+        self.optimizer.zero_grad(set_to_none=False)
+        images, prompt_losses, total_losses = [], [], []
+        for first in range(0, len(self.streams), chunk):
+            indices = range(first, min(first + chunk, len(self.streams)))
+            z = self.z[indices.start : indices.stop]
+            with timer("decode"):
+                pixels = synthesize(self.vqgan, z, self.decoder)
+            with timer("cutouts"):
+                current, originals = [], []
+                for offset, index in enumerate(indices):
+                    image = pixels[offset : offset + 1]
+                    with self.streams[index].active():
+                        if self.self_mask is not None:
+                            image = torch.cat([image, self.original])
+                        views = self.cutouts(image)
+                    current.append(views[0])
+                    if self.self_mask is not None:
+                        originals.append(views[1])
+            with timer("clip_forward"), autocast(self.precision):
+                embeddings = self.clip.encode_image(torch.cat(current))
+                embeddings = embeddings.view(len(indices), -1, embeddings.shape[-1])
+                if self.self_mask is not None:
+                    with torch.no_grad():
+                        original_embeddings = self.clip.encode_image(torch.cat(originals))
+                    original_embeddings = original_embeddings.view_as(embeddings)
+                losses = []
+                for offset, index in enumerate(indices):
+                    loss_prompts = prompt_loss(embeddings[offset], self.targets)
+                    loss = loss_prompts
+                    if self.self_mask is not None:
+                        loss = loss + request.structure_weight * structure_loss(
+                            embeddings[offset], original_embeddings[offset]
+                        )
+                    z_i = z[offset : offset + 1]
+                    if alpha > 0:
+                        loss = loss + alpha * z_i.pow(2).mean()
+                    if request.init_weight > 0:
+                        loss = loss + request.init_weight * F.mse_loss(
+                            z_i, self.z_init[index : index + 1]
+                        )
+                    losses.append(loss)
+                    prompt_losses.append(loss_prompts.item())
+                    total_losses.append(loss.item())
+            with timer("backward"):
+                torch.stack(losses).sum().backward()
+            images.append(pixels.detach().float())
+        return images, prompt_losses, total_losses
+
     @torch.no_grad()
     def decode(self) -> torch.Tensor:
         """(N, 3, H, W) in [0, 1] of the current latents."""
-        return torch.cat([synthesize(self.vqgan, z[None]).float() for z in self.z.detach()])
+        z = self.z.detach()
+        chunk = self.candidate_batch or 1
+        return torch.cat(
+            [
+                synthesize(self.vqgan, z[first : first + chunk], self.decoder).float()
+                for first in range(0, z.shape[0], chunk)
+            ]
+        )
 
     @torch.no_grad()
     def scores(self, images: torch.Tensor) -> list[float]:
@@ -669,6 +782,10 @@ class VqganClipPipeline:
         clip: ClipBundle,
         model_info: dict[str, str] | None = None,
         precision: Precision | None = None,
+        *,
+        candidate_batch: int | str = 1,
+        channels_last: bool | str = False,
+        compile: bool = False,
     ) -> None:
         # Frozen weights: backward then computes no weight gradients, only the one for z.
         self.vqgan = vqgan.eval().requires_grad_(False)
@@ -676,6 +793,15 @@ class VqganClipPipeline:
         self.device = clip.device
         self.model_info = dict(model_info or {})
         self.precision = precision or decide_precision("imagine", self.device.type)
+        self.candidate_batch = candidate_batch
+        # No CPU gain measured for the VQGAN decoder (docs/benchmarks.md), so "auto" is CUDA only.
+        layout = channels_last_enabled(channels_last, self.device.type, cpu_gain=False)
+        self.decoder = FastModule(
+            vqgan.decode,
+            [vqgan.post_quant_conv, vqgan.decoder],
+            channels_last=layout,
+            compile=compile,
+        )
 
     @classmethod
     def from_settings(cls, settings: ModelSettings) -> VqganClipPipeline:
@@ -697,7 +823,15 @@ class VqganClipPipeline:
             "clip_pretrained": spec.pretrained or "random weights",
             **presets.vqgan_identity(settings),
         }
-        return cls(vqgan, clip, info, precision)
+        return cls(
+            vqgan,
+            clip,
+            info,
+            precision,
+            candidate_batch=settings.candidate_batch,
+            channels_last=settings.channels_last,
+            compile=settings.compile,
+        )
 
     def start(self, request: ImagineRequest, seed: int) -> VqganClipRun:
         """Validate and set up a run (tests and the benchmark drive its steps themselves)."""
@@ -705,7 +839,13 @@ class VqganClipPipeline:
         factor = self.vqgan.downsample_factor
         if request.width % factor or request.height % factor:
             raise InvalidRequest(f"width and height must be multiples of {factor} for this VQGAN")
-        return VqganClipRun(self.vqgan, self.clip, request, seed, self.precision)
+        throughput = Throughput(
+            candidate_batch=self.candidate_batch,
+            # The plain path calls vqgan.decode itself, at call time.
+            decoder=self.decoder if layout_changed(self.decoder) else None,
+            memory=memory_probe_for(self.device),
+        )
+        return VqganClipRun(self.vqgan, self.clip, request, seed, self.precision, throughput)
 
     def __call__(
         self,
@@ -790,6 +930,9 @@ class VqganClipPipeline:
                 else str(self.precision.autocast).removeprefix("torch."),
                 "tf32": self.precision.allow_tf32,
             },
+            "candidate_batch": self.candidate_batch,
+            "channels_last": self.decoder.channels_last,
+            "compile": self.decoder.compiled,
             "models": self.model_info,
         }
 
