@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import shutil
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Collection, Iterable
@@ -769,12 +770,14 @@ class Store:
                 for row in await cursor.fetchall()
                 for stored in _stored_inputs(json.loads(row[0]).get("images", {}))
             }
-        await asyncio.to_thread(self._delete_files, files, still_used)
+        await asyncio.to_thread(self._delete_files, files, still_used, ids)
         return len(ids)
 
-    def _delete_files(self, files: list[str], inputs_in_use: set[str]) -> None:
+    def _delete_files(self, files: list[str], inputs_in_use: set[str], job_ids: list[int]) -> None:
         for stored in files:
             self.paths.absolute(stored).unlink(missing_ok=True)
+        for job_id in job_ids:
+            shutil.rmtree(self.paths.frames_dir(job_id), ignore_errors=True)
         for path in self.paths.inputs.glob("*.img"):
             if self.paths.relative(path) not in inputs_in_use:
                 path.unlink(missing_ok=True)
