@@ -28,6 +28,7 @@ from bot.jobs import JobKind, JobRequest
 from bot.publisher import MessageGone, NoPermission, OutgoingFile, TransientSendError
 from bot.scheduler import CancelOutcome
 from bot.store import JobRecord
+from bot.timelapse import TimelapseUnavailable, timelapse_file
 from bot.upscaling import UpscaleUnavailable, upscale_request
 from cogs.checks import is_admin
 from cogs.continuations import continue_from, rerun
@@ -260,9 +261,7 @@ class Actions(commands.Cog):
                 ),
                 prompt,
             )
-            return await self.submit(
-                request, f"rerunning job #{job.id} with the new prompt", actor
-            )
+            return await self.submit(request, f"rerunning job #{job.id} with the new prompt", actor)
         count = len(await self.bot.store.results_for_job(job.id))
         if not result.isdigit() or not 1 <= int(result) <= count:
             return Answer(
@@ -317,7 +316,31 @@ class Actions(commands.Cog):
         return await self.submit(request, f"upscaling result {number} of job #{job.id}", actor)
 
     async def timelapse(self, job: JobRecord, actor: Actor) -> Answer:
-        return Answer("timelapses are not available on this bot yet.")
+        """Post the MP4 of the /imagine forming (encoded off the loop, within the upload
+        limit), in the channel where it was asked for."""
+        sink = self.bot.publisher.sink
+        if sink is None:
+            return Answer("I am not connected to the channel yet; try again in a moment.")
+        try:
+            made = await timelapse_file(
+                self.bot.store,
+                job.id,
+                sink.upload_limit(actor.channel_id),
+                self.bot.config.timelapse,
+            )
+        except TimelapseUnavailable as exc:
+            return Answer(str(exc))
+        note = f"\n{made.note}" if made.note else ""
+        content = (
+            f"🎞️ Timelapse of job #{job.id}, {made.frames} frames (asked by "
+            f"<@{actor.user_id}>).{note}"
+        )
+        try:
+            message_id = await sink.send(actor.channel_id, content, [made.file])
+        except (NoPermission, MessageGone, TransientSendError) as exc:
+            return Answer(f"I could not post the timelapse here ({type(exc).__name__}).")
+        await self.bot.store.link_message(message_id, actor.channel_id, job.id, "single")
+        return Answer(f"The timelapse of job #{job.id} is posted ({made.frames} frames).")
 
     # -- deleting ----------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import re
 
+import av
 from PIL import Image
 
 from bot.controls import Act, custom_id
@@ -102,6 +103,20 @@ async def test_every_result_button_and_the_remix_modal(standin, tmp_path) -> Non
         assert "Timings:" in text and "ran" in text
         assert "/imagine prompt:a red fox seed:7 steps:3 size:64x64 cutn:2" in text
 
+        # 🎞 posts the MP4 of the image forming: H.264 that PyAV decodes, one frame per preview.
+        _, text = await press(standin, grid.id, Act.TIMELAPSE, job_id, user="bob")
+        assert f"timelapse of job #{job_id} is posted" in text
+        frames = int(re.search(r"\((\d+) frames\)", text).group(1))
+        # 3 steps with a preview at each, and the final ranked candidates.
+        assert frames == 3 + 1
+        video_message = next(m for m in standin.bot_messages() if "Timelapse of job" in m.content)
+        ((name, video),) = video_message.files.items()
+        assert name.endswith(".mp4")
+        with av.open(io.BytesIO(video)) as container:
+            stream = container.streams.video[0]
+            assert stream.codec_context.name == "h264"
+            assert sum(1 for _ in container.decode(stream)) == frames
+
         # ✏️ opens a modal with the prompt filled in; its submit continues from result 1.
         opened = await standin.press_button(grid.id, custom_id(Act.REMIX, job_id), "alice")
         await opened.wait_for_callback(timeout=WAIT)
@@ -133,7 +148,7 @@ async def test_every_result_button_and_the_remix_modal(standin, tmp_path) -> Non
             await finished_job(bot, other)
         _, text = await press(standin, grid.id, Act.DELETE, job_id)
         assert f"Job #{job_id} is deleted" in text
-        for message_id in (grid.id, progress.id, single.id):
+        for message_id in (grid.id, progress.id, single.id, video_message.id):
             assert standin.message(message_id).deleted
         assert await bot.store.get_job(job_id) is None
         assert not any(r.path.exists() for r in results)
