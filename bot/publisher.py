@@ -154,6 +154,7 @@ class _JobView:
     # previews wait), so the user is sure to see the mask the run found.
     mask_pending: bool = False
     mask_shown: bool = False
+    waiting_preview: tuple[Image.Image, object] | None = None  # newest, while the mask is held
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task | None = None
 
@@ -228,6 +229,8 @@ class Publisher:
                                      started=event.started_monotonic, preview=preview,
                                      preview_key=key))
         elif isinstance(event, JobFinished):
+            if view.mask_pending:
+                self._release_mask_hold(view)  # the end shows the newest picture, not the mask
             previous = view.wanted
             started = event.started_monotonic or previous.started
             elapsed = None if started is None else self._clock() - started
@@ -253,10 +256,21 @@ class Publisher:
     ) -> tuple[Image.Image | None, object]:
         """The newest preview, unless a preview with a mask is still waiting to be shown."""
         if view.mask_pending:
+            if preview is not None:
+                view.waiting_preview = (preview, key)
             return view.wanted.preview, view.wanted.preview_key
         if not view.mask_shown and attached_mask(preview) is not None:
             view.mask_pending = True
         return preview, key
+
+    def _release_mask_hold(self, view: _JobView) -> None:
+        """The mask has had its turn: show the newest preview that waited behind it, if any."""
+        view.mask_pending = False
+        view.mask_shown = True
+        if view.waiting_preview is not None:
+            preview, key = view.waiting_preview
+            view.waiting_preview = None
+            self._want(view, replace(view.wanted, preview=preview, preview_key=key))
 
     def _track(self, info: JobInfo, wanted: _Wanted) -> _JobView:
         view = _JobView(info, wanted)
@@ -490,10 +504,10 @@ class Publisher:
             view.shown_version = version
         finally:
             view.last_shown = self._clock()
-        if view.shown_version == version and attached_mask(wanted.preview) is not None:
+        if (view.mask_pending and view.shown_version == version
+                and attached_mask(wanted.preview) is not None):
             # Shown (or given up on): newer previews may replace it from now on.
-            view.mask_pending = False
-            view.mask_shown = True
+            self._release_mask_hold(view)
 
     async def _offer_progress_reactions(self, info: JobInfo, message_id: int) -> None:
         """Best effort: the job and its message are fine without them."""

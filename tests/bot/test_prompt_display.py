@@ -111,6 +111,30 @@ async def test_the_mask_is_shown_once_over_the_first_preview_even_when_newer_one
     await publisher.close()
 
 
+async def test_a_preview_that_arrives_while_the_mask_is_being_sent_is_shown_next(
+    store: Store,
+) -> None:
+    record = await store.insert_job(request(user=1, steps=10, prompt="a cat"), 0)
+    info = JobInfo(record.id, JobKind.IMAGINE, 1, 1001, record.request.params)
+    sink = FakeSink(delay=0.3)  # the mask's send is still in flight when the next one comes
+    publisher = make_publisher(store, 0.05)
+    publisher.set_sink(sink)
+    started = time.monotonic()
+    first = Image.new("RGB", (8, 8), (100, 100, 100))
+    attach_mask(first, Image.new("L", (8, 8), 255))
+    publisher(JobQueued(info, 1, None))
+    publisher(JobStarted(info, 10, started))
+    publisher(JobProgress(info, 1, 10, first, 0, 1.0, started))
+    await asyncio.sleep(0.1)
+    assert not sink.calls
+    publisher(JobProgress(info, 2, 10, Image.new("RGB", (8, 8), (0, 200, 0)), 1, 1.0, started))
+    await _wait_for(lambda: len([c for c in sink.calls if c.files]) >= 2)
+    masked, newest = [c for c in sink.calls if c.files][:2]
+    assert MASK_LINE in masked.content and MASK_LINE not in newest.content
+    assert _decoded(newest).getpixel((1, 1)) == (0, 200, 0)
+    await publisher.close()
+
+
 async def test_previews_without_a_mask_are_shown_newest_first(store: Store) -> None:
     record = await store.insert_job(request(user=1, steps=10, prompt="a cat"), 0)
     info = JobInfo(record.id, JobKind.IMAGINE, 1, 1001, record.request.params)
