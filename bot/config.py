@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from pipelines.settings import ModelSettings
+from pipelines.settings import SOURCE_LIST_KEYS, ModelSettings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -539,6 +539,12 @@ def _models(raw: Any, problems: list[str]) -> ModelSettings:
                 problems.append(f"models.{key} = {_show(value)}: must be true or false")
             else:
                 table[key] = value
+        elif key in SOURCE_LIST_KEYS and isinstance(value, list):
+            if value and all(isinstance(v, str) and v for v in value):
+                table[key] = value
+            else:
+                problems.append(f"models.{key} = {_show(value)}: must be a path or URL, or a "
+                                "non-empty list of them (tried in order)")
         elif not isinstance(value, str):
             what = "a folder path" if key == "cache_dir" else "a string"
             problems.append(f"models.{key} = {_show(value)}: must be {what}")

@@ -21,6 +21,15 @@ VQGAN_F16_16384_CHECKPOINT_URL = (
 )
 
 
+# Keys that take one source or a list of sources tried in order (all checked against one sha256).
+SOURCE_LIST_KEYS = ("vqgan_config", "vqgan_checkpoint")
+
+
+def sources_of(value: str | tuple[str, ...]) -> tuple[str, ...]:
+    """The sources a ``vqgan_config``/``vqgan_checkpoint`` value names, in the order to try."""
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
 @dataclass(frozen=True)
 class ModelSettings:
     preset: str = "default"
@@ -30,10 +39,11 @@ class ModelSettings:
     # VQGAN-CLIP's guide.
     clip_model: str = "ViT-B-32"
     clip_pretrained: str = "openai"
-    # A local path or an http(s) URL; URLs are downloaded into cache_dir.
-    vqgan_config: str = VQGAN_F16_16384_CONFIG_URL
+    # A local path or an http(s) URL, or several tried in order; URLs are downloaded into
+    # cache_dir.
+    vqgan_config: str | tuple[str, ...] = VQGAN_F16_16384_CONFIG_URL
     vqgan_config_sha256: str = ""
-    vqgan_checkpoint: str = VQGAN_F16_16384_CHECKPOINT_URL
+    vqgan_checkpoint: str | tuple[str, ...] = VQGAN_F16_16384_CHECKPOINT_URL
     vqgan_checkpoint_sha256: str = ""
     # Full unpickling of a checkpoint that weights_only loading rejects is allowed only when its
     # sha256 is pinned above or the owner sets this.
@@ -58,6 +68,13 @@ class ModelSettings:
             out.append(
                 f"models.dtype = {self.dtype!r}: must be auto, float32, float16 or bfloat16"
             )
+        for key in SOURCE_LIST_KEYS:
+            value = getattr(self, key)
+            if isinstance(value, tuple) and (not value or not all(
+                isinstance(v, str) and v for v in value
+            )):
+                out.append(f"models.{key}: a list of sources must hold at least one non-empty "
+                           "path or URL")
         if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
             out.append(f"models.device = {self.device!r}: must be auto, cpu, cuda or cuda:N")
         return out
@@ -72,4 +89,7 @@ class ModelSettings:
         values = dict(table)
         if "cache_dir" in values:
             values["cache_dir"] = Path(values["cache_dir"])
+        for key in SOURCE_LIST_KEYS:
+            if isinstance(values.get(key), list):
+                values[key] = tuple(values[key])
         return cls(**values)
