@@ -19,6 +19,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
@@ -76,6 +77,8 @@ class Submitted:
     job_id: int
     position: int
     eta_seconds: float | None
+    # The models were still loading when it was queued: it starts once they are ready.
+    models_loading: bool = False
 
 
 @dataclass(frozen=True)
@@ -221,6 +224,10 @@ class Scheduler:
         self._accepting = False
         self._stopping = False
         self._mailbox: LatestOnlyMailbox[tuple[_Running, _Progress]] | None = None
+        # Jobs are held (queued, not started) while the models load after connecting.
+        self._models_ready = asyncio.Event()
+        self._models_ready.set()
+        self._load_remaining: Callable[[], float | None] = lambda: 0.0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -298,6 +305,24 @@ class Scheduler:
     def worker_thread_ident(self) -> int | None:
         return self.worker.ident
 
+    def hold_for_models(self, remaining_seconds: Callable[[], float | None]) -> None:
+        """Start no job until :meth:`models_ready`; ETAs add ``remaining_seconds()`` meanwhile."""
+        self._models_ready.clear()
+        self._load_remaining = remaining_seconds
+
+    def models_ready(self) -> None:
+        self._models_ready.set()
+        self._load_remaining = lambda: 0.0
+        self._wakeup.set()
+
+    @property
+    def models_loading(self) -> bool:
+        return not self._models_ready.is_set()
+
+    def refresh_positions(self) -> None:
+        """Tell listeners every waiting job's position and ETA again (the load time changed)."""
+        self._emit_queue_moved()
+
     # -- submitting and cancelling -----------------------------------------------------------
 
     async def submit(self, request: JobRequest) -> Submitted:
@@ -326,7 +351,7 @@ class Scheduler:
             self._emit_queue_moved()  # fairness put it ahead of someone; they moved back
         self._update_idle()
         self._wakeup.set()
-        return Submitted(job.id, position, eta)
+        return Submitted(job.id, position, eta, models_loading=self.models_loading)
 
     def _check_limits(self, user_id: int) -> None:
         in_line = len(self._queue) + (1 if self._running is not None else 0)
@@ -402,6 +427,9 @@ class Scheduler:
         durations: dict[WorkKey, float | None] = {}
         position = 1 if self._running is None else 2
         clock = self._running_remaining()
+        if clock is not None and self.models_loading:
+            loading = self._load_remaining()
+            clock = None if loading is None else clock + loading
         for job_id, _user, waiting in self._queue:
             if clock is not None:
                 work = waiting.work
@@ -472,6 +500,8 @@ class Scheduler:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
+            if self.models_loading:
+                continue  # models_ready() wakes this loop again
             while not self._stopping and self._running is None and len(self._queue):
                 popped = self._queue.pop()
                 assert popped is not None

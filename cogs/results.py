@@ -160,7 +160,12 @@ class ResultsCog(commands.Cog):
         except Refused as exc:
             await self.notify(payload, f"{what} was not queued: {exc}")
             return
-        if submitted.position > 1:
+        if submitted.models_loading:
+            where = (
+                f"queued as job #{submitted.job_id}, position {submitted.position}; the models "
+                "are loading and it starts when they are ready"
+            )
+        elif submitted.position > 1:
             where = (
                 f"queued as job #{submitted.job_id}, position {submitted.position}, "
                 f"ETA {format_eta(submitted.eta_seconds)}"
