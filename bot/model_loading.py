@@ -40,8 +40,7 @@ class LoadTimes:
             raw = {}
         if isinstance(raw, dict):
             self._seconds = {
-                str(k): float(v) for k, v in raw.items()
-                if isinstance(v, (int, float)) and v >= 0
+                str(k): float(v) for k, v in raw.items() if isinstance(v, (int, float)) and v >= 0
             }
 
     def get(self, key: str) -> float | None:
@@ -100,7 +99,7 @@ class ModelLoader:
         if self.finished:
             return 0.0
         total = 0.0
-        for position, step in enumerate(self.steps[self._index:]):
+        for position, step in enumerate(self.steps[self._index :]):
             seconds = self.times.get(step.key)
             if seconds is None:
                 return None

@@ -47,17 +47,22 @@ def model_steps(settings: ModelSettings, kinds: Iterable[str]) -> list[ModelStep
     if "imagine" in wanted:
         add("vqgan", "VQGAN", lambda: presets.load_vqgan(settings, device))
         guide = presets.guide_clip_spec(settings)
-        add(f"clip:{guide.model}:{guide.pretrained}", _clip_label(guide.model, guide.pretrained),
-            lambda: load_clip(guide, device, cache_dir=settings.cache_dir))
+        add(
+            f"clip:{guide.model}:{guide.pretrained}",
+            _clip_label(guide.model, guide.pretrained),
+            lambda: load_clip(guide, device, cache_dir=settings.cache_dir),
+        )
     if "edit" in wanted:
         from pipelines.diffusion_models import load_diffusion
 
         model = settings.diffusion_model if settings.preset == "default" else settings.preset
         add(f"diffusion:{model}", f"diffusion model {model}", lambda: load_diffusion(settings))
         ranker = presets.ranker_clip_spec(settings)
-        add(f"clip:{ranker.model}:{ranker.pretrained}",
+        add(
+            f"clip:{ranker.model}:{ranker.pretrained}",
             _clip_label(ranker.model, ranker.pretrained),
-            lambda: load_clip(ranker, device, cache_dir=settings.cache_dir))
+            lambda: load_clip(ranker, device, cache_dir=settings.cache_dir),
+        )
     return steps
 
 

@@ -31,8 +31,9 @@ def presences(standin: DiscordStandin) -> list[str | None]:
         elif frame.get("op") != OP_PRESENCE_UPDATE:
             continue
         activities: list[dict[str, Any]] = data.get("activities") or []
-        shown.append(activities[0].get("state") or activities[0].get("name") if activities
-                     else None)
+        shown.append(
+            activities[0].get("state") or activities[0].get("name") if activities else None
+        )
     return shown
 
 
@@ -74,12 +75,14 @@ async def test_a_command_sent_while_the_models_load_is_queued_told_why_and_then_
         # tiny: VQGAN, one CLIP shared by guide and ranker, the diffusion model.
         assert len(gate.step_labels) == 3, gate.step_labels
         await standin.wait_for(
-            lambda: "loading models (1 of 3)…" in presences(standin), timeout=WAIT,
+            lambda: "loading models (1 of 3)…" in presences(standin),
+            timeout=WAIT,
             description="the loading presence",
         )
 
-        handle = await standin.send_slash_command("imagine", {"prompt": "a lighthouse"},
-                                                  user="alice")
+        handle = await standin.send_slash_command(
+            "imagine", {"prompt": "a lighthouse"}, user="alice"
+        )
         reply = await handle.wait_for_reply(lambda m: "Job #" in m.content, timeout=WAIT)
         assert reply.ephemeral
         assert "The models are loading; your job starts when they are ready." in reply.content
@@ -97,7 +100,8 @@ async def test_a_command_sent_while_the_models_load_is_queued_told_why_and_then_
         assert record.status is JobStatus.DONE, record.error
         assert len(await bot.store.results_for_job(job_id)) == 2
         await standin.wait_for(
-            lambda: presences(standin)[-1] is None, timeout=WAIT,
+            lambda: presences(standin)[-1] is None,
+            timeout=WAIT,
             description="the loading presence to be cleared",
         )
         shown = [p for p in presences(standin) if p]
