@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from typing import Any
@@ -30,6 +31,7 @@ from bot.config import (
 )
 from bot.worker import GIL_SWITCH_INTERVAL_SECONDS
 from pipelines.downloads import ModelFileError
+from pipelines.fetch_models import models_are_local
 from pipelines.model_plan import check_local_files
 
 log = logging.getLogger("bot")
@@ -160,6 +162,11 @@ def main(argv: list[str] | None = None) -> int:
         level=config.logging.level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if config.scheduler.pipeline == "real" and models_are_local(config.models):
+        # `make models` fetched exactly these hub models: never ask the hub again. Set before
+        # huggingface_hub is imported, which reads it once.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        log.info("the models were fetched by `make models`; the Hugging Face hub is not contacted")
     return asyncio.run(run(config, token))
 
 

@@ -262,6 +262,17 @@ def _save_cache(weights: dict[str, torch.Tensor], cache: Path, metadata: dict[st
         tmp.unlink(missing_ok=True)
 
 
+def current_weights_cache(
+    sources: Sequence[str], cache_dir: Path, pinned_sha256: str = ""
+) -> Path | None:
+    """The safetensors copy extracted earlier from one of ``sources`` that still matches it."""
+    for candidate in sources:
+        cache = extracted_cache_path(candidate, cache_dir)
+        if cache.is_file() and _cache_is_current(cache, candidate, pinned_sha256):
+            return cache
+    return None
+
+
 def load_weights(
     source: str | Sequence[str],
     *,
@@ -279,11 +290,10 @@ def load_weights(
     ``models.vqgan_checkpoint_sha256``).
     """
     sources = (source,) if isinstance(source, str) else tuple(source)
-    for candidate in sources:
-        cache = extracted_cache_path(candidate, cache_dir)
-        if cache.is_file() and _cache_is_current(cache, candidate, pinned_sha256):
-            log.info("%s: loading cached weights %s", what, cache)
-            return load_file(str(cache))
+    cache = current_weights_cache(sources, cache_dir, pinned_sha256)
+    if cache is not None:
+        log.info("%s: loading cached weights %s", what, cache)
+        return load_file(str(cache))
 
     path, used = fetch_first(sources, cache_dir, what=what, sha256=pinned_sha256,
                              progress=progress)

@@ -167,7 +167,16 @@ def fetch_first(
     if not sources:
         raise ModelFileError(f"{what}: no source is configured")
     failures: list[str] = []
-    for index, source in enumerate(sources, start=1):
+    # A copy already on this machine wins over asking any host, whatever its place in the list:
+    # after ``make models`` nothing is downloaded, even when an earlier mirror is down.
+    on_disk = [
+        (index, source) for index, source in enumerate(sources, start=1)
+        if (cached_path_for_url(source, cache_dir) if is_url(source)
+            else Path(source).expanduser()).is_file()
+    ]
+    on_disk_indices = {index for index, _ in on_disk}
+    remote = [(i, s) for i, s in enumerate(sources, start=1) if i not in on_disk_indices]
+    for index, source in [*on_disk, *remote]:
         try:
             path = fetch(source, cache_dir, what=what, sha256=sha256, timeout=timeout,
                          progress=progress, check=check)
