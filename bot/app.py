@@ -24,6 +24,7 @@ from bot.jobs import JobKind
 from bot.model_loading import LOAD_TIMES_FILE, LoadingState, LoadTimes, ModelLoader
 from bot.pipeline_source import PipelineSource
 from bot.publisher import Publisher
+from bot.safety import ImageSafety
 from bot.scheduler import Scheduler, make_source
 from bot.store import RecoveryReport, Store
 
@@ -82,6 +83,7 @@ class FaradayBot(commands.Bot):
         self.cogs_package = cogs_package
         self.loaded_cog_modules: list[str] = []
         self.model_loader: ModelLoader | None = None
+        self.image_safety: ImageSafety | None = None
         self.models_loading: asyncio.Task[None] | None = None
         self._presence: tuple[discord.BaseActivity | None, discord.Status] = (
             None, discord.Status.online)
@@ -100,7 +102,16 @@ class FaradayBot(commands.Bot):
             store, config.scheduler.progress_interval_seconds, config.scheduler.retry
         )
         scheduler.add_listener(publisher)
-        return cls(config, store, scheduler, publisher)
+        bot = cls(config, store, scheduler, publisher)
+        if config.scheduler.pipeline == "real" and config.safety.image_check:
+            bot.image_safety = ImageSafety(config.safety, config.models, bot.age_restricted)
+            scheduler.image_safety = bot.image_safety
+        return bot
+
+    def age_restricted(self, channel_id: int) -> bool | None:
+        """Whether Discord marks the channel age-restricted; ``None`` when it is not cached."""
+        channel = self.get_channel(channel_id)
+        return None if channel is None else bool(getattr(channel, "nsfw", False))
 
     async def start_services(self, *, wait_for_models: bool = True) -> RecoveryReport:
         """Prune old results, recover, start the worker and load the models on it.
@@ -115,8 +126,11 @@ class FaradayBot(commands.Bot):
                      self.config.storage.result_retention_days)
         source = self.scheduler.source
         # Listed on the loop: building the list imports nothing heavy and loads nothing.
+        steps = source.model_steps(tuple(JobKind))
+        if self.image_safety is not None:
+            steps.append(self.image_safety.model_step())
         self.model_loader = ModelLoader(
-            source.model_steps(tuple(JobKind)),
+            steps,
             LoadTimes(self.config.storage.data_dir / LOAD_TIMES_FILE),
             self._loading_changed,
         )
@@ -183,6 +197,8 @@ class FaradayBot(commands.Bot):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await loading
         await self.scheduler.shutdown()
+        if self.image_safety is not None:
+            self.image_safety.stop()
         await self.publisher.close()
 
     async def setup_hook(self) -> None:

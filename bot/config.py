@@ -143,6 +143,16 @@ class StorageConfig:
         return self.data_dir / self.database
 
 
+SAFETY_ACTIONS = ("blur", "withhold")
+
+
+@dataclass(frozen=True)
+class SafetyConfig:
+    image_check: bool = True
+    action: str = "blur"  # "blur" | "withhold"
+    check_age_restricted: bool = False
+
+
 @dataclass(frozen=True)
 class LoggingConfig:
     level: str = "INFO"
@@ -157,6 +167,7 @@ class Config:
     scheduler: SchedulerConfig = SchedulerConfig()
     storage: StorageConfig = StorageConfig()
     logging: LoggingConfig = LoggingConfig()
+    safety: SafetyConfig = SafetyConfig()
 
 
 def discord_token(environ: Mapping[str, str] | None = None) -> str | None:
@@ -195,7 +206,8 @@ def parse_config(text: str, source: str = "config.toml") -> Config:
 
 def config_from_mapping(document: Mapping[str, Any]) -> Config:
     problems: list[str] = []
-    known_sections = ("discord", "models", "imagine", "edit", "scheduler", "storage", "logging")
+    known_sections = ("discord", "models", "imagine", "edit", "scheduler", "storage", "logging",
+                      "safety")
     for name in sorted(set(document) - set(known_sections)):
         problems.append(
             f"[{name}]: unknown section (allowed: {', '.join(f'[{s}]' for s in known_sections)})"
@@ -213,6 +225,7 @@ def config_from_mapping(document: Mapping[str, Any]) -> Config:
         scheduler=_scheduler(section("scheduler")),
         storage=_storage(section("storage")),
         logging=_logging(section("logging")),
+        safety=_safety(section("safety")),
     )
     if problems:
         raise ConfigError(problems)
@@ -660,6 +673,17 @@ def _storage(t: _Table) -> StorageConfig:
         result_retention_days=t.integer("result_retention_days", d.result_retention_days, 0,
                                         100_000),
         sync_commits=t.boolean("sync_commits", d.sync_commits),
+    )
+    t.finish()
+    return out
+
+
+def _safety(t: _Table) -> SafetyConfig:
+    d = SafetyConfig()
+    out = SafetyConfig(
+        image_check=t.boolean("image_check", d.image_check),
+        action=t.choice("action", d.action, SAFETY_ACTIONS),
+        check_age_restricted=t.boolean("check_age_restricted", d.check_age_restricted),
     )
     t.finish()
     return out

@@ -44,6 +44,7 @@ from bot.fair_queue import FairQueue
 from bot.files import png_bytes, write_atomic
 from bot.jobs import JobKind, JobRequest, JobStatus
 from bot.pipeline_source import PipelineSource
+from bot.safety import ALL_WITHHELD, ImageSafety, Screened
 from bot.store import NewResult, QueuedJob, RecoveryReport, ResultRecord, Store
 from bot.worker import LatestOnlyMailbox, WorkerThread
 from pipelines.downloads import ModelFileError
@@ -169,6 +170,7 @@ class _Outcome:
     step: int | None = None
     total: int | None = None
     seconds: float = 0.0
+    withheld: int = 0  # results the image safety check held back
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -228,6 +230,8 @@ class Scheduler:
         self._models_ready = asyncio.Event()
         self._models_ready.set()
         self._load_remaining: Callable[[], float | None] = lambda: 0.0
+        # The image safety check of results; None runs without one.
+        self.image_safety: ImageSafety | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -529,12 +533,17 @@ class Scheduler:
         self._emit_queue_moved()
         assert self._mailbox is not None
         mailbox = self._mailbox
-        outcome = await self.worker.run(lambda: self._execute(job, running, mailbox))
+        # Decided here, on the loop, where the bot's channel cache may be read.
+        safety = self.image_safety
+        if safety is not None and not safety.wanted(info.channel_id):
+            safety = None
+        outcome = await self.worker.run(lambda: self._execute(job, running, mailbox, safety))
         # Anything still in the mailbox is older than the outcome; drop it by clearing _running
         # first (the delivery checks it).
         results: list[ResultRecord] = []
         if outcome.status == "done":
-            results = await self.store.complete_job(info.job_id, outcome.results)
+            results = await self.store.complete_job(info.job_id, outcome.results,
+                                                    outcome.withheld)
             # Per step the job asked for, as estimates of waiting jobs (and the history the store
             # gives back after a restart) count them; the pipeline's own count may differ.
             asked = steps_of(info.params) or outcome.total
@@ -566,8 +575,10 @@ class Scheduler:
         job: QueuedJob,
         running: _Running,
         mailbox: LatestOnlyMailbox[tuple[_Running, _Progress]],
+        safety: ImageSafety | None = None,
     ) -> _Outcome:
-        """Runs on the worker thread: read inputs, prepare, run the pipeline, write results."""
+        """Runs on the worker thread: read inputs, prepare, run the pipeline, screen the results
+        with the image safety check when given one, write them."""
         info = running.info
         started = time.monotonic()
 
@@ -605,6 +616,10 @@ class Scheduler:
         try:
             prepared = self.source.prepare(request)
             result = prepared.pipeline(prepared.request, on_progress, running.stop.is_set)
+            if safety is not None:
+                screened = safety.screen(result.images)
+            else:
+                screened = Screened([(ranked, False) for ranked in result.images])
         except Cancelled as exc:
             return stopped_or_cancelled(exc.step, exc.total, exc.latest)
         except InvalidRequest as exc:
@@ -634,20 +649,23 @@ class Scheduler:
                 "the details are in the bot's log.",
             )
         seconds = time.monotonic() - started
+        if not screened.images:
+            return _Outcome("failed", error=ALL_WITHHELD)
         results = []
         try:
-            for ranked in result.images:
+            for ranked, flagged in screened.images:
                 path = self.store.paths.result_path(info.job_id, ranked.rank)
                 write_atomic(path, png_bytes(ranked.image), durable=self.store.sync_commits)
                 results.append(NewResult(ranked.rank, float(ranked.score), int(ranked.seed),
-                                         path))
+                                         path, flagged))
         except OSError as exc:
             log.exception("job %d: its results could not be saved", info.job_id)
             return _Outcome("failed", error=f"the images were made but could not be saved "
                             f"({exc.strerror or type(exc).__name__}); please try again later.")
         with running.lock:
             total = running.total or steps_of(info.params)
-        return _Outcome("done", results=results, step=total, total=total, seconds=seconds)
+        return _Outcome("done", results=results, step=total, total=total, seconds=seconds,
+                        withheld=screened.withheld)
 
 
 def make_source(kind: str, models: Any, stand_in: Any) -> PipelineSource:

@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+# The attachments a user starts from (image prompts only steer, and are not shown).
+SAFETY_CHECKED_INPUTS = ("init_image", "image")
+
+
 class Refused(Exception):
     """A submission we will not take for a reason that is not the input (cooldown, queue cap).
 
@@ -97,10 +101,30 @@ class SubmitDesk(commands.Cog):
         )
         return submitted
 
+    async def safety_refusal(self, request: JobRequest) -> str | None:
+        """Why an input image may not be used, by the image safety check; ``None`` if it may."""
+        safety = self.bot.image_safety
+        if safety is None:
+            return None
+        inputs = {
+            name: data for name, data in request.images.items()
+            if name in SAFETY_CHECKED_INPUTS and isinstance(data, bytes)
+        }
+        try:
+            return await safety.refused_input(request.channel_id, inputs)
+        except Exception:
+            # Unchecked is not the same as safe: refuse rather than queue.
+            log.exception("the image safety check of an input image failed")
+            return SOMETHING_WENT_WRONG
+
     async def submit_and_answer(
         self, interaction: discord.Interaction, request: JobRequest, notes: tuple[str, ...] = ()
     ) -> None:
         """Submit and tell the user where the job stands (the interaction is already deferred)."""
+        refusal = await self.safety_refusal(request)
+        if refusal is not None:
+            await answer(interaction, refusal)
+            return
         try:
             submitted = await self.submit(request)
         except Refused as exc:

@@ -208,6 +208,44 @@ def fetch_diffusion(settings: ModelSettings) -> Fetched:
     return fetched
 
 
+def fetch_safety_checker(settings: ModelSettings) -> Fetched:
+    """The image safety checker (a hub id is downloaded; a folder is used as is), then loaded."""
+    import torch
+
+    from pipelines.safety import WHAT, load_pretrained_checker
+
+    model = settings.safety_checker
+    if Path(model).expanduser().is_dir():
+        fetched = Fetched(WHAT, model, False, [Path(model).expanduser()])
+    else:
+        from huggingface_hub import snapshot_download
+
+        before = _files_under(settings.cache_dir)
+        folder = ""
+        try:
+            # safetensors when the repository has them, else the original pickled weights
+            # (which transformers loads with torch's weights-only loader).
+            for weights in ("model.safetensors", "pytorch_model.bin"):
+                folder = snapshot_download(
+                    model,
+                    cache_dir=str(settings.cache_dir),
+                    allow_patterns=["config.json", "preprocessor_config.json", weights],
+                    endpoint=_hub_endpoint(),
+                )
+                if (Path(folder) / weights).is_file():
+                    break
+        except Exception as exc:  # huggingface_hub raises many kinds; all mean "not fetched"
+            raise ModelFileError(
+                f"{WHAT}: {model!r} could not be downloaded from the Hugging Face hub "
+                f"({one_line(exc)[:200]}); check the id and the connection, or give a local "
+                "folder"
+            ) from exc
+        after = _files_under(settings.cache_dir)
+        fetched = Fetched(WHAT, model, bool(after - before), [Path(folder)])
+    load_pretrained_checker(str(fetched.paths[0]), settings.cache_dir, torch.float32)
+    return fetched
+
+
 def _files_under(folder: Path) -> set[Path]:
     if not folder.is_dir():
         return set()
@@ -254,6 +292,7 @@ def fetch_all(
             )
         )
     add(fetch_diffusion(settings))
+    add(fetch_safety_checker(settings))
     write_manifest(settings)
     return out
 
@@ -264,6 +303,7 @@ def hub_sources(settings: ModelSettings) -> dict[str, str]:
         "clip": f"{settings.clip_model}:{settings.clip_pretrained}",
         "ranker_clip": f"{settings.ranker_clip_model}:{settings.ranker_clip_pretrained}",
         "diffusion_model": settings.diffusion_model,
+        "safety_checker": settings.safety_checker,
     }
 
 

@@ -53,6 +53,8 @@ class ModelSettings:
     # BLD's ranker (paper section 4.4 uses ViT-B/16).
     ranker_clip_model: str = "ViT-B-16"
     ranker_clip_pretrained: str = "openai"
+    # The image safety check's weights: a hub id or a local folder in the released layout.
+    safety_checker: str = "CompVis/stable-diffusion-safety-checker"
 
     def __post_init__(self) -> None:
         problems = self.problems()

@@ -72,10 +72,10 @@ async def test_a_command_sent_while_the_models_load_is_queued_told_why_and_then_
         # Connected and answering while the first model is still loading.
         assert await asyncio.to_thread(gate.entered.wait, WAIT), "loading never started"
         assert bot.scheduler.models_loading
-        # tiny: VQGAN, one CLIP shared by guide and ranker, the diffusion model.
-        assert len(gate.step_labels) == 3, gate.step_labels
+        # tiny: VQGAN, one CLIP shared by guide and ranker, the diffusion model, the safety check.
+        assert len(gate.step_labels) == 4, gate.step_labels
         await standin.wait_for(
-            lambda: "loading models (1 of 3)…" in presences(standin),
+            lambda: "loading models (1 of 4)…" in presences(standin),
             timeout=WAIT,
             description="the loading presence",
         )
@@ -105,10 +105,10 @@ async def test_a_command_sent_while_the_models_load_is_queued_told_why_and_then_
             description="the loading presence to be cleared",
         )
         shown = [p for p in presences(standin) if p]
-        assert shown[:3] == [f"loading models ({n} of 3)…" for n in (1, 2, 3)], shown
+        assert shown[:4] == [f"loading models ({n} of 4)…" for n in (1, 2, 3, 4)], shown
     # Every model's load time was kept, for the next start's ETAs.
     times = (tmp_path / "data" / LOAD_TIMES_FILE).read_text()
-    assert times.count("tiny:") == 3
+    assert times.count("tiny:") == 4
 
 
 async def test_after_one_start_the_queued_eta_includes_the_load_time_still_to_come(
@@ -123,7 +123,12 @@ async def test_after_one_start_the_queued_eta_includes_the_load_time_still_to_co
         await finished_job(bot, job_id_in(reply.content))
     times_file = tmp_path / "data" / LOAD_TIMES_FILE
     times = json.loads(times_file.read_text())
-    assert sorted(times) == ["tiny:clip:faraday-tiny-clip:", "tiny:diffusion:tiny", "tiny:vqgan"]
+    assert sorted(times) == [
+        "tiny:clip:faraday-tiny-clip:",
+        "tiny:diffusion:tiny",
+        "tiny:safety:random",
+        "tiny:vqgan",
+    ]
     times_file.write_text(json.dumps({key: 400.0 for key in times}))  # as if long downloads
 
     gate = Gate()
@@ -134,9 +139,9 @@ async def test_after_one_start_the_queued_eta_includes_the_load_time_still_to_co
         job_id = job_id_in(reply.content)
         [entry] = bot.scheduler.snapshot().queued
         assert entry.job_id == job_id and entry.kind is JobKind.IMAGINE
-        # Three models of 400 s still to load (less what the first has had), then the job's own
+        # Four models of 400 s still to load (less what the first has had), then the job's own
         # few seconds.
-        assert entry.eta_seconds is not None and 1100 < entry.eta_seconds < 1300, entry
+        assert entry.eta_seconds is not None and 1500 < entry.eta_seconds < 1700, entry
         assert "ETA about 2" in reply.content and "min" in reply.content, reply.content
         gate.release.set()
         record = await finished_job(bot, job_id)

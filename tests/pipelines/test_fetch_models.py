@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
 from pipelines import clip_models, presets
@@ -21,6 +22,7 @@ from pipelines.vqgan import VqganConfig
 from tests.pipelines.test_clip_loading import trained_looking_tiny_clip
 from tests.pipelines.test_diffusion_models import save_tiny_diffusers_folder
 from tests.pipelines.test_downloads import HTML_BYTES, FakeHost, dead_url, host  # noqa: F401
+from tests.pipelines.test_safety import write_released_layout
 from tests.pipelines.test_vqgan_loading import (
     assert_same_weights,
     lightning_checkpoint,
@@ -68,6 +70,8 @@ def test_make_models_fetches_checks_and_reports_every_file_then_needs_no_server(
     save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(clip_file))
     diffusers_folder = tmp_path / "sd"
     save_tiny_diffusers_folder(diffusers_folder, tmp_path / "tokenizer")
+    checker_folder = tmp_path / "safety"
+    write_released_layout(checker_folder, flag_like=Image.new("RGB", (32, 32)))
     cache = tmp_path / "models"
     models = {
         "preset": "default",
@@ -81,6 +85,7 @@ def test_make_models_fetches_checks_and_reports_every_file_then_needs_no_server(
         "ranker_clip_model": TINY_CLIP,
         "ranker_clip_pretrained": str(clip_file),
         "diffusion_model": str(diffusers_folder),
+        "safety_checker": str(checker_folder),
     }
     config = write_config(tmp_path / "config.toml", models)
 
@@ -88,7 +93,7 @@ def test_make_models_fetches_checks_and_reports_every_file_then_needs_no_server(
     out = capsys.readouterr()
     # (taming's quantizer prints a line of its own when a VQGAN is built)
     lines = [line for line in out.out.splitlines() if not line.startswith("Working with z")]
-    yaml_line, ckpt_line, clip_line, sd_line, done = lines
+    yaml_line, ckpt_line, clip_line, sd_line, checker_line, done = lines
     size = len(ckpt.read_bytes())
     assert re.fullmatch(
         rf"fetched  models\.vqgan_config: {re.escape(host.url('/vqgan/model.yaml'))} "
@@ -105,7 +110,8 @@ def test_make_models_fetches_checks_and_reports_every_file_then_needs_no_server(
     assert f"({human_size(size + files[1].stat().st_size)})" in ckpt_line
     assert clip_line.startswith(f"present  models.clip_pretrained: {clip_file} (")
     assert sd_line.startswith(f"present  models.diffusion_model: {diffusers_folder} (")
-    assert done.startswith("done: 4 model file(s) checked, 2 downloaded now, ")
+    assert checker_line.startswith(f"present  models.safety_checker: {checker_folder} (")
+    assert done.startswith("done: 5 model file(s) checked, 2 downloaded now, ")
     assert "it/s" in out.err or "B/s" in out.err or "%" in out.err  # tqdm's progress bars
     assert host.hits["/dead/model.yaml"] == 1 and host.hits["/vqgan/last.ckpt"] == 1
     assert (cache / MANIFEST_NAME).is_file()
@@ -118,7 +124,7 @@ def test_make_models_fetches_checks_and_reports_every_file_then_needs_no_server(
         for line in capsys.readouterr().out.splitlines()
         if line.startswith(("fetched", "present"))
     ]
-    assert [line.split()[0] for line in again] == ["present"] * 4, again
+    assert [line.split()[0] for line in again] == ["present"] * 5, again
     assert host.hits["/vqgan/last.ckpt"] == 1 and host.hits["/vqgan/model.yaml"] == 1
 
     # What the bot loads afterwards comes from the cache alone, with every mirror gone, the one

@@ -115,6 +115,7 @@ class TextChannel:
     guild_id: int
     name: str
     position: int
+    nsfw: bool = False  # "age-restricted" in Discord's client
 
     def payload(self) -> dict[str, Any]:
         return {
@@ -124,7 +125,7 @@ class TextChannel:
             "name": self.name,
             "position": self.position,
             "permission_overwrites": [],
-            "nsfw": False,
+            "nsfw": self.nsfw,
             "parent_id": None,
             "topic": None,
             "last_message_id": None,
