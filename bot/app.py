@@ -17,16 +17,21 @@ import pkgutil
 
 import discord
 import yarl
+from discord import app_commands
 from discord.ext import commands
 
+from bot.admission import BLOCKED_USER, Gatekeeper
 from bot.config import Config, DiscordConfig
-from bot.jobs import JobKind
-from bot.model_loading import LOAD_TIMES_FILE, LoadingState, LoadTimes, ModelLoader
+from bot.jobs import PRELOADED_KINDS
+from bot.model_loading import LOAD_TIMES_FILE, LoadingState, LoadTimes, ModelLoader, Runner
+from bot.owner_store import OwnerStore
 from bot.pipeline_source import PipelineSource
 from bot.publisher import Publisher
+from bot.runtime_settings import SettingsService
 from bot.safety import ImageSafety
-from bot.scheduler import Scheduler, make_source
+from bot.scheduler import Scheduler, make_executor
 from bot.store import RecoveryReport, Store
+from pipelines.model_plan import ModelStep
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +63,20 @@ def cog_modules(package: str = COGS_PACKAGE) -> list[str]:
     )
 
 
+class FaradayTree(app_commands.CommandTree):
+    """Refuses every slash command of a user an admin blocked (/block), before the command runs."""
+
+    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
+        client = interaction.client
+        settings = getattr(client, "settings", None)
+        if settings is None or not settings.is_blocked(interaction.user.id):
+            return True
+        log.info("refused /%s from blocked user %d",
+                 interaction.command.name if interaction.command else "?", interaction.user.id)
+        await interaction.response.send_message(BLOCKED_USER, ephemeral=True)
+        return False
+
+
 class FaradayBot(commands.Bot):
     def __init__(
         self,
@@ -75,11 +94,16 @@ class FaradayBot(commands.Bot):
             intents=intents,
             # Users' prompts are echoed in messages; they must never ping anyone.
             allowed_mentions=discord.AllowedMentions.none(),
+            tree_cls=FaradayTree,
         )
         self.config = config
         self.store = store
         self.scheduler = scheduler
         self.publisher = publisher
+        self.owner_store = OwnerStore(store)
+        # Loaded from the store by create(); until then config.toml's values apply.
+        self.settings = SettingsService(config, self.owner_store)
+        self.gatekeeper = Gatekeeper(self.settings, self.owner_store)
         self.cogs_package = cogs_package
         self.loaded_cog_modules: list[str] = []
         self.model_loader: ModelLoader | None = None
@@ -94,18 +118,21 @@ class FaradayBot(commands.Bot):
         """Open the store and build the scheduler and publisher (nothing runs yet)."""
         store = await Store.open(config.storage.database_path, config.storage.data_dir,
                                  sync_commits=config.storage.sync_commits)
-        if source is None:
-            source = make_source(config.scheduler.pipeline, config.models,
-                                 config.scheduler.stand_in)
-        scheduler = Scheduler(store, source, config.scheduler)
+        scheduler = Scheduler(store, source, config.scheduler,
+                              executor=None if source is not None else make_executor(store, config),
+                              timelapse=config.timelapse)
         publisher = Publisher(
-            store, config.scheduler.progress_interval_seconds, config.scheduler.retry
+            store,
+            config.scheduler.progress_interval_seconds,
+            config.scheduler.retry,
+            upscale=config.upscale,
         )
         scheduler.add_listener(publisher)
         bot = cls(config, store, scheduler, publisher)
         if config.scheduler.pipeline == "real" and config.safety.image_check:
             bot.image_safety = ImageSafety(config.safety, config.models, bot.age_restricted)
             scheduler.image_safety = bot.image_safety
+        await bot.settings.load()
         return bot
 
     def age_restricted(self, channel_id: int) -> bool | None:
@@ -124,13 +151,8 @@ class FaradayBot(commands.Bot):
         if pruned:
             log.info("removed %d job(s) older than %d days", pruned,
                      self.config.storage.result_retention_days)
-        source = self.scheduler.source
-        # Listed on the loop: building the list imports nothing heavy and loads nothing.
-        steps = source.model_steps(tuple(JobKind))
-        if self.image_safety is not None:
-            steps.append(self.image_safety.model_step())
         self.model_loader = ModelLoader(
-            steps,
+            self._model_steps(),
             LoadTimes(self.config.storage.data_dir / LOAD_TIMES_FILE),
             self._loading_changed,
         )
@@ -145,15 +167,29 @@ class FaradayBot(commands.Bot):
             await self.wait_models_loaded()
         return report
 
+    def _model_steps(self) -> list[tuple[ModelStep, Runner]]:
+        """Each model this process loads, with the thread that loads it.
+
+        A local executor's models load on each slot's own worker thread (its device). They are
+        daemon threads, unlike asyncio's executor threads, so a signal during a long first
+        download does not have to wait for them. GPU workers elsewhere load their own models, so
+        a remote executor contributes no steps. Listing imports nothing heavy and loads nothing.
+        """
+        steps: list[tuple[ModelStep, Runner]] = []
+        for slot in getattr(self.scheduler.executor, "slots", ()):
+            slot.worker.start()
+            steps.extend((step, slot.worker.run) for step in slot.source.model_steps(
+                PRELOADED_KINDS))
+        if self.image_safety is not None:
+            steps.append((self.image_safety.model_step(), self.image_safety.run))
+        return steps
+
     async def _load_models(self) -> None:
-        # On the worker thread that will run them. It is a daemon thread, unlike asyncio's
-        # executor threads, so a signal during a long first download does not have to wait for it.
-        worker = self.scheduler.worker
-        worker.start()
-        await self.model_loader.run(worker)
-        source = self.scheduler.source
-        # Builds the pipelines from the models just loaded (the per-process caches).
-        await worker.run(lambda: source.preload(tuple(JobKind)))
+        assert self.model_loader is not None
+        await self.model_loader.run()
+        # Builds the pipelines from the models just loaded (the per-process caches), and lets
+        # the executor do whatever else it does before the first job.
+        await self.scheduler.preload()
         log.info("models ready")
         self.scheduler.models_ready()
 

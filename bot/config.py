@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from bot.blocklist import BadTerm, BlockedTerm, TermKind, compile_term
 from pipelines.settings import SOURCE_LIST_KEYS, ModelSettings
 
 if sys.version_info >= (3, 11):
@@ -72,6 +73,7 @@ class DiscordConfig:
     download_timeout_seconds: float = 20.0
     continue_by: str = "anyone"
     submit_cooldown_seconds: float = 10.0
+    thread_per_job: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,9 +97,40 @@ class EditConfig:
     backgrounds: tuple[str, ...] = ("none", "paste", "finetune")
     default_background: str = "none"
     shrink: bool = True
+    # What the masked region starts from when the user picks nothing (pipelines.blended).
+    start: str = "noised-source"
     max_side: int = 512
     preview_every: int = 5
     max_prompt_chars: int = 500
+
+
+@dataclass(frozen=True)
+class UpscaleConfig:
+    """The upscaler behind "Upscale ×4" (the model itself is [models] upscaler_model)."""
+
+    # Input pixels per tile core, and of context around each core (0: no tiling).
+    tile_size: int = 256
+    tile_overlap: int = 16
+    # Images with a longer side are refused before they are queued.
+    max_input_side: int = 1024
+    # An upscaled PNG over the channel's upload limit goes out as a JPEG, its quality stepped
+    # down from the first to the last in steps of the third until it fits.
+    jpeg_max_quality: int = 95
+    jpeg_min_quality: int = 50
+    jpeg_quality_step: int = 5
+
+
+@dataclass(frozen=True)
+class TimelapseConfig:
+    """The 🎞 timelapse of every /imagine: its preview frames, kept and turned into a video."""
+
+    # Keep the job's preview frames (one per [imagine] preview_every steps) for a timelapse.
+    keep_frames: bool = True
+    # At most this many frames per job; past it every other frame is dropped (so the whole run
+    # stays covered at half the frame rate). The issue caps it at 400.
+    max_frames: int = 400
+    # Frames per second of the video.
+    fps: int = 10
 
 
 @dataclass(frozen=True)
@@ -154,6 +187,23 @@ class SafetyConfig:
 
 
 @dataclass(frozen=True)
+class ModerationConfig:
+    """What admins may later override per server or channel with /settings (the defaults here)."""
+
+    # Whole words (case-insensitive) and regular expressions refused in every prompt.
+    blocked_words: tuple[str, ...] = ()
+    blocked_patterns: tuple[str, ...] = ()
+    # Jobs one user may submit per rolling 24 hours; 0 means no limit.
+    daily_job_quota: int = 0
+    # Job commands switched off everywhere unless a server or channel turns them back on.
+    disabled_commands: tuple[str, ...] = ()
+
+
+# The commands /settings can switch on and off (the ones that queue work).
+JOB_COMMANDS: tuple[str, ...] = ("imagine", "edit")
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = "INFO"
 
@@ -166,7 +216,10 @@ class Config:
     edit: EditConfig = EditConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     storage: StorageConfig = StorageConfig()
+    moderation: ModerationConfig = ModerationConfig()
     logging: LoggingConfig = LoggingConfig()
+    upscale: UpscaleConfig = UpscaleConfig()
+    timelapse: TimelapseConfig = TimelapseConfig()
     safety: SafetyConfig = SafetyConfig()
 
 
@@ -207,7 +260,7 @@ def parse_config(text: str, source: str = "config.toml") -> Config:
 def config_from_mapping(document: Mapping[str, Any]) -> Config:
     problems: list[str] = []
     known_sections = ("discord", "models", "imagine", "edit", "scheduler", "storage", "logging",
-                      "safety")
+                      "upscale", "timelapse", "moderation", "safety")
     for name in sorted(set(document) - set(known_sections)):
         problems.append(
             f"[{name}]: unknown section (allowed: {', '.join(f'[{s}]' for s in known_sections)})"
@@ -224,7 +277,10 @@ def config_from_mapping(document: Mapping[str, Any]) -> Config:
         edit=_edit(section("edit"), edit_limits),
         scheduler=_scheduler(section("scheduler")),
         storage=_storage(section("storage")),
+        moderation=_moderation(section("moderation")),
         logging=_logging(section("logging")),
+        upscale=_upscale(section("upscale")),
+        timelapse=_timelapse(section("timelapse")),
         safety=_safety(section("safety")),
     )
     if problems:
@@ -456,6 +512,7 @@ def pipeline_hard_limits() -> tuple[dict[str, Any], dict[str, Any]]:
         "guidance": (1.0, blended.MAX_GUIDANCE),
         "side": (blended.MIN_SIDE, blended.MAX_SIDE),
         "prompt_chars": blended.MAX_PROMPT_CHARS,
+        "starts": blended.START_MODES,
     }
     return imagine, edit
 
@@ -528,9 +585,13 @@ def _discord(t: _Table) -> DiscordConfig:
         continue_by=t.choice("continue_by", d.continue_by, ("anyone", "requester")),
         submit_cooldown_seconds=t.number("submit_cooldown_seconds", d.submit_cooldown_seconds,
                                          0, 3600),
+        thread_per_job=t.boolean("thread_per_job", d.thread_per_job),
     )
     t.finish()
     return out
+
+
+_MIXED_MODEL_KEYS = ("candidate_batch", "channels_last")
 
 
 def _models(raw: Any, problems: list[str]) -> ModelSettings:
@@ -547,9 +608,19 @@ def _models(raw: Any, problems: list[str]) -> ModelSettings:
                 f"models.{key} = {_show(value)}: unknown key (allowed in [models]: "
                 f"{', '.join(sorted(known))})"
             )
+        elif key in _MIXED_MODEL_KEYS:
+            # "auto" or a number/boolean: ModelSettings.problems() checks the value itself.
+            table[key] = value
         elif isinstance(known[key], bool):
             if not isinstance(value, bool):
                 problems.append(f"models.{key} = {_show(value)}: must be true or false")
+            else:
+                table[key] = value
+        elif key == "devices":
+            if (not isinstance(value, list) or not value
+                    or not all(isinstance(v, str) and v.strip() for v in value)):
+                problems.append(f"models.devices = {_show(value)}: must be a non-empty list of "
+                                'devices, e.g. ["cuda:0", "cuda:1"]')
             else:
                 table[key] = value
         elif key in SOURCE_LIST_KEYS and isinstance(value, list):
@@ -599,13 +670,14 @@ def _edit(t: _Table, limits: dict[str, Any]) -> EditConfig:
         backgrounds=backgrounds,
         default_background=t.choice("default_background", d.default_background, backgrounds),
         shrink=t.boolean("shrink", d.shrink),
+        start=t.choice("start", d.start, limits["starts"]),
         max_side=t.integer("max_side", d.max_side, *limits["side"]),
         preview_every=t.integer("preview_every", d.preview_every, 1, 1000),
         max_prompt_chars=t.integer("max_prompt_chars", d.max_prompt_chars, 1,
                                    limits["prompt_chars"]),
     )
-    if out.max_side % 64:
-        t.problem("max_side", out.max_side, "must be a multiple of 64")
+    if out.max_side % 8:
+        t.problem("max_side", out.max_side, "must be a multiple of 8")
     t.finish()
     return out
 
@@ -678,6 +750,44 @@ def _storage(t: _Table) -> StorageConfig:
     return out
 
 
+def _moderation(t: _Table) -> ModerationConfig:
+    d = ModerationConfig()
+    terms: dict[str, tuple[str, ...]] = {}
+    for name, kind in (("blocked_words", TermKind.WORD), ("blocked_patterns", TermKind.PATTERN)):
+        present, value = t._get(name)
+        terms[name] = ()
+        if not present:
+            continue
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            t.problem(name, value, "must be a list of strings")
+            continue
+        good = True
+        for text in value:
+            try:
+                compile_term(BlockedTerm(kind, text))
+            except BadTerm as exc:
+                t.problem(name, text, str(exc))
+                good = False
+        if good:
+            terms[name] = tuple(value)
+    present, value = t._get("disabled_commands")
+    disabled: tuple[str, ...] = ()
+    if present:
+        if not isinstance(value, list) or not all(v in JOB_COMMANDS for v in value):
+            t.problem("disabled_commands", value,
+                      f"must be a list of command names from {', '.join(JOB_COMMANDS)}")
+        else:
+            disabled = tuple(value)
+    out = ModerationConfig(
+        blocked_words=terms["blocked_words"],
+        blocked_patterns=terms["blocked_patterns"],
+        daily_job_quota=t.integer("daily_job_quota", d.daily_job_quota, 0, 100_000),
+        disabled_commands=disabled,
+    )
+    t.finish()
+    return out
+
+
 def _safety(t: _Table) -> SafetyConfig:
     d = SafetyConfig()
     out = SafetyConfig(
@@ -692,6 +802,40 @@ def _safety(t: _Table) -> SafetyConfig:
 def _logging(t: _Table) -> LoggingConfig:
     out = LoggingConfig(
         level=t.choice("level", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+    )
+    t.finish()
+    return out
+
+
+def _upscale(t: _Table) -> UpscaleConfig:
+    d = UpscaleConfig()
+    tile_size = t.integer("tile_size", d.tile_size, 0, 4096)
+    if 0 < tile_size < 16:
+        t.problem("tile_size", tile_size, "must be 0 (no tiling) or from 16 to 4096")
+        tile_size = d.tile_size
+    out = UpscaleConfig(
+        tile_size=tile_size,
+        tile_overlap=t.integer("tile_overlap", d.tile_overlap, 0, 256),
+        max_input_side=t.integer("max_input_side", d.max_input_side, 16, 8192),
+        jpeg_max_quality=t.integer("jpeg_max_quality", d.jpeg_max_quality, 1, 100),
+        jpeg_min_quality=t.integer("jpeg_min_quality", d.jpeg_min_quality, 1, 100),
+        jpeg_quality_step=t.integer("jpeg_quality_step", d.jpeg_quality_step, 1, 99),
+    )
+    if out.jpeg_min_quality > out.jpeg_max_quality:
+        t.problems.append(
+            f"upscale.jpeg_min_quality = {out.jpeg_min_quality}: must not exceed "
+            f"upscale.jpeg_max_quality = {out.jpeg_max_quality}"
+        )
+    t.finish()
+    return out
+
+
+def _timelapse(t: _Table) -> TimelapseConfig:
+    d = TimelapseConfig()
+    out = TimelapseConfig(
+        keep_frames=t.boolean("keep_frames", d.keep_frames),
+        max_frames=t.integer("max_frames", d.max_frames, 2, 400),
+        fps=t.integer("fps", d.fps, 1, 60),
     )
     t.finish()
     return out

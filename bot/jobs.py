@@ -16,6 +16,13 @@ from typing import Any
 class JobKind(str, Enum):
     IMAGINE = "imagine"  # VQGAN-CLIP (pipelines.vqgan_clip.ImagineRequest)
     EDIT = "edit"  # Blended Latent Diffusion (pipelines.blended.EditRequest)
+    UPSCALE = "upscale"  # one result upscaled (pipelines.upscale.UpscaleRequest)
+
+
+# Loaded when the bot starts. The upscaler is not: it is fetched (on first use, into the models
+# folder) and loaded when the first upscale job runs, so a bot whose users never upscale never
+# downloads it, and a missing file fails those jobs only.
+PRELOADED_KINDS = (JobKind.IMAGINE, JobKind.EDIT)
 
 
 class JobStatus(str, Enum):

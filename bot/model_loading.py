@@ -12,17 +12,19 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from bot.files import write_atomic
-from bot.worker import WorkerThread
 from pipelines.model_plan import ModelStep
 
 log = logging.getLogger(__name__)
 
 LOAD_TIMES_FILE = "model-load-times.json"
+
+# Runs a blocking load somewhere off the event loop (a worker thread's ``run``).
+Runner = Callable[[Callable[[], object]], Awaitable[object]]
 
 
 class LoadTimes:
@@ -73,13 +75,14 @@ class ModelLoader:
 
     def __init__(
         self,
-        steps: Sequence[ModelStep],
+        steps: Sequence[tuple[ModelStep, Runner]],
         times: LoadTimes,
         on_change: Callable[[LoadingState], None] = lambda state: None,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.steps = list(steps)
+        self.steps = [step for step, _ in steps]
+        self._runners = [runner for _, runner in steps]
         self.times = times
         self.on_change = on_change
         self._clock = clock
@@ -108,15 +111,16 @@ class ModelLoader:
             total += seconds
         return total
 
-    async def run(self, worker: WorkerThread) -> None:
-        """Load every model; a failure propagates (the caller decides whether to stop)."""
-        for index, step in enumerate(self.steps):
+    async def run(self) -> None:
+        """Load every model, each on its runner's thread; a failure propagates (the caller
+        decides whether to stop)."""
+        for index, (step, runner) in enumerate(zip(self.steps, self._runners, strict=True)):
             self._index = index
             self._step_started = self._clock()
             state = self.state
             log.info("%s: %s", state.text, step.label)
             self.on_change(state)
-            await worker.run(step.load)
+            await runner(step.load)
             seconds = self._clock() - self._step_started
             self.times.record(step.key, seconds)
             log.info("loaded %s in %.1f s", step.label, seconds)

@@ -22,6 +22,7 @@ from pipelines.settings import ModelSettings
 REQUEST_CLASSES: dict[JobKind, tuple[str, str]] = {
     JobKind.IMAGINE: ("pipelines.vqgan_clip", "ImagineRequest"),
     JobKind.EDIT: ("pipelines.blended", "EditRequest"),
+    JobKind.UPSCALE: ("pipelines.upscale", "UpscaleRequest"),
 }
 
 
@@ -60,12 +61,18 @@ def decode_images(images: dict[str, bytes | list[bytes]]) -> dict[str, Any]:
 class RegistrySource:
     """The real pipelines, loaded once per process by :func:`pipelines.registry.load_pipeline`."""
 
-    def __init__(self, settings: ModelSettings) -> None:
+    def __init__(self, settings: ModelSettings, *, private: bool = False) -> None:
         self.settings = settings
+        # Models of its own rather than the process-wide shared ones: two worker threads on one
+        # device must not drive one pipeline object at the same time.
+        self.private = private
+        self._own: dict[JobKind, Pipeline] = {}
 
     def model_steps(self, kinds: Iterable[JobKind] = tuple(JobKind)) -> list[ModelStep]:
         from pipelines.model_plan import model_steps
 
+        if self.private:
+            return []  # its own copies are built by preload(), not the shared caches the steps warm
         return model_steps(self.settings, [kind.value for kind in kinds])
 
     def preload(self, kinds: Iterable[JobKind] = tuple(JobKind)) -> None:
@@ -73,9 +80,13 @@ class RegistrySource:
             self._pipeline(kind)
 
     def _pipeline(self, kind: JobKind) -> Pipeline:
-        from pipelines.registry import load_pipeline
+        from pipelines.registry import build_pipeline, load_pipeline
 
-        return load_pipeline(kind.value, self.settings)
+        if not self.private:
+            return load_pipeline(kind.value, self.settings)
+        if kind not in self._own:
+            self._own[kind] = build_pipeline(kind.value, self.settings)
+        return self._own[kind]
 
     def prepare(self, job: JobRequest) -> PreparedJob:
         module_name, class_name = REQUEST_CLASSES[job.kind]

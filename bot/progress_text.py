@@ -38,6 +38,10 @@ def quiet(text: str) -> str:
 
 
 def describe_job(job_id: int, kind: JobKind, user_id: int, params: dict[str, Any]) -> str:
+    if kind is JobKind.UPSCALE:
+        source = params.get("source_job_id")
+        of = f" of result {params.get('source_rank')} of #{source}" if source is not None else ""
+        return f"**upscale #{job_id}**{of} for <@{user_id}>"
     verb = "imagine" if kind is JobKind.IMAGINE else "edit"
     prompt = str(params.get("prompt") or "").strip()
     if len(prompt) > MAX_PROMPT_SHOWN:

@@ -1,24 +1,26 @@
 """The image safety check as the bot applies it: where it runs, and what a flag does.
 
-Results are checked on the worker thread, right after the pipeline returns and before anything
-is saved or posted. A flagged result is either blurred (and posted behind a spoiler) or withheld,
-as ``[safety] action`` says. Input images (``init_image``, ``/edit``'s image) are checked before a
-job is queued, on a thread of their own so that a check never waits behind a long job; a flagged
-one is refused. In a channel Discord marks age-restricted the check is skipped unless
-``[safety] check_age_restricted`` is on.
+Results are checked on the safety check's own worker thread when a job's outcome comes back,
+before anything is recorded or posted (whichever executor ran the job). A flagged result is
+either blurred (and posted behind a spoiler) or withheld, as ``[safety] action`` says. Input
+images (``init_image``, ``/edit``'s image) are checked before a job is queued, on the same
+thread, so that a check never waits behind a long job; a flagged one is refused. In a channel
+Discord marks age-restricted the check is skipped unless ``[safety] check_age_restricted`` is on.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from dataclasses import replace
+from typing import TYPE_CHECKING, TypeVar
 
 from bot.config import SafetyConfig
+from bot.files import png_bytes, write_atomic
+from bot.store import NewResult
 from bot.worker import WorkerThread
 from pipelines.image_io import open_image
-from pipelines.interface import RankedImage
 from pipelines.model_plan import ModelStep
 from pipelines.settings import ModelSettings
 
@@ -36,12 +38,7 @@ INPUT_REFUSED = (
 )
 
 
-@dataclass(frozen=True)
-class Screened:
-    """The results to keep, best first and numbered from 1, each with its flag."""
-
-    images: list[tuple[RankedImage, bool]]
-    withheld: int = 0
+T = TypeVar("T")
 
 
 class ImageSafety:
@@ -54,7 +51,7 @@ class ImageSafety:
         self.config = config
         self.models = models
         self.age_restricted = age_restricted
-        self._input_thread = WorkerThread(name="faraday-safety")
+        self._thread = WorkerThread(name="faraday-safety")
 
     def wanted(self, channel_id: int) -> bool:
         """Whether images for this channel are checked (call on the event loop)."""
@@ -73,39 +70,63 @@ class ImageSafety:
         name = self.models.safety_checker if self.models.preset == "default" else "random"
         return ModelStep(f"{self.models.preset}:safety:{name}", "safety checker", self.checker)
 
-    def screen(self, images: Sequence[RankedImage]) -> Screened:
-        """Runs on the worker thread: check every result and apply the configured action."""
+    async def screen_results(self, results: Sequence[NewResult]) -> tuple[list[NewResult], int]:
+        """Check a finished job's results off the loop; returns those to record, and how many
+        were withheld. Flagged files are blurred in place, or deleted and the rest renumbered."""
+        return await self.run(lambda: self._screen(list(results)))
+
+    def _screen(self, results: list[NewResult]) -> tuple[list[NewResult], int]:
+        from PIL import Image
+
         from pipelines.safety import blurred
 
-        flags = self.checker().flags([ranked.image for ranked in images])
+        opened = []
+        for result in results:
+            with Image.open(result.path) as image:
+                opened.append(image.convert("RGB"))
+        flags = self.checker().flags(opened)
         if not any(flags):
-            return Screened([(ranked, False) for ranked in images])
+            return results, 0
         log.info("the image safety check flagged %d of %d result(s); action: %s",
                  sum(flags), len(flags), self.config.action)
         if self.config.action == "withhold":
-            kept = [ranked for ranked, flagged in zip(images, flags, strict=True) if not flagged]
-            # Numbered again from 1, so the number reactions match what is shown.
-            return Screened(
-                [(replace(ranked, rank=index), False) for index, ranked in enumerate(kept, 1)],
-                withheld=len(images) - len(kept),
-            )
-        return Screened([
-            (replace(ranked, image=blurred(ranked.image)) if flagged else ranked, flagged)
-            for ranked, flagged in zip(images, flags, strict=True)
-        ])
+            for result, flagged in zip(results, flags, strict=True):
+                if flagged:
+                    result.path.unlink(missing_ok=True)
+            kept = [r for r, flagged in zip(results, flags, strict=True) if not flagged]
+            # Numbered again from 1 (in rank order, so no file is overwritten), so the number
+            # reactions match what is shown.
+            renumbered = []
+            for rank, result in enumerate(kept, start=1):
+                path = result.path.with_name(
+                    result.path.name.replace(f"-{result.rank}.", f"-{rank}.", 1))
+                if path != result.path:
+                    os.replace(result.path, path)
+                renumbered.append(replace(result, rank=rank, path=path))
+            return renumbered, len(results) - len(kept)
+        out = []
+        for result, image, flagged in zip(results, opened, flags, strict=True):
+            if flagged:
+                # Only the blurred image is kept: the original is never stored or posted.
+                write_atomic(result.path, png_bytes(blurred(image)))
+            out.append(replace(result, flagged=flagged))
+        return out, 0
+
+    async def run(self, work: Callable[[], T]) -> T:
+        """On the safety check's own thread (never the event loop, never behind a long job)."""
+        self._thread.start()  # once; later calls do nothing
+        return await self._thread.run(work)
 
     async def refused_input(self, channel_id: int, images: dict[str, bytes]) -> str | None:
         """The refusal for the first flagged input image, or ``None`` when all may be used."""
         if not images or not self.wanted(channel_id):
             return None
-        self._input_thread.start()  # once; later calls do nothing
-
         def check() -> list[bool]:
             opened = [open_image(data, what=name.replace("_", " ")) for name, data in
                       images.items()]
             return self.checker().flags(opened)
 
-        flags = await self._input_thread.run(check)
+        flags = await self.run(check)
         for (name, _), flagged in zip(images.items(), flags, strict=True):
             if flagged:
                 log.info("an input image (%s) was refused by the image safety check", name)
@@ -113,4 +134,4 @@ class ImageSafety:
         return None
 
     def stop(self) -> None:
-        self._input_thread.stop()
+        self._thread.stop()

@@ -1,33 +1,32 @@
-"""The single-GPU job scheduler: fair queueing on the event loop, execution on one worker thread.
+"""The job scheduler: fair queueing on the event loop, execution handed to an executor.
 
-Everything public here is called on the event loop and never blocks it: the store is async, the
-pipeline runs on :class:`bot.worker.WorkerThread`, and progress comes back through a
-latest-only mailbox. Jobs are persisted before :meth:`Scheduler.submit` returns, so "queued" is a
-promise the bot keeps across a crash.
+Everything public here is called on the event loop and never blocks it: the store is async and
+the pipelines run wherever the executor runs them (:class:`bot.local_executor.LocalExecutor`'s
+worker threads by default, GPU worker processes through PostgreSQL with
+:class:`bot.cluster.executor.PostgresExecutor`). Fairness, limits, ETAs, the store and the
+publisher all stay here, whichever executor runs the jobs. Jobs are persisted before
+:meth:`Scheduler.submit` returns, so "queued" is a promise the bot keeps across a crash.
 
-Positions count the jobs still to run up to and including this one: the running job is position 1,
-and a waiting job's position is one more than the number of jobs ahead of it (the running one
-included). ETAs are seconds until the job *finishes*, or ``None`` while there is no timing history
-for some job ahead of it.
+Positions count the jobs still to run up to and including this one: running jobs come first (a
+single running job is position 1), and a waiting job's position is one more than the number of
+jobs ahead of it (the running ones included). ETAs are seconds until the job *finishes*, or
+``None`` while there is no timing history for some job ahead of it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
-from bot.config import MAX_SEED, SchedulerConfig
+from bot.config import MAX_SEED, SchedulerConfig, TimelapseConfig
 from bot.eta import EtaEstimator, WorkKey, steps_of, work_key
 from bot.events import (
     JobFinished,
@@ -40,22 +39,18 @@ from bot.events import (
     SchedulerEvent,
     SchedulerListener,
 )
+from bot.execution import OOM_ADVICE, is_out_of_memory
+from bot.executor import Executor, Outcome, Progress, Run, RunningRef, StopReason
 from bot.fair_queue import FairQueue
-from bot.files import png_bytes, write_atomic
-from bot.jobs import JobKind, JobRequest, JobStatus
+from bot.jobs import PRELOADED_KINDS, JobKind, JobRequest, JobStatus
 from bot.pipeline_source import PipelineSource
-from bot.safety import ALL_WITHHELD, ImageSafety, Screened
-from bot.store import NewResult, QueuedJob, RecoveryReport, ResultRecord, Store
-from bot.worker import LatestOnlyMailbox, WorkerThread
-from pipelines.downloads import ModelFileError
-from pipelines.interface import Cancelled, InvalidRequest
+from bot.safety import ALL_WITHHELD, ImageSafety
+from bot.store import QueuedJob, RecoveryReport, ResultRecord, Store
 
 log = logging.getLogger(__name__)
 
-OOM_ADVICE = {
-    JobKind.IMAGINE: "try a smaller size or fewer cutouts (cutn)",
-    JobKind.EDIT: "try fewer candidates or a smaller image",
-}
+__all__ = ["OOM_ADVICE", "CancelOutcome", "QueueSnapshot", "Scheduler", "SubmitRefused",
+           "is_out_of_memory"]
 
 
 class SubmitRefused(Exception):
@@ -78,6 +73,8 @@ class Submitted:
     job_id: int
     position: int
     eta_seconds: float | None
+    # Why it cannot start soon although it is safely queued (e.g. the GPU workers are unreachable).
+    notice: str | None = None
     # The models were still loading when it was queued: it starts once they are ready.
     models_loading: bool = False
 
@@ -107,20 +104,29 @@ class RunningEntry:
 
 @dataclass(frozen=True)
 class QueueSnapshot:
-    running: RunningEntry | None
+    running: RunningEntry | None  # the first job started of those running
     queued: list[QueueEntry]
+    # The other running jobs, in the order they started (more than one device or GPU worker).
+    also_running: tuple[RunningEntry, ...] = ()
+    # Why waiting jobs cannot start now (e.g. no GPU worker is alive), for /queue.
+    notice: str | None = None
+
+    @property
+    def all_running(self) -> list[RunningEntry]:
+        return ([self.running] if self.running else []) + list(self.also_running)
 
     @property
     def length(self) -> int:
         """Jobs waiting or running."""
-        return len(self.queued) + (1 if self.running else 0)
+        return len(self.queued) + len(self.all_running)
 
     def for_user(self, user_id: int) -> list[QueueEntry]:
         return [entry for entry in self.queued if entry.user_id == user_id]
 
     def position_of(self, job_id: int) -> int | None:
-        if self.running and self.running.job_id == job_id:
-            return 1
+        for position, entry in enumerate(self.all_running, start=1):
+            if entry.job_id == job_id:
+                return position
         for entry in self.queued:
             if entry.job_id == job_id:
                 return entry.position
@@ -138,62 +144,25 @@ def _waiting(job: QueuedJob) -> _Waiting:
 
 
 @dataclass
-class _Progress:
-    step: int
-    total: int
-    preview: Image.Image | None
-    preview_step: int | None
-
-
-@dataclass
 class _Running:
-    """The job on the worker. Fields written by the worker are only read under ``lock``."""
+    """A launched job, as the scheduler tracks it on the event loop."""
 
     info: JobInfo
     total: int | None
     started_monotonic: float = field(default_factory=time.monotonic)
-    stop: threading.Event = field(default_factory=threading.Event)
-    stop_reason: str | None = None  # "cancel" | "shutdown"
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    step: int = 0
-    preview: Image.Image | None = None
-    preview_step: int | None = None
+    stop_reason: StopReason | None = None
+    run: Run | None = None
+    task: asyncio.Task | None = None
 
+    @property
+    def step(self) -> int:
+        latest = self.run.latest if self.run is not None else None
+        return latest.step if latest is not None else 0
 
-@dataclass
-class _Outcome:
-    status: str  # "done" | "failed" | "cancelled" | "stopped"
-    results: list[NewResult] = field(default_factory=list)
-    error: str | None = None
-    preview: Image.Image | None = None
-    preview_path: Path | None = None
-    step: int | None = None
-    total: int | None = None
-    seconds: float = 0.0
-    withheld: int = 0  # results the image safety check held back
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    if isinstance(exc, MemoryError):
-        return True
-    try:
-        import torch
-
-        if isinstance(exc, torch.OutOfMemoryError):
-            return True
-    except (ImportError, AttributeError):
-        pass
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-
-
-def _free_accelerator_memory() -> None:
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception:  # freeing is best effort; the job has failed already
-        log.debug("could not empty the CUDA cache", exc_info=True)
+    @property
+    def current_total(self) -> int | None:
+        latest = self.run.latest if self.run is not None else None
+        return latest.total if latest is not None else self.total
 
 
 def _info(job: QueuedJob) -> JobInfo:
@@ -204,33 +173,43 @@ class Scheduler:
     def __init__(
         self,
         store: Store,
-        source: PipelineSource,
+        source: PipelineSource | None,
         config: SchedulerConfig,
         *,
         rng: random.Random | None = None,
+        executor: Executor | None = None,
+        timelapse: TimelapseConfig | None = None,
     ) -> None:
         self.store = store
         self.source = source
         self.config = config
         self.eta = EtaEstimator(config.eta_window)
-        self.worker = WorkerThread(niceness=config.worker_niceness)
+        if executor is None:
+            if source is None:
+                raise ValueError("a scheduler needs a pipeline source or an executor")
+            from bot.local_executor import LocalExecutor
+
+            # ``timelapse``: where /imagine jobs keep their preview frames (None keeps none).
+            executor = LocalExecutor(store, [source], niceness=config.worker_niceness,
+                                     timelapse=timelapse)
+        self.executor: Executor = executor
         self._rng = rng or random.Random()
         self._queue: FairQueue[_Waiting] = FairQueue()
-        self._running: _Running | None = None
+        # Launched jobs by id, in the order they started.
+        self._running: dict[int, _Running] = {}
+        self._launching = 0  # popped from the queue, not yet handed to the executor
         self._listeners: list[SchedulerListener] = []
         self._submit_lock = asyncio.Lock()
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._dispatcher: asyncio.Task | None = None
-        self._current_run: asyncio.Task | None = None
         self._accepting = False
         self._stopping = False
-        self._mailbox: LatestOnlyMailbox[tuple[_Running, _Progress]] | None = None
         # Jobs are held (queued, not started) while the models load after connecting.
         self._models_ready = asyncio.Event()
         self._models_ready.set()
         self._load_remaining: Callable[[], float | None] = lambda: 0.0
-        # The image safety check of results; None runs without one.
+        # The image safety check of finished results; None posts them unchecked.
         self.image_safety: ImageSafety | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -238,11 +217,24 @@ class Scheduler:
     def add_listener(self, listener: SchedulerListener) -> None:
         self._listeners.append(listener)
 
+    async def preload(self) -> None:
+        """Load the models once, before the first job (the executor decides where)."""
+        await self.executor.preload(PRELOADED_KINDS)
+
     async def start(self) -> RecoveryReport:
-        """Recover from the last run, rebuild the queue in its stored order, start the worker."""
-        loop = asyncio.get_running_loop()
-        self._mailbox = LatestOnlyMailbox(loop, self._deliver_progress)
-        report = await self.store.recover()
+        """Recover from the last run, rebuild the queue in its stored order, start dispatching.
+
+        Jobs the store says were running are first offered to the executor: one still running
+        somewhere (a GPU worker outlives the bot) is followed again, one that finished meanwhile
+        is collected; the rest count one interruption, as after any crash.
+        """
+        await self.executor.connect(self.wake)
+        was_running = [job for job in await self.store.pending_jobs()
+                       if job.status is JobStatus.RUNNING]
+        recovered = (await self.executor.recover([RunningRef(job) for job in was_running])
+                     if was_running else [])
+        runs = {item.job_id: item.run for item in recovered if item.run is not None}
+        report = await self.store.recover(keep_running=set(runs))
         if report.requeued:
             log.warning("re-queued job(s) interrupted by the last shutdown: %s", report.requeued)
         if report.failed:
@@ -252,7 +244,8 @@ class Scheduler:
             last_run_round_by_user=await self.store.last_run_round_by_user(),
         )
         for job in await self.store.pending_jobs():
-            self._queue.push(job.id, job.user_id, job.fair_round, _waiting(job))
+            if job.id not in runs:
+                self._queue.push(job.id, job.user_id, job.fair_round, _waiting(job))
         self.eta.seed(
             (t.kind, t.params, t.seconds_per_step)
             for t in await self.store.recent_step_timings(self.config.eta_window * 4)
@@ -264,11 +257,19 @@ class Scheduler:
                                record.request.channel_id, record.request.params)
                 self._emit(JobFinished(info, JobStatus.FAILED, record.error, [], None, None, None,
                                        None))
+        for job in was_running:
+            run = runs.get(job.id)
+            if run is not None:
+                log.info("job %d is still running on a worker (or finished while the bot was "
+                         "down); following it again", job.id)
+                running = _Running(_info(job), steps_of(job.params), run=run)
+                self._running[job.id] = running
+                self._emit(JobStarted(running.info, running.total, running.started_monotonic))
+                self._track(running, self._follow(job, running))
         positions = self._positions()
         for job_id, _user, waiting in self._queue:
             position, eta = positions[job_id]
             self._emit(JobQueued(_info(waiting.job), position, eta))
-        self.worker.start()
         self._accepting = True
         self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="faraday-dispatcher")
         self._update_idle()
@@ -276,34 +277,42 @@ class Scheduler:
         return report
 
     async def shutdown(self, grace_seconds: float | None = None) -> None:
-        """Stop taking jobs; the running job stops at its next step and goes back in the queue."""
+        """Stop taking jobs; running jobs stop at their next step and go back in the queue."""
         grace = self.config.shutdown_grace_seconds if grace_seconds is None else grace_seconds
         self._accepting = False
         self._stopping = True
-        running = self._running
-        if running is not None:
+        for running in list(self._running.values()):
             running.stop_reason = running.stop_reason or "shutdown"
-            running.stop.set()
-        current = self._current_run
-        if current is not None and not current.done():
             try:
-                await asyncio.wait_for(asyncio.shield(current), grace)
-            except asyncio.TimeoutError:
-                log.warning("job %d did not stop within %.0f s; it will be re-queued on the next "
-                            "start", running.info.job_id if running else -1, grace)
-                if running is not None:
-                    await self.store.requeue(running.info.job_id)
+                await self.executor.cancel(running.info.job_id, "shutdown")
             except Exception:
-                log.exception("the running job failed while shutting down")
+                log.exception("could not ask job %d to stop", running.info.job_id)
+        tasks = [r.task for r in self._running.values() if r.task is not None and not r.task.done()]
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=grace)
+            for running in list(self._running.values()):
+                if running.task in pending:
+                    log.warning("job %d did not stop within %.0f s; it will be re-queued on the "
+                                "next start", running.info.job_id, grace)
+                    await self.store.requeue(running.info.job_id)
         if self._dispatcher is not None:
             self._dispatcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._dispatcher
-        self.worker.stop()
+        await self.executor.close()
 
     async def wait_idle(self) -> None:
         """Until nothing is running or waiting (tests and benchmarks)."""
         await self._idle.wait()
+
+    def wake(self) -> None:
+        """Look again for jobs to start (the executor calls it when slots appear)."""
+        self._wakeup.set()
+
+    @property
+    def worker(self) -> Any:
+        """The first local worker thread (local executor only)."""
+        return self.executor.slots[0].worker  # type: ignore[attr-defined]
 
     @property
     def worker_thread_ident(self) -> int | None:
@@ -351,14 +360,15 @@ class Scheduler:
         log.info("job %d queued (%s, user %d, position %d)", job.id, job.kind.value,
                  job.user_id, position)
         self._emit(JobQueued(_info(job), position, eta))
-        if position < len(self._queue) + (1 if self._running is not None else 0):
+        if position < len(self._queue) + len(self._running):
             self._emit_queue_moved()  # fairness put it ahead of someone; they moved back
         self._update_idle()
         self._wakeup.set()
-        return Submitted(job.id, position, eta, models_loading=self.models_loading)
+        return Submitted(job.id, position, eta, self.executor.unavailable_reason(),
+                         models_loading=self.models_loading)
 
     def _check_limits(self, user_id: int) -> None:
-        in_line = len(self._queue) + (1 if self._running is not None else 0)
+        in_line = len(self._queue) + len(self._running)
         cap = self.config.max_queued_per_user
         if self._queue.count_for_user(user_id) >= cap:
             positions = self._positions()
@@ -374,7 +384,7 @@ class Scheduler:
         if len(self._queue) >= total_cap:
             # Where fairness would have put it, which for someone with nothing waiting is often
             # well ahead of the end of the line.
-            position = self._queue.ahead_of_new(user_id) + (2 if self._running else 1)
+            position = self._queue.ahead_of_new(user_id) + len(self._running) + 1
             raise SubmitRefused(
                 "global_limit",
                 f"The queue is full: {len(self._queue)} jobs are waiting (the limit is "
@@ -383,11 +393,12 @@ class Scheduler:
             )
 
     async def cancel(self, job_id: int) -> CancelOutcome:
-        running = self._running
-        if running is not None and running.info.job_id == job_id:
+        running = self._running.get(job_id)
+        if running is not None:
             if running.stop_reason is None:
                 running.stop_reason = "cancel"
-            running.stop.set()
+            if running.run is not None:
+                await self.executor.cancel(job_id, running.stop_reason)
             log.info("job %d: cancellation requested while running", job_id)
             return CancelOutcome.STOPPING
         waiting = self._queue.remove(job_id)
@@ -410,38 +421,45 @@ class Scheduler:
 
     # -- queue facts -------------------------------------------------------------------------
 
-    def _running_remaining(self) -> float | None:
-        running = self._running
-        if running is None:
-            return 0.0
-        with running.lock:
-            step = running.step
-        total = running.total
+    def _remaining(self, running: _Running) -> float | None:
+        total = running.current_total
         if total is None:
             return None
         elapsed = time.monotonic() - running.started_monotonic
-        return self.eta.remaining_seconds(running.info.kind, running.info.params, step, total,
-                                          elapsed)
+        return self.eta.remaining_seconds(running.info.kind, running.info.params, running.step,
+                                          total, elapsed)
 
     def _positions(self) -> dict[int, tuple[int, float | None]]:
-        """Position and ETA of every waiting job, in one pass over the run order."""
+        """Position and ETA of every waiting job, in one pass over the run order.
+
+        Each waiting job goes to the slot that frees first, as the dispatcher will hand it out;
+        with one slot this is a running clock of durations.
+        """
         # Called on every queue change with possibly hundreds waiting: most jobs share a few
         # work keys, so each key's duration is looked up once per pass.
         out: dict[int, tuple[int, float | None]] = {}
         durations: dict[WorkKey, float | None] = {}
-        position = 1 if self._running is None else 2
-        clock = self._running_remaining()
-        if clock is not None and self.models_loading:
-            loading = self._load_remaining()
-            clock = None if loading is None else clock + loading
+        position = len(self._running) + 1
+        busy = [self._remaining(running) for running in self._running.values()]
+        idle = max(0, self.executor.free_slots() - self._launching)
+        known = all(t is not None for t in busy) and (busy or idle)
+        # While the models load, no slot frees before they are ready.
+        start = self._load_remaining() if self.models_loading else 0.0
+        known = known and start is not None
+        free_at: list[float] = sorted([t for t in busy if t is not None] + [start or 0.0] * idle)
         for job_id, _user, waiting in self._queue:
-            if clock is not None:
+            eta: float | None = None
+            if known:
                 work = waiting.work
                 if work not in durations:
                     durations[work] = self.eta.key_seconds(work)
                 duration = durations[work]
-                clock = None if duration is None else clock + duration
-            out[job_id] = (position, clock)
+                if duration is None:
+                    known = False
+                else:
+                    eta = heapq.heappop(free_at) + duration
+                    heapq.heappush(free_at, eta)
+            out[job_id] = (position, eta)
             position += 1
         return out
 
@@ -451,23 +469,22 @@ class Scheduler:
             QueueEntry(job_id, w.job.user_id, w.job.channel_id, w.job.kind, *positions[job_id])
             for job_id, _user, w in self._queue
         ]
-        running_entry = None
-        running = self._running
-        if running is not None:
-            with running.lock:
-                step = running.step
-            running_entry = RunningEntry(
+        entries = [
+            RunningEntry(
                 job_id=running.info.job_id,
                 user_id=running.info.user_id,
                 channel_id=running.info.channel_id,
                 kind=running.info.kind,
-                step=step,
-                total=running.total,
+                step=running.step,
+                total=running.current_total,
                 elapsed_seconds=time.monotonic() - running.started_monotonic,
-                eta_seconds=self._running_remaining(),
-                stopping=running.stop.is_set(),
+                eta_seconds=self._remaining(running),
+                stopping=running.stop_reason is not None,
             )
-        return QueueSnapshot(running_entry, queued)
+            for running in self._running.values()
+        ]
+        notice = self.executor.unavailable_reason() if queued else None
+        return QueueSnapshot(entries[0] if entries else None, queued, tuple(entries[1:]), notice)
 
     # -- events ------------------------------------------------------------------------------
 
@@ -483,14 +500,79 @@ class Scheduler:
             self._emit(QueueMoved(self._positions()))
 
     def _update_idle(self) -> None:
-        if self._running is None and not len(self._queue):
+        if not self._running and not len(self._queue) and not self._launching:
             self._idle.set()
         else:
             self._idle.clear()
 
-    def _deliver_progress(self, item: tuple[_Running, _Progress]) -> None:
-        running, progress = item
-        if self._running is not running:
+    # -- running jobs ------------------------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        # An executor whose slots come and go (GPU workers) is asked again now and then.
+        poll = getattr(self.executor, "poll_interval_seconds", None)
+        while True:
+            if poll is None:
+                await self._wakeup.wait()
+            else:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), poll)
+            self._wakeup.clear()
+            if self.models_loading:
+                continue  # models_ready() wakes this loop again
+            while (not self._stopping and len(self._queue)
+                   and self.executor.free_slots() - self._launching > 0):
+                popped = self._queue.pop()
+                assert popped is not None
+                job = popped[1].job
+                # Registered before any await, so a cancel arriving meanwhile finds it running.
+                running = _Running(_info(job), steps_of(job.params))
+                self._running[job.id] = running
+                self._launching += 1
+                self._track(running, self._run(job, running))
+
+    def _track(self, running: _Running, work: Any) -> None:
+        job_id = running.info.job_id
+
+        async def guarded() -> None:
+            try:
+                await work
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("the scheduler failed around job %d; carrying on", job_id)
+            finally:
+                if self._running.get(job_id) is running:
+                    del self._running[job_id]
+                self._update_idle()
+                self._wakeup.set()
+
+        running.task = asyncio.create_task(guarded(), name=f"faraday-run-{job_id}")
+
+    async def _run(self, job: QueuedJob, running: _Running) -> None:
+        info = running.info
+        try:
+            await self.store.mark_running(info.job_id, running.total)
+            log.info("job %d started (%s, user %d)", info.job_id, info.kind.value, info.user_id)
+            running.started_monotonic = time.monotonic()
+            running.run = self.executor.launch(job)
+        finally:
+            self._launching -= 1
+        self._emit(JobStarted(info, running.total, running.started_monotonic))
+        self._emit_queue_moved()
+        if running.stop_reason is not None:  # cancelled or shut down while it was starting
+            await self.executor.cancel(info.job_id, running.stop_reason)
+        await self._follow(job, running)
+
+    async def _follow(self, job: QueuedJob, running: _Running) -> None:
+        assert running.run is not None
+        async for event in running.run:
+            if isinstance(event, Progress):
+                self._on_progress(running, event)
+            else:
+                await self._finish(job, running, event)
+
+    def _on_progress(self, running: _Running, progress: Progress) -> None:
+        if self._running.get(running.info.job_id) is not running:
             return  # the job has ended; its final event already went out
         elapsed = time.monotonic() - running.started_monotonic
         eta = self.eta.remaining_seconds(running.info.kind, running.info.params, progress.step,
@@ -498,65 +580,52 @@ class Scheduler:
         self._emit(JobProgress(running.info, progress.step, progress.total, progress.preview,
                                progress.preview_step, eta, running.started_monotonic))
 
-    # -- running jobs ------------------------------------------------------------------------
-
-    async def _dispatch_loop(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            if self.models_loading:
-                continue  # models_ready() wakes this loop again
-            while not self._stopping and self._running is None and len(self._queue):
-                popped = self._queue.pop()
-                assert popped is not None
-                job = popped[1].job
-                # Registered before any await, so a cancel arriving meanwhile finds it running.
-                self._running = _Running(_info(job), steps_of(job.params))
-                self._current_run = asyncio.create_task(self._run(job, self._running))
-                try:
-                    await asyncio.shield(self._current_run)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("the scheduler failed around job %d; carrying on", job.id)
-                finally:
-                    if self._running is not None and self._current_run.done():
-                        self._running = None
-                    self._update_idle()
-
-    async def _run(self, job: QueuedJob, running: _Running) -> None:
+    async def _finish(self, job: QueuedJob, running: _Running, outcome: Outcome) -> None:
         info = running.info
-        await self.store.mark_running(info.job_id, running.total)
-        log.info("job %d started (%s, user %d)", info.job_id, info.kind.value, info.user_id)
-        running.started_monotonic = time.monotonic()
-        self._emit(JobStarted(info, running.total, running.started_monotonic))
-        self._emit_queue_moved()
-        assert self._mailbox is not None
-        mailbox = self._mailbox
-        # Decided here, on the loop, where the bot's channel cache may be read.
-        safety = self.image_safety
-        if safety is not None and not safety.wanted(info.channel_id):
-            safety = None
-        outcome = await self.worker.run(lambda: self._execute(job, running, mailbox, safety))
-        # Anything still in the mailbox is older than the outcome; drop it by clearing _running
-        # first (the delivery checks it).
+        status_now = await self.store.job_status(info.job_id)
+        if status_now is None or status_now.finished:
+            # Collected twice (a NOTIFY and the backstop poll, or a recovery): once is enough.
+            log.info("job %d already finished; ignoring a second outcome", info.job_id)
+            self._running.pop(info.job_id, None)
+            return
         results: list[ResultRecord] = []
+        withheld = 0
+        safety = self.image_safety
+        if outcome.status == "done" and safety is not None and safety.wanted(info.channel_id):
+            # Checked off the loop, before anything is recorded or posted.
+            outcome.results, withheld = await safety.screen_results(outcome.results)
+            if not outcome.results:
+                outcome.status, outcome.error = "failed", ALL_WITHHELD
         if outcome.status == "done":
-            results = await self.store.complete_job(info.job_id, outcome.results,
-                                                    outcome.withheld)
+            results = await self.store.complete_job(info.job_id, outcome.results, withheld)
             # Per step the job asked for, as estimates of waiting jobs (and the history the store
             # gives back after a restart) count them; the pipeline's own count may differ.
             asked = steps_of(info.params) or outcome.total
-            if asked:
+            if asked and outcome.seconds > 0:
                 self.eta.record(info.kind, info.params, outcome.seconds / asked)
             status = JobStatus.DONE
         elif outcome.status == "stopped":
             await self.store.requeue(info.job_id)
-            self._running = None
-            log.info("job %d stopped for shutdown; it will run again after the restart",
-                     info.job_id)
-            self._emit(JobRequeued(info))
+            self._running.pop(info.job_id, None)
+            if self._stopping:
+                log.info("job %d stopped for shutdown; it will run again after the restart",
+                         info.job_id)
+                self._emit(JobRequeued(info))
+            else:
+                # A GPU worker shut down under it: back in line at its fair place.
+                self._requeue_in_line(job)
             return
+        elif outcome.status == "interrupted":
+            if await self.store.interrupt(info.job_id):
+                self._running.pop(info.job_id, None)
+                log.warning("job %d was interrupted (its worker stopped answering); re-queued",
+                            info.job_id)
+                self._requeue_in_line(job)
+                return
+            log.warning("job %d was interrupted a second time; failing it", info.job_id)
+            record = await self.store.get_job(info.job_id)
+            outcome.error = record.error if record is not None else outcome.error
+            status = JobStatus.FAILED
         elif outcome.status == "cancelled":
             await self.store.finish_job(info.job_id, JobStatus.CANCELLED,
                                         preview_path=outcome.preview_path)
@@ -564,112 +633,27 @@ class Scheduler:
         else:
             await self.store.finish_job(info.job_id, JobStatus.FAILED, outcome.error)
             status = JobStatus.FAILED
-        self._running = None
+        self._running.pop(info.job_id, None)
         log.info("job %d %s", info.job_id, status.value)
         self._emit(JobFinished(info, status, outcome.error, results, outcome.preview,
                                outcome.step, outcome.total, running.started_monotonic))
         # No QueueMoved here: the next job starts at once and reports the new positions then.
 
-    def _execute(
-        self,
-        job: QueuedJob,
-        running: _Running,
-        mailbox: LatestOnlyMailbox[tuple[_Running, _Progress]],
-        safety: ImageSafety | None = None,
-    ) -> _Outcome:
-        """Runs on the worker thread: read inputs, prepare, run the pipeline, screen the results
-        with the image safety check when given one, write them."""
-        info = running.info
-        started = time.monotonic()
-
-        def on_progress(step: int, total: int, preview: Image.Image | None) -> None:
-            with running.lock:
-                running.step = step
-                running.total = total
-                if preview is not None:
-                    running.preview = preview
-                    running.preview_step = step
-                progress = _Progress(step, total, running.preview, running.preview_step)
-            mailbox.post((running, progress))
-
-        def stopped_or_cancelled(step: int | None, total: int | None,
-                                 latest: Image.Image | None) -> _Outcome:
-            with running.lock:
-                preview = latest if latest is not None else running.preview
-                step = running.step if step is None else step
-            if running.stop_reason == "shutdown":
-                return _Outcome("stopped", step=step, total=total)
-            path = None
-            if preview is not None:
-                path = self.store.paths.preview_path(info.job_id)
-                write_atomic(path, png_bytes(preview), durable=self.store.sync_commits)
-            return _Outcome("cancelled", preview=preview, preview_path=path, step=step,
-                            total=total)
-
-        if running.stop.is_set():
-            return stopped_or_cancelled(0, running.total, None)
-        try:
-            request = self.store.load_request(job)
-        except OSError as exc:
-            log.error("job %d: its input images cannot be read: %s", info.job_id, exc)
-            return _Outcome("failed", error="its input images were lost from the bot's storage")
-        try:
-            prepared = self.source.prepare(request)
-            result = prepared.pipeline(prepared.request, on_progress, running.stop.is_set)
-            if safety is not None:
-                screened = safety.screen(result.images)
-            else:
-                screened = Screened([(ranked, False) for ranked in result.images])
-        except Cancelled as exc:
-            return stopped_or_cancelled(exc.step, exc.total, exc.latest)
-        except InvalidRequest as exc:
-            log.info("job %d refused by the pipeline: %s", info.job_id, exc)
-            return _Outcome("failed", error=str(exc))
-        except ModelFileError as exc:
-            # The message names the server's files and settings: for the owner's log, not the
-            # channel.
-            log.error("job %d: the models could not be loaded: %s", info.job_id, exc)
-            return _Outcome(
-                "failed",
-                error="the bot's models could not be loaded; the server owner can see why in "
-                "the bot's log.",
-            )
-        except Exception as exc:
-            if is_out_of_memory(exc):
-                log.warning("job %d ran out of memory", info.job_id, exc_info=True)
-                _free_accelerator_memory()
-                return _Outcome(
-                    "failed",
-                    error=f"ran out of memory; {OOM_ADVICE[info.kind]}.",
-                )
-            log.exception("job %d failed in the pipeline", info.job_id)
-            return _Outcome(
-                "failed",
-                error=f"something went wrong while making the image ({type(exc).__name__}); "
-                "the details are in the bot's log.",
-            )
-        seconds = time.monotonic() - started
-        if not screened.images:
-            return _Outcome("failed", error=ALL_WITHHELD)
-        results = []
-        try:
-            for ranked, flagged in screened.images:
-                path = self.store.paths.result_path(info.job_id, ranked.rank)
-                write_atomic(path, png_bytes(ranked.image), durable=self.store.sync_commits)
-                results.append(NewResult(ranked.rank, float(ranked.score), int(ranked.seed),
-                                         path, flagged))
-        except OSError as exc:
-            log.exception("job %d: its results could not be saved", info.job_id)
-            return _Outcome("failed", error=f"the images were made but could not be saved "
-                            f"({exc.strerror or type(exc).__name__}); please try again later.")
-        with running.lock:
-            total = running.total or steps_of(info.params)
-        return _Outcome("done", results=results, step=total, total=total, seconds=seconds,
-                        withheld=screened.withheld)
+    def _requeue_in_line(self, job: QueuedJob) -> None:
+        """Put a job back at its own fair round: the front of the line, as it had started."""
+        self._queue.push(job.id, job.user_id, job.fair_round, _waiting(job))
+        position, eta = self._positions()[job.id]
+        self._emit(JobQueued(_info(job), position, eta))
+        self._emit_queue_moved()
+        self._wakeup.set()
 
 
-def make_source(kind: str, models: Any, stand_in: Any) -> PipelineSource:
-    """The pipeline source the config asks for: ``"real"`` or ``"stand-in"`` (testing only)."""
+def make_source(kind: str, models: Any, stand_in: Any, *, private: bool = False) -> PipelineSource:
+    """The pipeline source the config asks for: ``"real"`` or ``"stand-in"`` (testing only).
+
+    ``private`` gives the source models of its own, not shared with another source on the same
+    settings (two worker threads on one device).
+    """
     if kind == "stand-in":
         from bot.stand_in import StandInPipeline, StandInSource
 
@@ -677,5 +661,11 @@ def make_source(kind: str, models: Any, stand_in: Any) -> PipelineSource:
                                              stand_in.work))
     from bot.pipeline_source import RegistrySource
 
-    return RegistrySource(models)
+    return RegistrySource(models, private=private)
 
+
+def make_executor(store: Store, config: Any) -> Executor:
+    """Local worker threads, one per ``[models] devices`` entry (the only kind so far)."""
+    from bot.local_executor import LocalExecutor
+
+    return LocalExecutor.from_config(store, config)

@@ -133,10 +133,12 @@ _FIELDS = {"steps", "seed", "candidates", "preview_every", "fail", "fail_at_step
 
 
 class StandInSource:
-    """Serves :class:`StandInPipeline` for every kind; ignores parameters it does not know.
+    """Serves :class:`StandInPipeline` for imagine and edit; ignores parameters it does not know.
 
     Real requests carry prompts, sizes and so on; the stand-in keeps only what it understands, so
-    the same JobRequest the cogs build can run on it.
+    the same JobRequest the cogs build can run on it. Upscale jobs run the real upscaler on its
+    ``tiny`` preset (a small random-weight RRDBNet on the CPU, well under a second for a result
+    tile), so their files have the real sizes.
     """
 
     def __init__(self, pipeline: StandInPipeline | None = None) -> None:
@@ -154,9 +156,20 @@ class StandInSource:
         import threading
 
         self.prepared_on.append(threading.get_ident())
+        if job.kind is JobKind.UPSCALE:
+            return _tiny_upscale(job)
         params: dict[str, Any] = {k: v for k, v in job.params.items() if k in _FIELDS}
         if job.kind is JobKind.EDIT:
             params.setdefault("candidates", 4)
         images = decode_images(job.images)
         init = images.get("init_image", images.get("image"))
         return PreparedJob(self.pipeline, StandInRequest(**params, init_image=init))
+
+
+def _tiny_upscale(job: JobRequest) -> PreparedJob:
+    from pipelines.registry import load_pipeline
+    from pipelines.settings import ModelSettings
+    from pipelines.upscale import UpscaleRequest
+
+    pipeline = load_pipeline("upscale", ModelSettings(preset="tiny", device="cpu"))
+    return PreparedJob(pipeline, UpscaleRequest(**job.params, **decode_images(job.images)))

@@ -11,7 +11,7 @@ from discord.ext import commands
 
 from bot.jobs import JobStatus
 from bot.scheduler import CancelOutcome, QueueSnapshot
-from cogs.checks import channel_allowed, channel_refusal, is_admin, role_ids_of
+from cogs.checks import channel_allowed_for, channel_refusal, is_admin, role_ids_of
 from cogs.replies import format_eta
 from cogs.results import CANCEL_EMOJI, RERUN_EMOJI
 
@@ -51,13 +51,15 @@ def describe_queue(snapshot: QueueSnapshot, user_id: int) -> str:
     running = snapshot.running
     if running is None:
         lines.append("Nothing is running right now.")
-    else:
-        progress = f"step {running.step}/{running.total}" if running.total else "starting"
-        whose = "yours" if running.user_id == user_id else f"<@{running.user_id}>'s"
-        state = "stopping" if running.stopping else f"{progress}, done in " + format_eta(
-            running.eta_seconds
+    for entry in snapshot.all_running:
+        progress = f"step {entry.step}/{entry.total}" if entry.total else "starting"
+        whose = "yours" if entry.user_id == user_id else f"<@{entry.user_id}>'s"
+        state = "stopping" if entry.stopping else f"{progress}, done in " + format_eta(
+            entry.eta_seconds
         )
-        lines.append(f"Running: job #{running.job_id} ({running.kind.value}, {whose}), {state}.")
+        lines.append(f"Running: job #{entry.job_id} ({entry.kind.value}, {whose}), {state}.")
+    if snapshot.notice:
+        lines.append(snapshot.notice)
     lines.append(f"Queue length: {snapshot.length} job(s) waiting or running.")
     mine = snapshot.for_user(user_id)
     if mine:
@@ -67,7 +69,7 @@ def describe_queue(snapshot: QueueSnapshot, user_id: int) -> str:
             f"ETA {format_eta(e.eta_seconds)}"
             for e in mine
         )
-    elif running is None or running.user_id != user_id:
+    elif all(entry.user_id != user_id for entry in snapshot.all_running):
         lines.append("You have no jobs waiting.")
     return "\n".join(lines)
 
@@ -79,7 +81,8 @@ class QueueCog(commands.Cog):
     async def refused_here(self, interaction: discord.Interaction) -> bool:
         """Answer (ephemeral) and return true when commands are not taken in this channel."""
         config = self.bot.config.discord
-        if channel_allowed(config, interaction.channel_id):
+        if await channel_allowed_for(self.bot, config, interaction.channel_id,
+                                     interaction.channel):
             return False
         await interaction.response.send_message(channel_refusal(config), ephemeral=True)
         return True
@@ -125,14 +128,18 @@ class QueueCog(commands.Cog):
                     f"Job #{job} has already {finished_word(record.status)}.", ephemeral=True
                 )
                 return
+        self.bot.publisher.cancel_requested(job, user_id)
         outcome = await self.bot.scheduler.cancel(job)
+        if outcome not in (CancelOutcome.REMOVED, CancelOutcome.STOPPING):
+            self.bot.publisher.cancel_settled(job)
         log.info("job %d: /cancel by user %d: %s", job, user_id, outcome.value)
         await interaction.response.send_message(cancel_text(job, outcome), ephemeral=True)
 
     @staticmethod
     def own_job(snapshot: QueueSnapshot, user_id: int) -> int | None:
-        if snapshot.running is not None and snapshot.running.user_id == user_id:
-            return snapshot.running.job_id
+        for entry in snapshot.all_running:
+            if entry.user_id == user_id:
+                return entry.job_id
         mine = snapshot.for_user(user_id)
         return mine[0].job_id if mine else None
 

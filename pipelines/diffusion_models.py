@@ -35,8 +35,9 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from pipelines.devices import pick_device, pick_dtype
+from pipelines.devices import pick_device
 from pipelines.downloads import ModelFileError
+from pipelines.precision import apply_determinism, decide_precision
 from pipelines.settings import ModelSettings
 
 log = logging.getLogger(__name__)
@@ -84,10 +85,10 @@ class DiffusionComponents:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
-    def size_multiple(self) -> int:
-        """Image sides must be multiples of this: the VAE factor times the UNet's downsampling."""
-        unet_factor = 2 ** (len(self.unet.config.block_out_channels) - 1)
-        return self.vae_scale_factor * unet_factor
+    def unet_factor(self) -> int:
+        """How much the UNet downsamples a latent side (8 for SD). diffusers' UNet accepts sides
+        that are not multiples of it (it upsamples to each skip connection's size)."""
+        return 2 ** (len(self.unet.config.block_out_channels) - 1)
 
     @property
     def latent_scaling(self) -> float:
@@ -326,21 +327,21 @@ _lock = threading.Lock()
 
 
 def diffusion_dtype(preference: str, device: torch.device) -> torch.dtype:
-    """The configured precision, except that float16 is used on CUDA only.
+    """The dtype the diffusion models are stored in (see :mod:`pipelines.precision`).
 
-    CPUs have no fast float16 kernels: a 3×3 convolution of SD's width measured about 250×
-    slower in float16 than in float32 on this CPU, so a config asking for float16 on a CPU gets
-    float32 and a warning rather than jobs that never finish.
+    float16 is used on CUDA only: a 3×3 convolution of SD's width measured about 250× slower in
+    float16 than in float32 on this CPU, so a config asking for float16 on a CPU gets float32 and
+    a warning rather than jobs that never finish.
     """
-    dtype = pick_dtype(preference, device)
-    if dtype == torch.float16 and device.type != "cuda":
-        log.warning("models.dtype float16 needs CUDA; using float32 on %s", device)
-        return torch.float32
-    return dtype
+    precision = decide_precision("edit", device.type, preference)
+    if precision.note:
+        log.warning("%s", precision.note)
+    return precision.weights
 
 
 def load_diffusion(settings: ModelSettings) -> DiffusionComponents:
     """The diffusion components ``settings`` name, loaded once per process."""
+    apply_determinism(settings.deterministic)
     device = pick_device(settings.device)
     dtype = diffusion_dtype(settings.dtype, device)
     model = settings.diffusion_model if settings.preset == "default" else settings.preset

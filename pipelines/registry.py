@@ -12,25 +12,36 @@ import threading
 from pipelines.interface import Pipeline
 from pipelines.settings import ModelSettings
 
-KINDS = ("imagine", "edit")
+KINDS = ("imagine", "edit", "upscale")
 
 _loaded: dict[tuple[str, ModelSettings], Pipeline] = {}
 _lock = threading.Lock()
 
 
 def load_pipeline(kind: str, settings: ModelSettings) -> Pipeline:
-    """The pipeline for ``kind`` ("imagine" = VQGAN-CLIP, "edit" = Blended Latent Diffusion)."""
+    """The pipeline for ``kind`` ("imagine" = VQGAN-CLIP, "edit" = Blended Latent Diffusion,
+    "upscale" = an ESRGAN-family upscaler through spandrel)."""
     if kind not in KINDS:
         raise ValueError(f"unknown pipeline kind {kind!r}; expected one of {', '.join(KINDS)}")
     with _lock:
         key = (kind, settings)
         if key not in _loaded:
-            if kind == "imagine":
-                from pipelines.vqgan_clip import VqganClipPipeline
-
-                _loaded[key] = VqganClipPipeline.from_settings(settings)
-            else:
-                from pipelines.blended import BlendedLatentDiffusionPipeline
-
-                _loaded[key] = BlendedLatentDiffusionPipeline.from_settings(settings)
+            _loaded[key] = build_pipeline(kind, settings)
         return _loaded[key]
+
+
+def build_pipeline(kind: str, settings: ModelSettings) -> Pipeline:
+    """A new pipeline with models of its own (not cached): one per worker thread on a device."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown pipeline kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if kind == "imagine":
+        from pipelines.vqgan_clip import VqganClipPipeline
+
+        return VqganClipPipeline.from_settings(settings)
+    if kind == "edit":
+        from pipelines.blended import BlendedLatentDiffusionPipeline
+
+        return BlendedLatentDiffusionPipeline.from_settings(settings)
+    from pipelines.upscale import UpscalePipeline
+
+    return UpscalePipeline.from_settings(settings)

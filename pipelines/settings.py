@@ -19,6 +19,10 @@ VQGAN_F16_16384_CONFIG_URL = (
 VQGAN_F16_16384_CHECKPOINT_URL = (
     "https://heibox.uni-heidelberg.de/d/a7530b09fed84f80a887/files/?p=%2Fckpts%2Flast.ckpt&dl=1"
 )
+# Real-ESRGAN x4plus, as released by its authors (a plain state dict under "params_ema").
+REAL_ESRGAN_X4PLUS_URL = (
+    "https://github.com/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth"
+)
 
 
 # Keys that take one source or a list of sources tried in order (all checked against one sha256).
@@ -34,6 +38,8 @@ def sources_of(value: str | tuple[str, ...]) -> tuple[str, ...]:
 class ModelSettings:
     preset: str = "default"
     device: str = "auto"
+    # One worker slot per entry, each with its own models on its own device; empty = (device,).
+    devices: tuple[str, ...] = ()
     dtype: str = "auto"
     cache_dir: Path = Path("data/models")
     # VQGAN-CLIP's guide.
@@ -53,6 +59,17 @@ class ModelSettings:
     # BLD's ranker (paper section 4.4 uses ViT-B/16).
     ranker_clip_model: str = "ViT-B-16"
     ranker_clip_pretrained: str = "openai"
+    # Throughput and reproducibility (config.toml explains each; precision.py decides dtypes).
+    deterministic: bool = False
+    # "auto" or a whole number: how many /imagine candidates are forwarded together.
+    candidate_batch: int | str = "auto"
+    # "auto" or true/false: channels-last memory format for the image decoders.
+    channels_last: bool | str = "auto"
+    # torch.compile the image decoders.
+    compile: bool = False
+    # The upscaler: an ESRGAN-family .pth/.safetensors file spandrel can load, a path or a URL.
+    upscaler_model: str = REAL_ESRGAN_X4PLUS_URL
+    upscaler_model_sha256: str = ""
     # The image safety check's weights: a hub id or a local folder in the released layout.
     safety_checker: str = "CompVis/stable-diffusion-safety-checker"
 
@@ -67,8 +84,12 @@ class ModelSettings:
         if self.preset not in PRESETS:
             out.append(f"models.preset = {self.preset!r}: must be one of {', '.join(PRESETS)}")
         if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
+            out.append(f"models.dtype = {self.dtype!r}: must be auto, float32, float16 or bfloat16")
+        batch = self.candidate_batch
+        if batch != "auto" and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
             out.append(
-                f"models.dtype = {self.dtype!r}: must be auto, float32, float16 or bfloat16"
+                f'models.candidate_batch = {batch!r}: must be "auto" or a whole number of at '
+                "least 1"
             )
         for key in SOURCE_LIST_KEYS:
             value = getattr(self, key)
@@ -77,9 +98,22 @@ class ModelSettings:
             )):
                 out.append(f"models.{key}: a list of sources must hold at least one non-empty "
                            "path or URL")
-        if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
+        if self.channels_last != "auto" and not isinstance(self.channels_last, bool):
+            out.append(
+                f'models.channels_last = {self.channels_last!r}: must be "auto", true or false'
+            )
+        if not _device_ok(self.device):
             out.append(f"models.device = {self.device!r}: must be auto, cpu, cuda or cuda:N")
+        bad = [d for d in self.devices if not isinstance(d, str) or not _device_ok(d)]
+        if bad:
+            out.append(f"models.devices = {list(self.devices)!r}: every entry must be auto, cpu, "
+                       "cuda or cuda:N")
         return out
+
+    @property
+    def device_list(self) -> tuple[str, ...]:
+        """The devices that get a worker slot each."""
+        return self.devices or (self.device,)
 
     @classmethod
     def from_mapping(cls, table: dict[str, Any]) -> ModelSettings:
@@ -89,9 +123,15 @@ class ModelSettings:
         if unknown:
             raise ValueError(f"unknown key(s) in [models]: {', '.join(unknown)}")
         values = dict(table)
+        if "devices" in values:
+            values["devices"] = tuple(values["devices"])
         if "cache_dir" in values:
             values["cache_dir"] = Path(values["cache_dir"])
         for key in SOURCE_LIST_KEYS:
             if isinstance(values.get(key), list):
                 values[key] = tuple(values[key])
         return cls(**values)
+
+
+def _device_ok(device: str) -> bool:
+    return device in ("auto", "cpu") or device.startswith("cuda")

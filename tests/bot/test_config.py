@@ -44,6 +44,10 @@ def test_values_are_read_into_typed_objects() -> None:
         [models]
         preset = "tiny"
         cache_dir = "elsewhere"
+        candidate_batch = 2
+        channels_last = false
+        compile = true
+        deterministic = true
         [imagine]
         sizes = ["128x128", "256x128"]
         default_size = "256x128"
@@ -67,6 +71,8 @@ def test_values_are_read_into_typed_objects() -> None:
     assert config.discord.guild_ids == (123456789012345678,)
     assert config.discord.continue_by == "requester"
     assert config.models.preset == "tiny" and config.models.cache_dir == Path("elsewhere")
+    assert config.models.candidate_batch == 2 and config.models.channels_last is False
+    assert config.models.compile is True and config.models.deterministic is True
     assert config.imagine.sizes == ((128, 128), (256, 128))
     assert config.imagine.default_size == (256, 128)
     assert config.imagine.steps == IntOption(20, 5, 40)
@@ -165,7 +171,9 @@ def test_values_are_read_into_typed_objects() -> None:
          "imagine.default_size = 'square': must be \"WIDTHxHEIGHT\""),
         ("[imagine]\ndefault_size = '128x128'",
          "imagine.default_size = '128x128': must be one of imagine.sizes: 256x256, 384x256"),
-        ("[edit]\nmax_side = 500", "edit.max_side = 500: must be a multiple of 64"),
+        ("[edit]\nmax_side = 500", "edit.max_side = 500: must be a multiple of 8"),
+        ("[edit]\nstart = \"pure\"",
+         "edit.start = 'pure': must be one of 'noised-source', 'noise'"),
         ("[edit]\nmax_side = 4096", "edit.max_side = 4096: must be a whole number from 64 to 2048"),
         # Cross-field rules.
         ("[scheduler]\nmax_queued_per_user = 60\nmax_queued_total = 50",
@@ -186,11 +194,21 @@ def test_values_are_read_into_typed_objects() -> None:
         ("[models]\ndtype = 'int8'",
          "models.dtype = 'int8': must be auto, float32, float16 or bfloat16"),
         ("[models]\nweights = 'x'",
-         "models.weights = 'x': unknown key (allowed in [models]: cache_dir, clip_model"),
+         "models.weights = 'x': unknown key (allowed in [models]: cache_dir, candidate_batch"),
         ("[models]\ndevice = 0", "models.device = 0: must be a string"),
         ("[models]\ntrust_checkpoints = 'yes'",
          "models.trust_checkpoints = 'yes': must be true or false"),
         ("[models]\ncache_dir = 3", "models.cache_dir = 3: must be a folder path"),
+        ("[models]\ncandidate_batch = 0",
+         "models.candidate_batch = 0: must be \"auto\" or a whole number of at least 1"),
+        ("[models]\ncandidate_batch = 'most'",
+         "models.candidate_batch = 'most': must be \"auto\" or a whole number"),
+        ("[models]\ncandidate_batch = true",
+         "models.candidate_batch = True: must be \"auto\" or a whole number"),
+        ("[models]\nchannels_last = 'on'",
+         "models.channels_last = 'on': must be \"auto\", true or false"),
+        ("[models]\ncompile = 'yes'", "models.compile = 'yes': must be true or false"),
+        ("[models]\ndeterministic = 1", "models.deterministic = 1: must be true or false"),
         ("models = 'tiny'", "models = 'tiny': must be a table ([models])"),
         ("[models]\nvqgan_checkpoint = []",
          "models.vqgan_checkpoint = []: must be a path or URL, or a non-empty list of them"),

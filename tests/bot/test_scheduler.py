@@ -430,7 +430,7 @@ async def test_shutdown_stops_the_running_job_and_requeues_it(
 
 async def _crash(scheduler: Scheduler) -> None:
     """What a killed process leaves behind: no more writes, no clean shutdown."""
-    tasks = [scheduler._current_run, scheduler._dispatcher]
+    tasks = [r.task for r in scheduler._running.values()] + [scheduler._dispatcher]
     for task in tasks:
         if task is not None:
             task.cancel()
@@ -515,7 +515,7 @@ async def test_a_job_interrupted_twice_is_failed(data_dir: Any) -> None:
 async def test_results_that_cannot_be_saved_fail_the_job_not_the_worker(
     make_scheduler: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import bot.scheduler as scheduler_module
+    import bot.local_executor as scheduler_module
 
     def disk_full(*args: Any, **kwargs: Any) -> None:
         raise OSError(28, "No space left on device")
