@@ -29,12 +29,9 @@ if TYPE_CHECKING:  # pipelines.safety imports torch; the bot loads it only when 
 
 log = logging.getLogger(__name__)
 
-ALL_WITHHELD = (
-    "every result was withheld by the image safety check; try another prompt or seed"
-)
+ALL_WITHHELD = "every result was withheld by the image safety check; try another prompt or seed"
 INPUT_REFUSED = (
-    "The {what} was refused by the image safety check, so nothing was queued. Try another "
-    "picture."
+    "The {what} was refused by the image safety check, so nothing was queued. Try another picture."
 )
 
 
@@ -87,8 +84,12 @@ class ImageSafety:
         flags = self.checker().flags(opened)
         if not any(flags):
             return results, 0
-        log.info("the image safety check flagged %d of %d result(s); action: %s",
-                 sum(flags), len(flags), self.config.action)
+        log.info(
+            "the image safety check flagged %d of %d result(s); action: %s",
+            sum(flags),
+            len(flags),
+            self.config.action,
+        )
         if self.config.action == "withhold":
             for result, flagged in zip(results, flags, strict=True):
                 if flagged:
@@ -99,7 +100,8 @@ class ImageSafety:
             renumbered = []
             for rank, result in enumerate(kept, start=1):
                 path = result.path.with_name(
-                    result.path.name.replace(f"-{result.rank}.", f"-{rank}.", 1))
+                    result.path.name.replace(f"-{result.rank}.", f"-{rank}.", 1)
+                )
                 if path != result.path:
                     os.replace(result.path, path)
                 renumbered.append(replace(result, rank=rank, path=path))
@@ -121,9 +123,11 @@ class ImageSafety:
         """The refusal for the first flagged input image, or ``None`` when all may be used."""
         if not images or not self.wanted(channel_id):
             return None
+
         def check() -> list[bool]:
-            opened = [open_image(data, what=name.replace("_", " ")) for name, data in
-                      images.items()]
+            opened = [
+                open_image(data, what=name.replace("_", " ")) for name, data in images.items()
+            ]
             return self.checker().flags(opened)
 
         flags = await self.run(check)

@@ -86,11 +86,20 @@ def tiny_checker_config() -> Any:
     from transformers import CLIPConfig
 
     return CLIPConfig(
-        text_config={"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
-                     "num_attention_heads": 2},
-        vision_config={"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 2,
-                       "num_attention_heads": 2, "image_size": TINY_IMAGE_SIZE,
-                       "patch_size": 8},
+        text_config={
+            "hidden_size": 8,
+            "intermediate_size": 16,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+        },
+        vision_config={
+            "hidden_size": 8,
+            "intermediate_size": 16,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": TINY_IMAGE_SIZE,
+            "patch_size": 8,
+        },
         projection_dim=8,
     )
 
@@ -100,8 +109,14 @@ def full_checker_config() -> Any:
     from transformers import CLIPConfig
 
     return CLIPConfig(
-        vision_config={"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
-                       "num_attention_heads": 16, "image_size": 224, "patch_size": 14},
+        vision_config={
+            "hidden_size": 1024,
+            "intermediate_size": 4096,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 16,
+            "image_size": 224,
+            "patch_size": 14,
+        },
         projection_dim=768,
     )
 
@@ -110,8 +125,9 @@ def image_processor(size: int) -> Any:
     """CLIP's preprocessing at ``size`` (what the released preprocessor_config.json holds)."""
     from transformers import CLIPImageProcessor
 
-    return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size,
-                                                                       "width": size})
+    return CLIPImageProcessor(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+    )
 
 
 def build_random_checker(config: Any, seed: int = 0) -> Any:
@@ -152,15 +168,21 @@ def load_pretrained_checker(model: str, cache_dir: Path, dtype: torch.dtype) -> 
         processor = CLIPImageProcessor.from_pretrained(model, **common)
     except OSError as exc:
         if Path(model).is_dir():
-            problem = (f"{model} is not a complete safety checker folder (it needs config.json, "
-                       "preprocessor_config.json and the weights)")
+            problem = (
+                f"{model} is not a complete safety checker folder (it needs config.json, "
+                "preprocessor_config.json and the weights)"
+            )
         elif local_only:
-            problem = (f"{model!r} is neither a local folder nor in the download cache, and "
-                       "downloads are off (HF_HUB_OFFLINE is set); run `make models` where there "
-                       "is internet, or give a local folder")
+            problem = (
+                f"{model!r} is neither a local folder nor in the download cache, and "
+                "downloads are off (HF_HUB_OFFLINE is set); run `make models` where there "
+                "is internet, or give a local folder"
+            )
         else:
-            problem = (f"{model!r} could not be downloaded from the Hugging Face hub (check the "
-                       "id and the connection, or give a local folder)")
+            problem = (
+                f"{model!r} could not be downloaded from the Hugging Face hub (check the "
+                "id and the connection, or give a local folder)"
+            )
         raise ModelFileError(f"{WHAT}: {problem}") from exc
     return checker, processor
 
@@ -182,16 +204,19 @@ def load_safety_checker(settings: ModelSettings) -> SafetyChecker:
         if cached is not None:
             return cached
         if settings.preset == "tiny":
-            model, processor = build_random_checker(tiny_checker_config()), image_processor(
-                TINY_IMAGE_SIZE)
+            model, processor = (
+                build_random_checker(tiny_checker_config()),
+                image_processor(TINY_IMAGE_SIZE),
+            )
             label = "random (tiny)"
         elif settings.preset == "random-full":
             model, processor = build_random_checker(full_checker_config()), image_processor(224)
             label = "random (full size)"
         else:
             dtype = diffusion_dtype(settings.dtype, device)
-            model, processor = load_pretrained_checker(settings.safety_checker,
-                                                       settings.cache_dir, dtype)
+            model, processor = load_pretrained_checker(
+                settings.safety_checker, settings.cache_dir, dtype
+            )
             label = settings.safety_checker
         checker = SafetyChecker(model.to(device), processor, device, label)
         log.info("safety checker %s ready on %s", label, device)

@@ -46,7 +46,7 @@ class Gate:
         self.step_labels: list[str] = []
 
     def __call__(self, bot: FaradayBot) -> None:
-        source = bot.scheduler.source
+        source = bot.scheduler.executor.slots[0].source  # type: ignore[attr-defined]
         real = source.model_steps
 
         def gated(kinds: Any) -> list[ModelStep]:
@@ -72,8 +72,13 @@ async def test_a_command_sent_while_the_models_load_is_queued_told_why_and_then_
         # Connected and answering while the first model is still loading.
         assert await asyncio.to_thread(gate.entered.wait, WAIT), "loading never started"
         assert bot.scheduler.models_loading
-        # tiny: VQGAN, one CLIP shared by guide and ranker, the diffusion model, the safety check.
-        assert len(gate.step_labels) == 4, gate.step_labels
+        # tiny: VQGAN, one CLIP shared by guide and ranker, the diffusion model; and then the
+        # safety checker, which the bot adds.
+        assert gate.step_labels == [
+            "VQGAN",
+            "CLIP faraday-tiny-clip (random weights)",
+            "diffusion model tiny",
+        ], gate.step_labels
         await standin.wait_for(
             lambda: "loading models (1 of 4)…" in presences(standin),
             timeout=WAIT,

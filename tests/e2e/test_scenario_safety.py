@@ -47,8 +47,9 @@ async def test_a_flagged_result_is_posted_blurred_behind_a_spoiler(
 ) -> None:
     async with running_bot(standin, write_test_config(tmp_path, standin)) as bot:
         # First unflagged: the same job, so the flagged one can be compared with it.
-        plain_id = await queued_job_id(await standin.send_slash_command(
-            "imagine", {"prompt": "a lighthouse", "seed": 7}))
+        plain_id = await queued_job_id(
+            await standin.send_slash_command("imagine", {"prompt": "a lighthouse", "seed": 7})
+        )
         assert (await finished_job(bot, plain_id)).status is JobStatus.DONE
         plain = await bot.store.results_for_job(plain_id)
         assert not any(r.flagged for r in plain)
@@ -56,8 +57,9 @@ async def test_a_flagged_result_is_posted_blurred_behind_a_spoiler(
         assert not any(name.startswith("SPOILER_") for name in plain_message.files)
 
         checker.force_flag(True)
-        flagged_id = await queued_job_id(await standin.send_slash_command(
-            "imagine", {"prompt": "a lighthouse", "seed": 7}))
+        flagged_id = await queued_job_id(
+            await standin.send_slash_command("imagine", {"prompt": "a lighthouse", "seed": 7})
+        )
         record = await finished_job(bot, flagged_id)
         assert record.status is JobStatus.DONE, record.error
         flagged = await bot.store.results_for_job(flagged_id)
@@ -82,15 +84,19 @@ async def test_withhold_holds_flagged_results_back_and_says_so(
     config = write_test_config(tmp_path, standin, {"safety": {"action": "withhold"}})
     async with running_bot(standin, config) as bot:
         checker.force_flag(True)
-        job_id = await queued_job_id(await standin.send_slash_command(
-            "imagine", {"prompt": "a lighthouse"}))
+        job_id = await queued_job_id(
+            await standin.send_slash_command("imagine", {"prompt": "a lighthouse"})
+        )
         record = await finished_job(bot, job_id)
         assert record.status is JobStatus.FAILED and record.error == ALL_WITHHELD
         assert await bot.store.results_for_job(job_id) == []
         assert not list((tmp_path / "data" / "results").glob(f"job-{job_id}-*"))
         progress = await message_of(bot, standin, job_id, "progress")
-        await standin.wait_for(lambda: "withheld by the image safety check" in progress.content,
-                               timeout=WAIT, description="the job's message to say why")
+        await standin.wait_for(
+            lambda: "withheld by the image safety check" in progress.content,
+            timeout=WAIT,
+            description="the job's message to say why",
+        )
         assert await bot.store.message_for_job(job_id, "results") is None
 
 
@@ -99,15 +105,20 @@ async def test_a_flagged_input_image_is_refused_ephemerally_and_nothing_is_queue
 ) -> None:
     async with running_bot(standin, write_test_config(tmp_path, standin)) as bot:
         checker.force_flag(True)
-        handle = await standin.send_slash_command("edit", {
-            "prompt": "a red door",
-            "image": standin.add_cdn_file("photo.png", picture()),
-            "mask": standin.add_cdn_file("mask.png", box_mask()),
-        })
+        handle = await standin.send_slash_command(
+            "edit",
+            {
+                "prompt": "a red door",
+                "image": standin.add_cdn_file("photo.png", picture()),
+                "mask": standin.add_cdn_file("mask.png", box_mask()),
+            },
+        )
         reply = await handle.wait_for_reply(lambda m: "safety" in m.content, timeout=WAIT)
         assert reply.ephemeral
-        assert reply.content == ("The image was refused by the image safety check, so nothing "
-                                 "was queued. Try another picture.")
+        assert reply.content == (
+            "The image was refused by the image safety check, so nothing "
+            "was queued. Try another picture."
+        )
         assert await bot.store.pending_jobs() == []
         assert bot.scheduler.snapshot().length == 0
 
@@ -123,14 +134,16 @@ async def test_an_age_restricted_channel_skips_the_check_unless_the_owner_turns_
     config = write_test_config(tmp_path / "a", standin)
     async with running_bot(standin, config, prepare=age_restrict) as bot:
         checker.force_flag(True)
-        job_id = await queued_job_id(await standin.send_slash_command(
-            "imagine", {"prompt": "a lighthouse"}))
+        job_id = await queued_job_id(
+            await standin.send_slash_command("imagine", {"prompt": "a lighthouse"})
+        )
         assert (await finished_job(bot, job_id)).status is JobStatus.DONE
         assert not any(r.flagged for r in await bot.store.results_for_job(job_id))
 
     strict = write_test_config(tmp_path / "b", standin, {"safety": {"check_age_restricted": True}})
     async with running_bot(standin, strict, prepare=age_restrict) as bot:
-        job_id = await queued_job_id(await standin.send_slash_command(
-            "imagine", {"prompt": "a lighthouse"}))
+        job_id = await queued_job_id(
+            await standin.send_slash_command("imagine", {"prompt": "a lighthouse"})
+        )
         assert (await finished_job(bot, job_id)).status is JobStatus.DONE
         assert all(r.flagged for r in await bot.store.results_for_job(job_id))

@@ -35,8 +35,9 @@ def fresh_cache() -> Iterator[None]:
 def images() -> list[Image.Image]:
     red = Image.new("RGB", (48, 40), (220, 20, 20))
     stripes = Image.new("RGB", (48, 40))
-    stripes.putdata([(255, 255, 255) if (x // 4) % 2 else (0, 0, 90)
-                     for y in range(40) for x in range(48)])
+    stripes.putdata(
+        [(255, 255, 255) if (x // 4) % 2 else (0, 0, 90) for y in range(40) for x in range(48)]
+    )
     return [red, stripes]
 
 
@@ -94,12 +95,18 @@ def test_a_checker_saved_in_the_released_layout_loads_and_flags_by_its_own_conce
             keys = set(f.keys())
     else:
         keys = set(torch.load(folder / weights, weights_only=True))
-    assert {"concept_embeds", "concept_embeds_weights", "special_care_embeds",
-            "special_care_embeds_weights", "visual_projection.weight",
-            "vision_model.vision_model.embeddings.patch_embedding.weight"} <= keys
+    assert {
+        "concept_embeds",
+        "concept_embeds_weights",
+        "special_care_embeds",
+        "special_care_embeds_weights",
+        "visual_projection.weight",
+        "vision_model.vision_model.embeddings.patch_embedding.weight",
+    } <= keys
 
-    settings = ModelSettings(preset="default", device="cpu", safety_checker=str(folder),
-                             cache_dir=tmp_path / "cache")
+    settings = ModelSettings(
+        preset="default", device="cpu", safety_checker=str(folder), cache_dir=tmp_path / "cache"
+    )
     checker = load_safety_checker(settings)
     loaded = checker.model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in written.state_dict().items())
@@ -119,8 +126,9 @@ def test_the_tiny_checker_flags_nothing_until_its_test_hook_says_so() -> None:
 def test_the_test_hook_is_refused_on_real_weights(tmp_path: Path) -> None:
     folder = tmp_path / "checker"
     write_released_layout(folder, flag_like=images()[0])
-    checker = load_safety_checker(ModelSettings(preset="default", device="cpu",
-                                                safety_checker=str(folder)))
+    checker = load_safety_checker(
+        ModelSettings(preset="default", device="cpu", safety_checker=str(folder))
+    )
     with pytest.raises(RuntimeError, match="test hook"):
         checker.force_flag(True)
 
@@ -137,8 +145,9 @@ def test_a_checker_that_cannot_be_loaded_is_one_line_naming_the_setting(
         source, expected = str(tmp_path / "half"), "is not a complete safety checker folder"
     else:
         source, expected = "CompVis/stable-diffusion-safety-checker", "run `make models`"
-    settings = ModelSettings(preset="default", device="cpu", safety_checker=source,
-                             cache_dir=tmp_path / "cache")
+    settings = ModelSettings(
+        preset="default", device="cpu", safety_checker=source, cache_dir=tmp_path / "cache"
+    )
     with pytest.raises(ModelFileError) as refused:
         load_safety_checker(settings)
     message = str(refused.value)
