@@ -76,6 +76,24 @@ async def test_an_upscale_job_runs_through_the_scheduler_and_its_file_is_posted(
     assert len(sink.of("react")) == grid_reactions
 
 
+async def test_the_real_pipeline_source_runs_the_stored_upscale_request(
+    store: Store, make_scheduler: Any
+) -> None:
+    # The stand-in source above routes upscales to the tiny upscaler itself; production goes
+    # through RegistrySource, which builds UpscaleRequest from the stored params.
+    from bot.pipeline_source import RegistrySource
+    from pipelines.settings import ModelSettings
+
+    sink = FakeSink()
+    _, _, _, source_job = await finished_result(make_scheduler, store, sink, 16)
+    job_request = await upscale(store, source_job, tile_size=16)
+    source = RegistrySource(ModelSettings(preset="tiny", device="cpu"))
+    prepared = source.prepare(job_request)
+    result = prepared.pipeline(prepared.request)
+    assert result.images[0].image.size == (64, 64)
+    assert result.settings["source_job_id"] == source_job and result.settings["source_rank"] == 1
+
+
 async def test_progress_and_etas_count_tiles(store: Store, make_scheduler: Any) -> None:
     sink = FakeSink()
     scheduler, _, log, source_job = await finished_result(make_scheduler, store, sink, 20)
