@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from bot.blocklist import BadTerm, BlockedTerm, TermKind, compile_term
-from pipelines.settings import ModelSettings
+from pipelines.settings import SOURCE_LIST_KEYS, ModelSettings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -178,6 +178,16 @@ class StorageConfig:
         return self.data_dir / self.database
 
 
+SAFETY_ACTIONS = ("blur", "withhold")
+
+
+@dataclass(frozen=True)
+class SafetyConfig:
+    image_check: bool = True
+    action: str = "blur"  # "blur" | "withhold"
+    check_age_restricted: bool = False
+
+
 @dataclass(frozen=True)
 class ModerationConfig:
     """What admins may later override per server or channel with /settings (the defaults here)."""
@@ -212,6 +222,7 @@ class Config:
     logging: LoggingConfig = LoggingConfig()
     upscale: UpscaleConfig = UpscaleConfig()
     timelapse: TimelapseConfig = TimelapseConfig()
+    safety: SafetyConfig = SafetyConfig()
 
 
 def discord_token(environ: Mapping[str, str] | None = None) -> str | None:
@@ -251,7 +262,7 @@ def parse_config(text: str, source: str = "config.toml") -> Config:
 def config_from_mapping(document: Mapping[str, Any]) -> Config:
     problems: list[str] = []
     known_sections = ("discord", "models", "imagine", "edit", "scheduler", "storage", "logging",
-                      "upscale", "timelapse", "moderation")
+                      "upscale", "timelapse", "moderation", "safety")
     for name in sorted(set(document) - set(known_sections)):
         problems.append(
             f"[{name}]: unknown section (allowed: {', '.join(f'[{s}]' for s in known_sections)})"
@@ -272,6 +283,7 @@ def config_from_mapping(document: Mapping[str, Any]) -> Config:
         logging=_logging(section("logging")),
         upscale=_upscale(section("upscale")),
         timelapse=_timelapse(section("timelapse")),
+        safety=_safety(section("safety")),
     )
     if problems:
         raise ConfigError(problems)
@@ -615,6 +627,12 @@ def _models(raw: Any, problems: list[str]) -> ModelSettings:
                                 'devices, e.g. ["cuda:0", "cuda:1"]')
             else:
                 table[key] = value
+        elif key in SOURCE_LIST_KEYS and isinstance(value, list):
+            if value and all(isinstance(v, str) and v for v in value):
+                table[key] = value
+            else:
+                problems.append(f"models.{key} = {_show(value)}: must be a path or URL, or a "
+                                "non-empty list of them (tried in order)")
         elif not isinstance(value, str):
             what = "a folder path" if key == "cache_dir" else "a string"
             problems.append(f"models.{key} = {_show(value)}: must be {what}")
@@ -779,6 +797,17 @@ def _moderation(t: _Table) -> ModerationConfig:
         blocked_patterns=terms["blocked_patterns"],
         daily_job_quota=t.integer("daily_job_quota", d.daily_job_quota, 0, 100_000),
         disabled_commands=disabled,
+    )
+    t.finish()
+    return out
+
+
+def _safety(t: _Table) -> SafetyConfig:
+    d = SafetyConfig()
+    out = SafetyConfig(
+        image_check=t.boolean("image_check", d.image_check),
+        action=t.choice("action", d.action, SAFETY_ACTIONS),
+        check_age_restricted=t.boolean("check_age_restricted", d.check_age_restricted),
     )
     t.finish()
     return out

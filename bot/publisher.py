@@ -557,7 +557,18 @@ class Publisher:
             [r.seed for r in results],
             reading=prompt_reading(info.kind, info.params),
         )
-        files = [OutgoingFile(f"job-{info.job_id}-results.png", grid)]
+        name = f"job-{info.job_id}-results.png"
+        flagged = [r.rank for r in results if r.flagged]
+        if flagged:
+            # Discord hides an attachment whose name starts with SPOILER_ until it is clicked.
+            name = "SPOILER_" + name
+            shown = ", ".join(str(rank) for rank in flagged)
+            content += (f"\n⚠️ The image safety check flagged result(s) {shown}: they are blurred, "
+                        "and the grid is hidden until clicked.")
+        withheld = await self.store.withheld_count(info.job_id)
+        if withheld:
+            content += (f"\n⚠️ {withheld} result(s) were withheld by the image safety check.")
+        files = [OutgoingFile(name, grid)]
         controls = result_controls(info.job_id, info.kind, len(results))
         ping = await self._ping_target(info)
         message_id: int | None = None
