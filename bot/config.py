@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from pipelines.settings import ModelSettings
+from bot.blocklist import BadTerm, BlockedTerm, TermKind, compile_term
+from pipelines.settings import SOURCE_LIST_KEYS, ModelSettings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -72,6 +73,7 @@ class DiscordConfig:
     download_timeout_seconds: float = 20.0
     continue_by: str = "anyone"
     submit_cooldown_seconds: float = 10.0
+    thread_per_job: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,8 @@ class ImagineConfig:
     max_prompt_chars: int = 500
     # Images made per /imagine, ranked by CLIP; each gets a number reaction to continue from.
     candidates: int = 4
+    # The weight of an attached image_prompt, as a text prompt's ":weight" (negative = away).
+    image_prompt_weight: FloatOption = FloatOption(1.0, -2.0, 2.0)
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,8 @@ class EditConfig:
     backgrounds: tuple[str, ...] = ("none", "paste", "finetune")
     default_background: str = "none"
     shrink: bool = True
+    # What the masked region starts from when the user picks nothing (pipelines.blended).
+    start: str = "noised-source"
     max_side: int = 512
     preview_every: int = 5
     max_prompt_chars: int = 500
@@ -172,6 +178,33 @@ class StorageConfig:
         return self.data_dir / self.database
 
 
+SAFETY_ACTIONS = ("blur", "withhold")
+
+
+@dataclass(frozen=True)
+class SafetyConfig:
+    image_check: bool = True
+    action: str = "blur"  # "blur" | "withhold"
+    check_age_restricted: bool = False
+
+
+@dataclass(frozen=True)
+class ModerationConfig:
+    """What admins may later override per server or channel with /settings (the defaults here)."""
+
+    # Whole words (case-insensitive) and regular expressions refused in every prompt.
+    blocked_words: tuple[str, ...] = ()
+    blocked_patterns: tuple[str, ...] = ()
+    # Jobs one user may submit per rolling 24 hours; 0 means no limit.
+    daily_job_quota: int = 0
+    # Job commands switched off everywhere unless a server or channel turns them back on.
+    disabled_commands: tuple[str, ...] = ()
+
+
+# The commands /settings can switch on and off (the ones that queue work).
+JOB_COMMANDS: tuple[str, ...] = ("imagine", "edit")
+
+
 @dataclass(frozen=True)
 class LoggingConfig:
     level: str = "INFO"
@@ -206,9 +239,11 @@ class Config:
     edit: EditConfig = EditConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     storage: StorageConfig = StorageConfig()
+    moderation: ModerationConfig = ModerationConfig()
     logging: LoggingConfig = LoggingConfig()
     upscale: UpscaleConfig = UpscaleConfig()
     timelapse: TimelapseConfig = TimelapseConfig()
+    safety: SafetyConfig = SafetyConfig()
     cluster: ClusterConfig = ClusterConfig()
 
 
@@ -249,7 +284,7 @@ def parse_config(text: str, source: str = "config.toml") -> Config:
 def config_from_mapping(document: Mapping[str, Any]) -> Config:
     problems: list[str] = []
     known_sections = ("discord", "models", "imagine", "edit", "scheduler", "storage", "logging",
-                      "upscale", "timelapse", "cluster")
+                      "upscale", "timelapse", "moderation", "safety", "cluster")
     for name in sorted(set(document) - set(known_sections)):
         problems.append(
             f"[{name}]: unknown section (allowed: {', '.join(f'[{s}]' for s in known_sections)})"
@@ -266,9 +301,11 @@ def config_from_mapping(document: Mapping[str, Any]) -> Config:
         edit=_edit(section("edit"), edit_limits),
         scheduler=_scheduler(section("scheduler")),
         storage=_storage(section("storage")),
+        moderation=_moderation(section("moderation")),
         logging=_logging(section("logging")),
         upscale=_upscale(section("upscale")),
         timelapse=_timelapse(section("timelapse")),
+        safety=_safety(section("safety")),
         cluster=_cluster(section("cluster")),
     )
     if problems:
@@ -482,7 +519,7 @@ def pipeline_hard_limits() -> tuple[dict[str, Any], dict[str, Any]]:
     Config may narrow them, never widen them. Imported here, lazily, because the pipeline
     modules pull in torch and diffusers.
     """
-    from pipelines import blended, vqgan_clip
+    from pipelines import blended, prompts, vqgan_clip
 
     imagine = {
         "steps": (vqgan_clip.MIN_STEPS, vqgan_clip.MAX_STEPS),
@@ -491,6 +528,8 @@ def pipeline_hard_limits() -> tuple[dict[str, Any], dict[str, Any]]:
         "side": (vqgan_clip.MIN_SIDE, vqgan_clip.MAX_SIDE),
         "size_multiple": vqgan_clip.SIZE_MULTIPLE,
         "max_pixels": vqgan_clip.MAX_PIXELS,
+        "image_prompt_weight": (-prompts.MAX_ABS_WEIGHT, prompts.MAX_ABS_WEIGHT),
+        "min_abs_weight": prompts.MIN_ABS_WEIGHT,
     }
     edit = {
         "steps": (2, blended.MAX_STEPS),
@@ -500,6 +539,7 @@ def pipeline_hard_limits() -> tuple[dict[str, Any], dict[str, Any]]:
         "guidance": (1.0, blended.MAX_GUIDANCE),
         "side": (blended.MIN_SIDE, blended.MAX_SIDE),
         "prompt_chars": blended.MAX_PROMPT_CHARS,
+        "starts": blended.START_MODES,
     }
     return imagine, edit
 
@@ -572,6 +612,7 @@ def _discord(t: _Table) -> DiscordConfig:
         continue_by=t.choice("continue_by", d.continue_by, ("anyone", "requester")),
         submit_cooldown_seconds=t.number("submit_cooldown_seconds", d.submit_cooldown_seconds,
                                          0, 3600),
+        thread_per_job=t.boolean("thread_per_job", d.thread_per_job),
     )
     t.finish()
     return out
@@ -609,6 +650,12 @@ def _models(raw: Any, problems: list[str]) -> ModelSettings:
                                 'devices, e.g. ["cuda:0", "cuda:1"]')
             else:
                 table[key] = value
+        elif key in SOURCE_LIST_KEYS and isinstance(value, list):
+            if value and all(isinstance(v, str) and v for v in value):
+                table[key] = value
+            else:
+                problems.append(f"models.{key} = {_show(value)}: must be a path or URL, or a "
+                                "non-empty list of them (tried in order)")
         elif not isinstance(value, str):
             what = "a folder path" if key == "cache_dir" else "a string"
             problems.append(f"models.{key} = {_show(value)}: must be {what}")
@@ -634,7 +681,17 @@ def _imagine(t: _Table, limits: dict[str, Any]) -> ImagineConfig:
         preview_every=t.integer("preview_every", d.preview_every, 1, 1000),
         max_prompt_chars=t.integer("max_prompt_chars", d.max_prompt_chars, 1, 4000),
         candidates=t.integer("candidates", d.candidates, *limits["candidates"]),
+        image_prompt_weight=_float_option(
+            t, "image_prompt_weight", d.image_prompt_weight, *limits["image_prompt_weight"]
+        ),
     )
+    if abs(out.image_prompt_weight.default) < limits["min_abs_weight"]:
+        t.problem(
+            "image_prompt_weight.default",
+            out.image_prompt_weight.default,
+            f"must have a magnitude of at least {limits['min_abs_weight']:g}, or the image "
+            "would guide nothing",
+        )
     t.finish()
     return out
 
@@ -650,13 +707,14 @@ def _edit(t: _Table, limits: dict[str, Any]) -> EditConfig:
         backgrounds=backgrounds,
         default_background=t.choice("default_background", d.default_background, backgrounds),
         shrink=t.boolean("shrink", d.shrink),
+        start=t.choice("start", d.start, limits["starts"]),
         max_side=t.integer("max_side", d.max_side, *limits["side"]),
         preview_every=t.integer("preview_every", d.preview_every, 1, 1000),
         max_prompt_chars=t.integer("max_prompt_chars", d.max_prompt_chars, 1,
                                    limits["prompt_chars"]),
     )
-    if out.max_side % 64:
-        t.problem("max_side", out.max_side, "must be a multiple of 64")
+    if out.max_side % 8:
+        t.problem("max_side", out.max_side, "must be a multiple of 8")
     t.finish()
     return out
 
@@ -724,6 +782,55 @@ def _storage(t: _Table) -> StorageConfig:
         result_retention_days=t.integer("result_retention_days", d.result_retention_days, 0,
                                         100_000),
         sync_commits=t.boolean("sync_commits", d.sync_commits),
+    )
+    t.finish()
+    return out
+
+
+def _moderation(t: _Table) -> ModerationConfig:
+    d = ModerationConfig()
+    terms: dict[str, tuple[str, ...]] = {}
+    for name, kind in (("blocked_words", TermKind.WORD), ("blocked_patterns", TermKind.PATTERN)):
+        present, value = t._get(name)
+        terms[name] = ()
+        if not present:
+            continue
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            t.problem(name, value, "must be a list of strings")
+            continue
+        good = True
+        for text in value:
+            try:
+                compile_term(BlockedTerm(kind, text))
+            except BadTerm as exc:
+                t.problem(name, text, str(exc))
+                good = False
+        if good:
+            terms[name] = tuple(value)
+    present, value = t._get("disabled_commands")
+    disabled: tuple[str, ...] = ()
+    if present:
+        if not isinstance(value, list) or not all(v in JOB_COMMANDS for v in value):
+            t.problem("disabled_commands", value,
+                      f"must be a list of command names from {', '.join(JOB_COMMANDS)}")
+        else:
+            disabled = tuple(value)
+    out = ModerationConfig(
+        blocked_words=terms["blocked_words"],
+        blocked_patterns=terms["blocked_patterns"],
+        daily_job_quota=t.integer("daily_job_quota", d.daily_job_quota, 0, 100_000),
+        disabled_commands=disabled,
+    )
+    t.finish()
+    return out
+
+
+def _safety(t: _Table) -> SafetyConfig:
+    d = SafetyConfig()
+    out = SafetyConfig(
+        image_check=t.boolean("image_check", d.image_check),
+        action=t.choice("action", d.action, SAFETY_ACTIONS),
+        check_age_restricted=t.boolean("check_age_restricted", d.check_age_restricted),
     )
     t.finish()
     return out

@@ -24,6 +24,7 @@ from typing import Protocol, TypeVar
 from PIL import Image
 
 from bot.config import RetryConfig, UpscaleConfig
+from bot.controls import Controls, progress_controls, result_controls
 from bot.events import (
     JobFinished,
     JobInfo,
@@ -37,18 +38,22 @@ from bot.events import (
 from bot.files import png_bytes
 from bot.grid import numbered_grid
 from bot.jobs import JobKind, JobStatus
+from bot.mask_overlay import shown_preview
 from bot.progress_text import (
+    MASK_LINE,
     NUMBER_EMOJIS,
     clip,
     describe_job,
     format_duration,
     progress_bar,
+    prompt_reading,
     queued_line,
     results_content,
     running_lines,
 )
-from bot.store import ResultRecord, Store
+from bot.store import MessageLink, ResultRecord, Store
 from bot.uploads import FittedImage, fit_image, jpeg_qualities
+from pipelines.interface import attached_mask
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +61,7 @@ T = TypeVar("T")
 
 PROGRESS = "progress"
 RESULTS = "results"
+NOTICE = "notice"
 
 
 @dataclass(frozen=True)
@@ -79,14 +85,29 @@ class TransientSendError(Exception):
 class ChannelSink(Protocol):
     """What the publisher needs from Discord. A cog implements it with discord.py."""
 
-    async def send(self, channel_id: int, content: str, files: list[OutgoingFile]) -> int:
-        """Post a message; returns its id."""
+    async def send(
+        self,
+        channel_id: int,
+        content: str,
+        files: list[OutgoingFile],
+        *,
+        controls: Controls = (),
+        ping_user: int | None = None,
+    ) -> int:
+        """Post a message with these buttons; returns its id. Mentions never ping anyone,
+        except ``ping_user`` when given (that one user alone)."""
 
     async def edit(
-        self, channel_id: int, message_id: int, content: str, files: list[OutgoingFile] | None
+        self,
+        channel_id: int,
+        message_id: int,
+        content: str,
+        files: list[OutgoingFile] | None,
+        *,
+        controls: Controls | None = None,
     ) -> None:
         """Replace a message's content; ``files=None`` keeps its attachments, a list replaces
-        them."""
+        them; ``controls=None`` keeps its buttons, a tuple replaces them (``()`` removes them)."""
 
     async def add_reactions(self, channel_id: int, message_id: int, emojis: list[str]) -> None:
         """Add reactions in order."""
@@ -128,6 +149,12 @@ class _JobView:
     retry_at: float = 0.0
     failures: int = 0
     muted: bool = False  # 403 on the progress message: stop editing it
+    has_controls: bool = False  # the progress message shows its Cancel button
+    # The first preview that carries a mask is held until it has been shown once (newer
+    # previews wait), so the user is sure to see the mask the run found.
+    mask_pending: bool = False
+    mask_shown: bool = False
+    waiting_preview: tuple[Image.Image, object] | None = None  # newest, while the mask is held
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task | None = None
 
@@ -158,6 +185,11 @@ class Publisher:
         # Set by that cog; empty by default.
         self.progress_reactions: tuple[str, ...] = ()
         self.results_reactions: tuple[str, ...] = ()
+        # Who asked for a job's cancellation (set by the cogs just before they cancel), so the
+        # requester is pinged only when someone else stopped their job.
+        self._cancelled_by: dict[int, int] = {}
+        # Waiters for a job's first progress message (the "queued" reply links to it).
+        self._progress_waiters: dict[int, list[asyncio.Future[int]]] = {}
 
     # -- wiring ------------------------------------------------------------------------------
 
@@ -191,11 +223,14 @@ class Publisher:
             self._want(view, _Wanted("running", total=event.total_steps,
                                      started=event.started_monotonic))
         elif isinstance(event, JobProgress):
+            preview, key = self._preview_to_show(view, event.preview, event.preview_step)
             self._want(view, replace(view.wanted, phase="running", step=event.step,
                                      total=event.total, eta=event.eta_seconds,
-                                     started=event.started_monotonic, preview=event.preview,
-                                     preview_key=event.preview_step))
+                                     started=event.started_monotonic, preview=preview,
+                                     preview_key=key))
         elif isinstance(event, JobFinished):
+            if view.mask_pending:
+                self._release_mask_hold(view)  # the end shows the newest picture, not the mask
             previous = view.wanted
             started = event.started_monotonic or previous.started
             elapsed = None if started is None else self._clock() - started
@@ -215,6 +250,28 @@ class Publisher:
         elif isinstance(event, JobRequeued):
             self._want(view, replace(view.wanted, phase="requeued"))
 
+    @staticmethod
+    def _preview_to_show(
+        view: _JobView, preview: Image.Image | None, key: object
+    ) -> tuple[Image.Image | None, object]:
+        """The newest preview, unless a preview with a mask is still waiting to be shown."""
+        if view.mask_pending:
+            if preview is not None:
+                view.waiting_preview = (preview, key)
+            return view.wanted.preview, view.wanted.preview_key
+        if not view.mask_shown and attached_mask(preview) is not None:
+            view.mask_pending = True
+        return preview, key
+
+    def _release_mask_hold(self, view: _JobView) -> None:
+        """The mask has had its turn: show the newest preview that waited behind it, if any."""
+        view.mask_pending = False
+        view.mask_shown = True
+        if view.waiting_preview is not None:
+            preview, key = view.waiting_preview
+            view.waiting_preview = None
+            self._want(view, replace(view.wanted, preview=preview, preview_key=key))
+
     def _track(self, info: JobInfo, wanted: _Wanted) -> _JobView:
         view = _JobView(info, wanted)
         view.changed.set()
@@ -230,6 +287,39 @@ class Publisher:
         view.wanted = wanted
         view.version += 1
         view.changed.set()
+
+    def cancel_requested(self, job_id: int, user_id: int) -> None:
+        """Note who is cancelling ``job_id``; call just before ``Scheduler.cancel``."""
+        self._cancelled_by[job_id] = user_id
+
+    def cancel_settled(self, job_id: int) -> None:
+        """The cancellation did not stop a job (it had finished): forget who asked."""
+        self._cancelled_by.pop(job_id, None)
+
+    async def progress_message(self, job_id: int, timeout: float) -> MessageLink | None:
+        """The job's progress message, waiting up to ``timeout`` seconds for it to be posted."""
+        # Waiting before looking: a message posted while the store answers still wakes us.
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._progress_waiters.setdefault(job_id, []).append(future)
+        try:
+            link = await self.store.message_for_job(job_id, PROGRESS)
+            if link is not None:
+                return link
+            await asyncio.wait_for(asyncio.shield(future), timeout)
+        except asyncio.TimeoutError:
+            return None
+        finally:
+            waiters = self._progress_waiters.get(job_id, [])
+            if future in waiters:
+                waiters.remove(future)
+            if not waiters:
+                self._progress_waiters.pop(job_id, None)
+        return await self.store.message_for_job(job_id, PROGRESS)
+
+    def _progress_posted(self, job_id: int, message_id: int) -> None:
+        for future in self._progress_waiters.pop(job_id, []):
+            if not future.done():
+                future.set_result(message_id)
 
     async def announce_unposted(self, max_age_seconds: float = 86_400.0) -> list[int]:
         """Post the results of jobs that finished while no results message went out (the bot
@@ -301,7 +391,10 @@ class Publisher:
                     continue
                 if wanted.final:
                     if wanted.phase == "done":
+                        self._cancelled_by.pop(view.info.job_id, None)
                         await self._post_results(view, wanted)
+                    elif wanted.phase in ("failed", "cancelled"):
+                        await self._tell_requester(view, wanted)
                     return
         except asyncio.CancelledError:
             raise
@@ -334,7 +427,13 @@ class Publisher:
             body = "⏸️ Paused: the bot is restarting. This job continues after the restart."
         else:
             body = f"⚠️ Failed: {wanted.error or 'unknown error'}"
-        return clip(f"{header}\n{body}")
+        lines = [header]
+        reading = prompt_reading(info.kind, info.params)
+        if reading:
+            lines.append(reading)
+        if wanted.phase == "running" and attached_mask(wanted.preview) is not None:
+            lines.append(MASK_LINE)
+        return clip("\n".join([*lines, body]))
 
     async def _show(self, view: _JobView, wanted: _Wanted, version: int) -> None:
         """One send or edit of the progress message. Never raises except on cancellation."""
@@ -348,23 +447,33 @@ class Publisher:
         async def preview_files() -> list[OutgoingFile]:
             # PNG encoding is CPU work: off the loop, and only when the image must be sent.
             if wanted.preview is not None and not encoded:
-                data = await asyncio.to_thread(png_bytes, wanted.preview)
+                preview = wanted.preview
+                data = await asyncio.to_thread(lambda: png_bytes(shown_preview(preview)))
                 encoded.append(OutgoingFile(f"job-{info.job_id}-preview.png", data))
             return encoded
 
         try:
             if view.message_id is not None:
+                # A job that has ended cannot be cancelled: its Cancel button goes.
+                drop_controls = wanted.final and view.has_controls
                 try:
                     await sink.edit(info.channel_id, view.message_id, content,
-                                    await preview_files() if new_preview else None)
+                                    await preview_files() if new_preview else None,
+                                    controls=() if drop_controls else None)
+                    if drop_controls:
+                        view.has_controls = False
                 except MessageGone:
                     log.info("job %d: progress message %d was deleted; posting a fresh one",
                              info.job_id, view.message_id)
                     view.message_id = None
             if view.message_id is None:
-                view.message_id = await sink.send(info.channel_id, content, await preview_files())
+                controls = () if wanted.final else progress_controls(info.job_id)
+                view.message_id = await sink.send(info.channel_id, content,
+                                                  await preview_files(), controls=controls)
+                view.has_controls = bool(controls)
                 await self.store.link_message(view.message_id, info.channel_id, info.job_id,
                                               PROGRESS)
+                self._progress_posted(info.job_id, view.message_id)
                 if self.progress_reactions and not wanted.final:
                     await self._offer_progress_reactions(info, view.message_id)
             view.shown_version = version
@@ -395,6 +504,10 @@ class Publisher:
             view.shown_version = version
         finally:
             view.last_shown = self._clock()
+        if (view.mask_pending and view.shown_version == version
+                and attached_mask(wanted.preview) is not None):
+            # Shown (or given up on): newer previews may replace it from now on.
+            self._release_mask_hold(view)
 
     async def _offer_progress_reactions(self, info: JobInfo, message_id: int) -> None:
         """Best effort: the job and its message are fine without them."""
@@ -442,13 +555,28 @@ class Publisher:
             describe_job(info.job_id, info.kind, info.user_id, info.params),
             [r.score for r in results],
             [r.seed for r in results],
+            reading=prompt_reading(info.kind, info.params),
         )
-        files = [OutgoingFile(f"job-{info.job_id}-results.png", grid)]
+        name = f"job-{info.job_id}-results.png"
+        flagged = [r.rank for r in results if r.flagged]
+        if flagged:
+            # Discord hides an attachment whose name starts with SPOILER_ until it is clicked.
+            name = "SPOILER_" + name
+            shown = ", ".join(str(rank) for rank in flagged)
+            content += (f"\n⚠️ The image safety check flagged result(s) {shown}: they are blurred, "
+                        "and the grid is hidden until clicked.")
+        withheld = await self.store.withheld_count(info.job_id)
+        if withheld:
+            content += (f"\n⚠️ {withheld} result(s) were withheld by the image safety check.")
+        files = [OutgoingFile(name, grid)]
+        controls = result_controls(info.job_id, info.kind, len(results))
+        ping = await self._ping_target(info)
         message_id: int | None = None
         try:
             message_id = await self._retrying(
                 f"posting results of job {info.job_id}",
-                lambda: sink.send(info.channel_id, content, files),
+                lambda: sink.send(info.channel_id, content, files, controls=controls,
+                                  ping_user=ping),
             )
             await self.store.link_message(message_id, info.channel_id, info.job_id, RESULTS)
             posted = message_id
@@ -500,10 +628,11 @@ class Publisher:
             describe_job(info.job_id, info.kind, info.user_id, info.params), fitted
         ))
         files = [OutgoingFile(f"job-{info.job_id}-upscaled.{fitted.extension}", fitted.data)]
+        ping = await self._ping_target(info)
         try:
             message_id = await self._retrying(
                 f"posting the upscaled image of job {info.job_id}",
-                lambda: sink.send(info.channel_id, content, files),
+                lambda: sink.send(info.channel_id, content, files, ping_user=ping),
             )
             await self.store.link_message(message_id, info.channel_id, info.job_id, RESULTS)
         except (NoPermission, MessageGone):
@@ -514,10 +643,53 @@ class Publisher:
                       info.job_id, exc)
 
 
+    async def _ping_target(self, info: JobInfo) -> int | None:
+        """The requester, unless they turned pings off (``/prefs ping:false``)."""
+        try:
+            prefs = await self.store.user_prefs(info.user_id)
+        except Exception:
+            log.exception("job %d: could not read user %d's preferences; not pinging",
+                          info.job_id, info.user_id)
+            return None
+        return info.user_id if prefs.pings() else None
+
+    async def _tell_requester(self, view: _JobView, wanted: _Wanted) -> None:
+        """A failed job, or one cancelled by someone else, ends with a new message that pings
+        the requester: an edit of the progress message would notify nobody."""
+        assert self._sink is not None
+        sink = self._sink
+        info = view.info
+        cancelled_by = self._cancelled_by.pop(info.job_id, None)
+        if wanted.phase == "cancelled" and cancelled_by == info.user_id:
+            return  # they stopped it themselves
+        ping = await self._ping_target(info)
+        if ping is None:
+            return
+        content = clip(notice_content(info, wanted.phase, wanted.error, cancelled_by))
+        message_id: int | None = None
+        try:
+            message_id = await self._retrying(
+                f"telling the requester of job {info.job_id}",
+                lambda: sink.send(info.channel_id, content, [], ping_user=ping),
+            )
+            await self.store.link_message(message_id, info.channel_id, info.job_id, NOTICE)
+        except (NoPermission, MessageGone, TransientSendError) as exc:
+            log.warning("job %d: could not tell its requester it ended (%s)", info.job_id,
+                        type(exc).__name__)
+
+
 def upscaled_content(header: str, fitted: FittedImage) -> str:
     width, height = fitted.size
     line = f"✅ {header}: {width}×{height}"
     return f"{line}\n{fitted.note}" if fitted.note else line
+
+
+def notice_content(info: JobInfo, phase: str, error: str | None, by: int | None) -> str:
+    header = describe_job(info.job_id, info.kind, info.user_id, info.params)
+    if phase == "cancelled":
+        who = f" by <@{by}>" if by is not None else ""
+        return f"{header}: 🛑 cancelled{who}."
+    return f"{header}: ⚠️ failed: {error or 'unknown error'}"
 
 
 def _grid_png(results: list[ResultRecord]) -> bytes:

@@ -28,7 +28,7 @@ from cogs.options import (
     text_range,
 )
 from cogs.submission import SubmitDesk, ensure_desk
-from pipelines.blended import EditRequest
+from pipelines.blended import START_MODES, EditRequest
 
 if TYPE_CHECKING:
     from bot.app import FaradayBot
@@ -38,6 +38,11 @@ BACKGROUND_HELP = {
     "none": "none: keep the model's own reconstruction of the background",
     "paste": "paste: paste the original pixels back outside the mask",
     "finetune": "finetune: tune the decoder so the background matches (slower)",
+}
+
+START_HELP = {
+    "noised-source": "noised-source: grow the edit from the original (keeps its layout)",
+    "noise": "noise: start the masked region from pure noise (ignores what was there)",
 }
 
 
@@ -53,6 +58,7 @@ class EditOptions:
     seed: int | None = None
     background: str | None = None
     shrink: bool | None = None
+    start: str | None = None
 
 
 class EditCog(JobCommandCog[EditOptions]):
@@ -62,7 +68,11 @@ class EditCog(JobCommandCog[EditOptions]):
     async def build_request(
         self, interaction: discord.Interaction, options: EditOptions, desk: SubmitDesk
     ) -> tuple[JobRequest, tuple[str, ...]]:
-        config = self.bot.config.edit
+        # What this channel allows, with the user's preferred defaults (bot.runtime_settings).
+        effective = await self.bot.settings.for_user(
+            interaction.guild_id, interaction.channel_id, interaction.user.id
+        )
+        config = effective.edit
         # Before any download: a bad option should cost the user nothing.
         check_length("prompt", options.prompt, config.max_prompt_chars)
         check_within("candidates", options.candidates, config.candidates)
@@ -70,6 +80,7 @@ class EditCog(JobCommandCog[EditOptions]):
         check_within("blend_start", options.blend_start, config.blend_start)
         check_within("guidance", options.guidance, config.guidance)
         check_choice("background", options.background, config.backgrounds)
+        check_choice("start", options.start, START_MODES)
         image = await desk.fetcher.fetch_image(options.image, "image")
         mask = await desk.fetcher.fetch_mask(options.mask, "mask")
         check_mask_matches(mask, image.image, "mask", "image")
@@ -86,6 +97,7 @@ class EditCog(JobCommandCog[EditOptions]):
             "seed": options.seed,
             "background": pick(options.background, config.default_background),
             "shrink": pick(options.shrink, config.shrink),
+            "start": pick(options.start, config.start),
             "max_side": config.max_side,
             "preview_every": config.preview_every,
         }
@@ -100,7 +112,8 @@ class EditCog(JobCommandCog[EditOptions]):
             params=params,
             images={"image": image.data, "mask": mask.data},
         )
-        return request, image.notes
+        given = {n for n in ("steps", "candidates") if getattr(options, n) is not None}
+        return request, (*effective.notes_for("edit", given), *image.notes)
 
 
 def build_edit_command(cog: EditCog, config: EditConfig) -> app_commands.Command:
@@ -116,13 +129,14 @@ def build_edit_command(cog: EditCog, config: EditConfig) -> app_commands.Command
         seed: int | None = None,
         background: str | None = None,
         shrink: bool | None = None,
+        start: str | None = None,
     ) -> None:
         await cog.handle(
             interaction,
             EditOptions(
                 image=image, mask=mask, prompt=prompt, candidates=candidates, steps=steps,
                 blend_start=blend_start, guidance=guidance, seed=seed, background=background,
-                shrink=shrink,
+                shrink=shrink, start=start,
             ),
         )
 
@@ -147,12 +161,16 @@ def build_edit_command(cog: EditCog, config: EditConfig) -> app_commands.Command
         seed="Random seed, to repeat a result exactly (random when left out)",
         background=f"Outside the mask (default {config.default_background})",
         shrink="Shrink the mask over the steps, for thin masks" + f" (default {config.shrink})",
+        start=f"What the masked region starts from (default {config.start})",
     )(edit)
     app_commands.choices(
         background=[
             app_commands.Choice(name=BACKGROUND_HELP.get(mode, mode), value=mode)
             for mode in config.backgrounds
-        ]
+        ],
+        start=[
+            app_commands.Choice(name=START_HELP[mode], value=mode) for mode in START_MODES
+        ],
     )(edit)
     return app_commands.Command(
         name="edit",

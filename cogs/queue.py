@@ -11,7 +11,7 @@ from discord.ext import commands
 
 from bot.jobs import JobStatus
 from bot.scheduler import CancelOutcome, QueueSnapshot
-from cogs.checks import channel_allowed, channel_refusal, is_admin, role_ids_of
+from cogs.checks import channel_allowed_for, channel_refusal, is_admin, role_ids_of
 from cogs.replies import format_eta
 from cogs.results import CANCEL_EMOJI, RERUN_EMOJI
 
@@ -36,10 +36,13 @@ mask: mask.png prompt: a red door`
 as the image. Options: `candidates`, `steps`, `blend_start`, `guidance`, `seed`, `background`, \
 `shrink`.
 
-**Reactions** on the bot's messages:
-• 1️⃣ 2️⃣ … under a result grid: continue from that result (same prompt and settings, new seed).
-• {RERUN_EMOJI} under a result grid: run the same job again with a new seed.
-• {CANCEL_EMOJI} under a progress message: cancel it (the requester or an admin).
+**Buttons and reactions** on the bot's messages (answers to buttons only you see):
+• **1** **2** … or 1️⃣ 2️⃣ … under a result grid: continue from that result (new seed).
+• **U1** **U2** …: that result alone at full size, with **Upscale ×4**.
+• {RERUN_EMOJI}: the same job with a new seed · ✏️ **Remix**: change the prompt first · ℹ️: \
+settings and a command to copy · 🎞️: the timelapse · 🗑️: delete it (requester or admin).
+• **Cancel** or {CANCEL_EMOJI} under a progress message: cancel it (the requester or an admin).
+**/prefs** `ping:False` — no ping when your job ends.
 
 **/queue** — your jobs, the running job and the queue length. **/cancel** `[job]` — cancel your \
 job (admins: any job).
@@ -81,7 +84,8 @@ class QueueCog(commands.Cog):
     async def refused_here(self, interaction: discord.Interaction) -> bool:
         """Answer (ephemeral) and return true when commands are not taken in this channel."""
         config = self.bot.config.discord
-        if channel_allowed(config, interaction.channel_id):
+        if await channel_allowed_for(self.bot, config, interaction.channel_id,
+                                     interaction.channel):
             return False
         await interaction.response.send_message(channel_refusal(config), ephemeral=True)
         return True
@@ -127,7 +131,10 @@ class QueueCog(commands.Cog):
                     f"Job #{job} has already {finished_word(record.status)}.", ephemeral=True
                 )
                 return
+        self.bot.publisher.cancel_requested(job, user_id)
         outcome = await self.bot.scheduler.cancel(job)
+        if outcome not in (CancelOutcome.REMOVED, CancelOutcome.STOPPING):
+            self.bot.publisher.cancel_settled(job)
         log.info("job %d: /cancel by user %d: %s", job, user_id, outcome.value)
         await interaction.response.send_message(cancel_text(job, outcome), ephemeral=True)
 

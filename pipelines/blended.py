@@ -79,6 +79,11 @@ MAX_ASPECT_MISMATCH = 0.01
 
 BACKGROUND_MODES = ("none", "paste", "finetune")
 SCHEDULERS: dict[str, type[DDIMScheduler]] = {"ddim": DDIMScheduler}
+# Where the masked region starts at the first kept step. "noised-source": the source latent
+# noised to that step (the paper's Algorithm 1), so the edit inherits the source's layout and
+# colours; "noise": pure Gaussian noise (the official diffusers script), so the source does not
+# steer what appears there. Outside the mask both start from the noised source.
+START_MODES = ("noised-source", "noise")
 
 # Section 4.3: the dilations used for the first three quarters of the steps, most dilated first;
 # the last quarter uses the mask itself.
@@ -118,6 +123,8 @@ class EditRequest:
     max_side: int = 512
     negative_prompt: str = ""
     scheduler: str = "ddim"
+    # What the masked region starts from (see START_MODES).
+    start: str = "noised-source"
 
     def validate(self) -> None:
         """Raise :class:`InvalidRequest` with one line for the first problem found."""
@@ -140,6 +147,10 @@ class EditRequest:
         if self.background not in BACKGROUND_MODES:
             raise InvalidRequest(
                 f"background must be one of {', '.join(BACKGROUND_MODES)}, not {self.background!r}"
+            )
+        if self.start not in START_MODES:
+            raise InvalidRequest(
+                f"start must be one of {', '.join(START_MODES)}, not {self.start!r}"
             )
         if self.scheduler not in SCHEDULERS:
             raise InvalidRequest(
@@ -187,17 +198,47 @@ def _check_number(name: str, value: Any, low: float, high: float) -> None:
 # Sizes and masks
 
 
-def working_size(width: int, height: int, max_side: int, multiple: int) -> tuple[int, int]:
-    """Scale so the long side is at most ``max_side`` (never enlarging beyond rounding), keeping
-    the aspect ratio, and round each side to the nearest multiple the model needs (at least one
-    multiple, at most ``max_side`` rounded down)."""
+def output_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """The size results come back at: the input's, scaled down (never up) so the long side is at
+    most ``max_side``, to the nearest pixel. The aspect ratio is the input's to within a pixel."""
     scale = min(1.0, max_side / max(width, height))
-    ceiling = max(multiple, max_side // multiple * multiple)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def working_size(width: int, height: int, max_side: int, cell: int) -> tuple[int, int]:
+    """The size the model works at for an output of ``width``×``height``: each side rounded to
+    the nearest whole latent cell (``cell`` pixels), at least one cell and at most ``max_side``
+    rounded down to a cell, so the working area never exceeds ``max_side``².
+
+    Rounding each side to a cell, not to the UNet's own downsampling factor (64 pixels for SD),
+    moves the aspect ratio by at most half a cell per side; the result is resized back to the
+    output size, so the user gets the input's shape."""
+    ceiling = max(cell, max_side // cell * cell)
 
     def side(length: int) -> int:
-        return min(ceiling, max(multiple, round(length * scale / multiple) * multiple))
+        return min(ceiling, max(cell, round(length / cell) * cell))
 
     return side(width), side(height)
+
+
+def pad_to_multiple(latents: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int, int]:
+    """``latents`` padded at the bottom and right (edge values repeated) so both sides are
+    multiples of ``multiple``; with the original height and width, to crop back."""
+    height, width = latents.shape[-2:]
+    pad_h, pad_w = -height % multiple, -width % multiple
+    if pad_h == 0 and pad_w == 0:
+        return latents, height, width
+    return F.pad(latents, (0, pad_w, 0, pad_h), mode="replicate"), height, width
+
+
+def resize_images(images: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """(N, C, H, W) images resized to ``width``×``height`` (antialiased bicubic), unchanged when
+    already that size."""
+    if images.shape[-2:] == (height, width):
+        return images
+    return F.interpolate(
+        images, size=(height, width), mode="bicubic", align_corners=False, antialias=True
+    )
 
 
 def mask_to_grid(mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -236,6 +277,16 @@ def feathered_alpha(mask: torch.Tensor, feather: int) -> torch.Tensor:
     beyond (chessboard distance), so pixels past the feather are the input's, bit for bit."""
     rings = [mask] + [dilate(mask, 2 * k + 1) for k in range(1, feather + 1)]
     return torch.stack(rings).mean(dim=0)
+
+
+def build_scheduler(name: str, config: dict[str, Any]) -> DDIMScheduler:
+    """A fresh scheduler for one request (schedulers keep per-run state and are not thread-safe).
+
+    ``clip_sample`` is forced off, as the official code does: the predicted x₀ lives in latent
+    space, where ±1 is not a bound, and a config that lacks the key would otherwise get DDIM's
+    default (on) and clip every step's x₀, washing edits out.
+    """
+    return SCHEDULERS[name].from_config(config, clip_sample=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,11 +379,15 @@ class StepRecord:
 
 @dataclass
 class _Prepared:
-    width: int
+    width: int  # the working size, whole latent cells
     height: int
-    source: torch.Tensor  # (1, 3, H, W) in [0, 1], float32, CPU
-    pixel_mask: torch.Tensor  # (1, 1, H, W) 0/1 float32, CPU
+    source: torch.Tensor  # (1, 3, H, W) in [0, 1], float32, CPU, at the working size
+    pixel_mask: torch.Tensor  # (1, 1, H, W) 0/1 float32, CPU, at the working size
     latent_mask: torch.Tensor  # (1, 1, h, w) 0/1 float32, CPU
+    out_width: int  # the size results come back at: the input's aspect ratio
+    out_height: int
+    out_source: torch.Tensor  # the source and the mask at the output size
+    out_mask: torch.Tensor
     notes: list[str]
 
 
@@ -361,6 +416,9 @@ class BlendedLatentDiffusionPipeline:
         self.last_timings: dict[str, float] = {}
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._text_lock = threading.Lock()
+        # Set once the UNet has refused a latent size that is not a multiple of its
+        # downsampling factor: from then on latents are padded (see predict_noise).
+        self._pad_latents = False
 
     @classmethod
     def from_settings(cls, settings: ModelSettings) -> BlendedLatentDiffusionPipeline:
@@ -375,24 +433,35 @@ class BlendedLatentDiffusionPipeline:
     def prepare(self, request: EditRequest) -> _Prepared:
         """Scale the image to the working size and turn the mask into pixel and latent masks."""
         source_w, source_h = request.image.size
-        multiple = self.components.size_multiple
-        width, height = working_size(source_w, source_h, request.max_side, multiple)
+        cell = self.components.vae_scale_factor
+        out_w, out_h = output_size(source_w, source_h, request.max_side)
+        width, height = working_size(out_w, out_h, request.max_side, cell)
         image = image_io.to_rgb(request.image)
-        if image.size != (width, height):
-            image = image.resize((width, height), Image.Resampling.LANCZOS)
+
+        def scaled(size: tuple[int, int]) -> Image.Image:
+            return image if image.size == size else image.resize(size, Image.Resampling.LANCZOS)
+
         mask = torch.from_numpy(image_io.mask_from_image(request.mask).astype(np.float32))
         pixel_mask = mask_to_grid(mask[None, None], height, width)
-        factor = self.components.vae_scale_factor
-        latent_mask = mask_to_grid(pixel_mask, height // factor, width // factor)
-        if (width, height) == (source_w, source_h):
-            scaling = f"working size {width}×{height} (unscaled)"
+        latent_mask = mask_to_grid(pixel_mask, height // cell, width // cell)
+        if (out_w, out_h) == (source_w, source_h):
+            scaling = f"size {out_w}×{out_h} (unscaled)"
         else:
-            scaling = f"scaled {source_w}×{source_h} → {width}×{height}"
-        notes = [
-            f"{scaling}; sides are multiples of {multiple}, long side at most {request.max_side}"
-        ]
+            scaling = f"scaled {source_w}×{source_h} → {out_w}×{out_h}"
+        if (width, height) != (out_w, out_h):
+            scaling += f", worked at {width}×{height} (whole latent cells of {cell} pixels)"
+        notes = [f"{scaling}; long side at most {request.max_side}"]
         return _Prepared(
-            width, height, image_io.pil_to_tensor(image), pixel_mask, latent_mask, notes
+            width=width,
+            height=height,
+            source=image_io.pil_to_tensor(scaled((width, height))),
+            pixel_mask=pixel_mask,
+            latent_mask=latent_mask,
+            out_width=out_w,
+            out_height=out_h,
+            out_source=image_io.pil_to_tensor(scaled((out_w, out_h))),
+            out_mask=mask_to_grid(mask[None, None], out_h, out_w),
+            notes=notes,
         )
 
     def encode_prompts(self, prompt: str, negative_prompt: str) -> tuple[torch.Tensor, bool]:
@@ -444,6 +513,37 @@ class BlendedLatentDiffusionPipeline:
             images.append(c.vae.decode(latent[None] / c.latent_scaling).sample.float())
         return torch.cat(images)
 
+    def predict_noise(
+        self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor
+    ) -> torch.Tensor:
+        """The UNet's noise prediction for ``sample`` (N, C, h, w), at any latent size.
+
+        diffusers' UNet takes latent sides that are not multiples of its downsampling factor. A
+        model that refuses them (a shape mismatch at a skip connection) gets the latent padded
+        to the next multiple and the prediction cropped back; it is remembered, so later steps
+        go straight to the padded path.
+        """
+        unet = self.components.unet
+        if not self._pad_latents:
+            try:
+                return unet(sample, timestep, encoder_hidden_states=context).sample
+            except RuntimeError as exc:
+                if isinstance(exc, torch.OutOfMemoryError) or not _ragged(
+                    sample, self.components.unet_factor
+                ):
+                    raise
+                log.warning(
+                    "the UNet refused a %s×%s latent (%s); padding latents to multiples of %d",
+                    sample.shape[-1],
+                    sample.shape[-2],
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                    self.components.unet_factor,
+                )
+                self._pad_latents = True
+        padded, height, width = pad_to_multiple(sample, self.components.unet_factor)
+        prediction = unet(padded, timestep, encoder_hidden_states=context).sample
+        return prediction[..., :height, :width]
+
     def _denoise(
         self,
         request: EditRequest,
@@ -457,7 +557,7 @@ class BlendedLatentDiffusionPipeline:
         """Algorithm 1's loop: the final latents (N, C, h, w), the steps run, the last preview."""
         c = self.components
         count = request.candidates
-        scheduler = SCHEDULERS[request.scheduler].from_config(c.scheduler_config)
+        scheduler = build_scheduler(request.scheduler, c.scheduler_config)
         scheduler.set_timesteps(request.steps, device=c.device)
         # Skip the first ``blend_start`` of the schedule, as the official code does.
         timesteps = scheduler.timesteps[int(request.steps * request.blend_start) :]
@@ -475,7 +575,11 @@ class BlendedLatentDiffusionPipeline:
             return noise.to(c.device, c.dtype)
 
         source = source_latent.expand(count, *shape)
-        latents = scheduler.add_noise(source, candidate_noise(), timesteps[:1])
+        start_noise = candidate_noise()
+        latents = scheduler.add_noise(source, start_noise, timesteps[:1])
+        if request.start == "noise":
+            pure = start_noise * scheduler.init_noise_sigma
+            latents = torch.where(masks[0] > 0.5, pure, latents)
         # Unconditional then conditional, each repeated per candidate: one UNet call per step.
         context = text.repeat_interleave(count, dim=0)
         preview: Image.Image | None = None
@@ -483,9 +587,7 @@ class BlendedLatentDiffusionPipeline:
             if should_cancel():
                 raise Cancelled(index, total, preview)
             model_input = scheduler.scale_model_input(torch.cat([latents, latents]), t)
-            noise_uncond, noise_text = c.unet(
-                model_input, t, encoder_hidden_states=context
-            ).sample.chunk(2)
+            noise_uncond, noise_text = self.predict_noise(model_input, t, context).chunk(2)
             guided = noise_uncond + request.guidance * (noise_text - noise_uncond)
             step = scheduler.step(guided, t, latents)
             foreground = step.prev_sample
@@ -568,15 +670,16 @@ class BlendedLatentDiffusionPipeline:
         if truncated:
             notes.append(f"the prompt was cut to {c.tokenizer.model_max_length} tokens")
 
-        source = prepared.source.to(decoded.device)
-        pixel_mask = prepared.pixel_mask.to(decoded.device)
-        results = (decoded + 1) / 2
+        # Back to the input's aspect ratio; the paste and the ranking work on the output itself.
+        results = resize_images((decoded + 1) / 2, prepared.out_width, prepared.out_height)
+        out_source = prepared.out_source.to(decoded.device)
+        out_mask = prepared.out_mask.to(decoded.device)
         if request.background == "paste":
-            alpha = feathered_alpha(pixel_mask, self.paste_feather)
-            results = source + alpha * (results - source)
+            alpha = feathered_alpha(out_mask, self.paste_feather)
+            results = out_source + alpha * (results - out_source)
         # Ranked on exactly the 8-bit images the user receives, so anyone can recompute a score.
         results = _quantize(results)
-        scores = clip_similarities(self.ranker, results, pixel_mask, request.prompt)
+        scores = clip_similarities(self.ranker, results, out_mask, request.prompt)
         order = order_best_first(scores)
         lap("ranking")
 
@@ -591,15 +694,16 @@ class BlendedLatentDiffusionPipeline:
                 c.vae,
                 latents[best : best + 1] / c.latent_scaling,
                 decoded[best : best + 1],
-                source * 2 - 1,
-                pixel_mask,
+                prepared.source.to(decoded.device) * 2 - 1,
+                prepared.pixel_mask.to(decoded.device),
                 steps=self.finetune_steps,
                 lr=self.finetune_lr,
                 background_weight=self.finetune_background_weight,
                 should_cancel=check,
             )
+            tuned = resize_images((tuned + 1) / 2, prepared.out_width, prepared.out_height)
             results = results.clone()
-            results[best] = _quantize((tuned[0] + 1) / 2)
+            results[best] = _quantize(tuned[0])
             notes.append(
                 "background reconstructed for the top result only (paper section 4.2); "
                 "its score was measured before reconstruction"
@@ -635,6 +739,7 @@ class BlendedLatentDiffusionPipeline:
             denoising_steps_run=total,
             source_size=list(request.image.size),
             working_size=[prepared.width, prepared.height],
+            output_size=[prepared.out_width, prepared.out_height],
             model=c.name,
             device=str(c.device),
             dtype=str(c.dtype).removeprefix("torch."),
@@ -650,6 +755,10 @@ class BlendedLatentDiffusionPipeline:
                 finetune_background_weight=self.finetune_background_weight,
             )
         return settings
+
+
+def _ragged(sample: torch.Tensor, multiple: int) -> bool:
+    return any(side % multiple for side in sample.shape[-2:])
 
 
 def _quantize(images: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipelines.blended import BACKGROUND_MODES, EditRequest
+from pipelines.blended import BACKGROUND_MODES, START_MODES, EditRequest
 from pipelines.cli_common import (
     EXIT_BAD_INPUT,
     add_model_arguments,
@@ -59,7 +59,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--no-shrink", action="store_true", help="turn off progressive mask shrinking"
     )
-    parser.add_argument("--max-side", type=int, default=defaults["max_side"].default)
+    parser.add_argument(
+        "--start",
+        choices=START_MODES,
+        default=defaults["start"].default,
+        help="what the masked region starts from: the noised source (the paper) or pure noise "
+        "(the official diffusers script)",
+    )
+    parser.add_argument(
+        "--max-side",
+        type=int,
+        default=defaults["max_side"].default,
+        help="results keep the input's aspect ratio, long side at most this",
+    )
     parser.add_argument("--negative-prompt", default=defaults["negative_prompt"].default)
 
     errors_in_one_line(parser, "edit")
@@ -79,6 +91,7 @@ def build_request(args: argparse.Namespace) -> EditRequest:
         seed=args.seed,
         background=args.background,
         shrink=not args.no_shrink,
+        start=args.start,
         max_side=args.max_side,
         negative_prompt=args.negative_prompt,
     )

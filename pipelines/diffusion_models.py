@@ -85,10 +85,10 @@ class DiffusionComponents:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
-    def size_multiple(self) -> int:
-        """Image sides must be multiples of this: the VAE factor times the UNet's downsampling."""
-        unet_factor = 2 ** (len(self.unet.config.block_out_channels) - 1)
-        return self.vae_scale_factor * unet_factor
+    def unet_factor(self) -> int:
+        """How much the UNet downsamples a latent side (8 for SD). diffusers' UNet accepts sides
+        that are not multiples of it (it upsamples to each skip connection's size)."""
+        return 2 ** (len(self.unet.config.block_out_channels) - 1)
 
     @property
     def latent_scaling(self) -> float:

@@ -66,6 +66,28 @@ async def test_edit_ranks_candidates_and_1_continues_from_the_best(standin, tmp_
         await results_with_reactions(bot, standin, child.id)
 
 
+async def test_edit_results_keep_the_input_aspect_ratio(standin, tmp_path) -> None:
+    # The test config's max_side is 64: results come back with a long side of 64 pixels.
+    async with running_bot(standin, write_test_config(tmp_path, standin)) as bot:
+        for width, height in ((300, 200), (1920, 1080), (1000, 1000)):
+            box = (width // 4, height // 4, width // 2, height // 2)
+            handle = await standin.send_slash_command(
+                "edit",
+                {"prompt": "a red door", "candidates": 1, "steps": 2, "start": "noise"},
+                attachments={
+                    "image": standin.add_cdn_file(f"p{width}.png", picture((width, height))),
+                    "mask": standin.add_cdn_file(f"m{width}.png", box_mask((width, height), box)),
+                },
+            )
+            job_id = await queued_job_id(handle)
+            _, results = await results_with_reactions(bot, standin, job_id)
+            out_w, out_h = Image.open(results[0].path).size
+            assert max(out_w, out_h) == 64, (width, height, out_w, out_h)
+            assert abs((out_w / out_h) / (width / height) - 1) < 0.01, (width, height, out_w, out_h)
+            job = await bot.store.get_job(job_id)
+            assert job is not None and job.request.params["start"] == "noise"
+
+
 def animated_gif() -> bytes:
     frames = [Image.new("L", (64, 64), value) for value in (255, 0)]
     buffer = io.BytesIO()

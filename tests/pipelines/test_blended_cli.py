@@ -74,6 +74,26 @@ def test_an_edit_writes_ranked_images_and_results_json(
     assert "results.json" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(("width", "height"), [(300, 200), (1920, 1080), (1000, 1000)])
+def test_results_keep_the_input_aspect_ratio(
+    files: dict[str, Path], width: int, height: int
+) -> None:
+    source_image(width, height).save(files["image"])
+    mask_image(width, height).save(files["mask"])
+    options = ("--candidates", "1", "--steps", "2", "--max-side", "96", "--start", "noise")
+    code = main(edit_args(files, *options))
+    assert code == 0
+    report = json.loads((files["out"] / "results.json").read_text())
+    with Image.open(files["out"] / "1.png") as image:
+        out_w, out_h = image.size
+    assert max(out_w, out_h) == 96
+    assert abs((out_w / out_h) / (width / height) - 1) < 0.01, (out_w, out_h)
+    assert report["settings"]["output_size"] == [out_w, out_h]
+    assert report["settings"]["start"] == "noise"
+    work_w, work_h = report["settings"]["working_size"]
+    assert work_w * work_h <= 96 * 96
+
+
 def write_text(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
@@ -99,6 +119,7 @@ def write_text(path: Path, text: str) -> Path:
         ({"args": ["--blend-start", "1"]}, "blend_start must be below 1"),
         ({"args": ["--candidates", "two"]}, "argument --candidates: invalid int value: 'two'"),
         ({"args": ["--background", "blur"]}, "argument --background: invalid choice: 'blur'"),
+        ({"args": ["--start", "blank"]}, "argument --start: invalid choice: 'blank'"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(

@@ -18,6 +18,7 @@ from pipelines.blended import (
     PASTE_FEATHER_PIXELS,
     BlendedLatentDiffusionPipeline,
     EditRequest,
+    output_size,
     working_size,
 )
 from pipelines.clip_models import TINY_CLIP
@@ -184,25 +185,81 @@ def background_error(image: Image.Image) -> float:
 # -- sizes and masks ---------------------------------------------------------------------------
 
 
-def test_working_size_scales_the_long_side_and_rounds_to_the_model_multiple() -> None:
-    assert working_size(1000, 800, 512, 64) == (512, 384)
-    assert working_size(800, 1000, 512, 64) == (384, 512)
-    assert working_size(512, 512, 512, 64) == (512, 512)
-    assert working_size(300, 200, 512, 64) == (320, 192)  # never enlarged beyond rounding
-    assert working_size(4000, 100, 512, 64) == (512, 64)  # at least one multiple
-    assert working_size(100, 80, 64, 4) == (64, 52)
+def test_output_and_working_sizes_keep_the_aspect_ratio_in_whole_latent_cells() -> None:
+    assert output_size(300, 200, 512) == (300, 200)  # never enlarged
+    assert output_size(1920, 1080, 512) == (512, 288)
+    assert output_size(1000, 1000, 512) == (512, 512)
+    assert output_size(800, 1000, 512) == (410, 512)
+    # The model works at the nearest whole latent cells (8 pixels for SD), not multiples of 64.
+    assert working_size(300, 200, 512, 8) == (304, 200)
+    assert working_size(512, 288, 512, 8) == (512, 288)
+    assert working_size(410, 512, 512, 8) == (408, 512)
+    assert working_size(512, 8, 512, 8) == (512, 8)
+    assert working_size(512, 2, 512, 8) == (512, 8)  # at least one cell
 
 
-def test_any_image_size_comes_back_at_the_reported_working_size(
+@pytest.mark.parametrize(
+    ("width", "height", "max_side"),
+    [
+        (300, 200, 512),
+        (1920, 1080, 512),
+        (1000, 1000, 512),
+        (1000, 999, 512),
+        (4000, 3000, 500),
+        (333, 777, 100),
+        (2048, 2047, 2048),
+    ],
+)
+def test_the_working_area_never_exceeds_max_side_squared(
+    width: int, height: int, max_side: int
+) -> None:
+    out_w, out_h = output_size(width, height, max_side)
+    assert max(out_w, out_h) <= max_side
+    assert abs((out_w / out_h) / (width / height) - 1) < 0.01
+    for cell in (2, 8):
+        work_w, work_h = working_size(out_w, out_h, max_side, cell)
+        assert work_w % cell == 0 and work_h % cell == 0
+        assert work_w * work_h <= max_side**2
+        assert max(work_w, work_h) <= max_side
+        # Half a cell per side at most: the working shape is the output's, near enough.
+        assert abs(work_w - out_w) <= cell / 2 and abs(work_h - out_h) <= cell / 2
+
+
+@pytest.mark.parametrize(("width", "height"), [(300, 200), (1920, 1080), (1000, 1000)])
+def test_results_come_back_at_the_input_aspect_ratio(
+    pipeline: BlendedLatentDiffusionPipeline, width: int, height: int
+) -> None:
+    max_side = 96
+    image, mask = source_image(width, height), mask_image(width, height)
+    result = pipeline(request(image=image, mask=mask, max_side=max_side, candidates=2, steps=2))
+    out_w, out_h = result.images[0].image.size
+    assert all(r.image.size == (out_w, out_h) for r in result.images)
+    assert max(out_w, out_h) == max_side
+    assert abs((out_w / out_h) / (width / height) - 1) < 0.01, (out_w, out_h)
+    assert result.settings["output_size"] == [out_w, out_h]
+    assert result.settings["source_size"] == [width, height]
+    work_w, work_h = result.settings["working_size"]
+    cell = pipeline.components.vae_scale_factor
+    assert work_w % cell == 0 and work_h % cell == 0 and work_w * work_h <= max_side**2
+    assert any(f"scaled {width}×{height} → {out_w}×{out_h}" in n for n in result.notes)
+
+
+def test_paste_keeps_the_scaled_input_exactly_at_the_output_size(
     pipeline: BlendedLatentDiffusionPipeline,
 ) -> None:
-    image = source_image(100, 80)
-    mask = mask_image(100, 80)
-    result = pipeline(request(image=image, mask=mask, max_side=64, candidates=1, steps=2))
-    assert result.images[0].image.size == (64, 52)
-    assert result.settings["working_size"] == [64, 52]
-    assert result.settings["source_size"] == [100, 80]
-    assert any("scaled 100×80 → 64×52" in note for note in result.notes)
+    # 300×200 at max_side 75 is 75×50 out and 74×50 at work (the tiny model's 2-pixel cells,
+    # at most 75 per side).
+    image, mask = source_image(300, 200), mask_image(300, 200)
+    result = pipeline(
+        request(image=image, mask=mask, max_side=75, candidates=1, steps=2, background="paste")
+    )
+    assert result.settings["working_size"] == [74, 50]
+    assert result.images[0].image.size == (75, 50)
+    scaled = pixels(image.resize((75, 50), Image.Resampling.LANCZOS))
+    mask_out = np.asarray(mask.resize((75, 50), Image.Resampling.BOX)) > 0
+    far = chessboard_distance_to_mask(mask_out) > PASTE_FEATHER_PIXELS
+    assert far.any()
+    assert np.array_equal(pixels(result.images[0].image)[far], scaled[far])
 
 
 def test_any_latent_cell_touching_the_mask_is_masked(

@@ -78,7 +78,7 @@ def test_tiny_weights_are_the_same_in_every_build(tmp_path: Path) -> None:
     assert torch.equal(torch.get_rng_state(), state)
     for name, tensor in unet.state_dict().items():
         assert torch.equal(tensor, components.unet.state_dict()[name]), name
-    assert components.size_multiple == 4 and components.vae_scale_factor == 2
+    assert components.unet_factor == 2 and components.vae_scale_factor == 2
 
 
 def save_tiny_diffusers_folder(folder: Path, tokenizer_cache: Path) -> StableDiffusionPipeline:
