@@ -86,6 +86,8 @@ class ImagineConfig:
     max_prompt_chars: int = 500
     # Images made per /imagine, ranked by CLIP; each gets a number reaction to continue from.
     candidates: int = 4
+    # The weight of an attached image_prompt, as a text prompt's ":weight" (negative = away).
+    image_prompt_weight: FloatOption = FloatOption(1.0, -2.0, 2.0)
 
 
 @dataclass(frozen=True)
@@ -494,7 +496,7 @@ def pipeline_hard_limits() -> tuple[dict[str, Any], dict[str, Any]]:
     Config may narrow them, never widen them. Imported here, lazily, because the pipeline
     modules pull in torch and diffusers.
     """
-    from pipelines import blended, vqgan_clip
+    from pipelines import blended, prompts, vqgan_clip
 
     imagine = {
         "steps": (vqgan_clip.MIN_STEPS, vqgan_clip.MAX_STEPS),
@@ -503,6 +505,8 @@ def pipeline_hard_limits() -> tuple[dict[str, Any], dict[str, Any]]:
         "side": (vqgan_clip.MIN_SIDE, vqgan_clip.MAX_SIDE),
         "size_multiple": vqgan_clip.SIZE_MULTIPLE,
         "max_pixels": vqgan_clip.MAX_PIXELS,
+        "image_prompt_weight": (-prompts.MAX_ABS_WEIGHT, prompts.MAX_ABS_WEIGHT),
+        "min_abs_weight": prompts.MIN_ABS_WEIGHT,
     }
     edit = {
         "steps": (2, blended.MAX_STEPS),
@@ -654,7 +658,17 @@ def _imagine(t: _Table, limits: dict[str, Any]) -> ImagineConfig:
         preview_every=t.integer("preview_every", d.preview_every, 1, 1000),
         max_prompt_chars=t.integer("max_prompt_chars", d.max_prompt_chars, 1, 4000),
         candidates=t.integer("candidates", d.candidates, *limits["candidates"]),
+        image_prompt_weight=_float_option(
+            t, "image_prompt_weight", d.image_prompt_weight, *limits["image_prompt_weight"]
+        ),
     )
+    if abs(out.image_prompt_weight.default) < limits["min_abs_weight"]:
+        t.problem(
+            "image_prompt_weight.default",
+            out.image_prompt_weight.default,
+            f"must have a magnitude of at least {limits['min_abs_weight']:g}, or the image "
+            "would guide nothing",
+        )
     t.finish()
     return out
 

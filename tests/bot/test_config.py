@@ -161,6 +161,10 @@ def test_values_are_read_into_typed_objects() -> None:
         ("[edit.guidance]\ndefault = 2.0\nmin = 3.0",
          "edit.guidance.default = 2.0: must lie between min 3.0 and max 20.0"),
         ("[edit.steps]\nstep = 3", "edit.steps.step = 3: unknown key"),
+        ("[imagine.image_prompt_weight]\ndefault = 0",
+         "imagine.image_prompt_weight.default = 0"),
+        ("[imagine.image_prompt_weight]\nmax = 1e9",
+         "imagine.image_prompt_weight.max = 1000000000.0: must be a number from"),
         # Sizes.
         ("[imagine]\nsizes = ['250x250']",
          "imagine.sizes = ['250x250']: must be a non-empty list; each entry \"WIDTHxHEIGHT\" "
