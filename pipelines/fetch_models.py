@@ -246,6 +246,21 @@ def fetch_safety_checker(settings: ModelSettings) -> Fetched:
     return fetched
 
 
+def fetch_upscaler(settings: ModelSettings) -> Fetched:
+    """The upscaler file (a URL is downloaded once into the cache; a path is used as is), checked
+    by spandrel as the bot's loader checks it."""
+    from pipelines.downloads import fetch
+    from pipelines.upscale import check_upscaler_file, load_descriptor_from_file
+
+    what = "models.upscaler_model"
+    source = settings.upscaler_model
+    had = is_url(source) and cached_path_for_url(source, settings.cache_dir).is_file()
+    path = fetch(source, settings.cache_dir, what=what, sha256=settings.upscaler_model_sha256,
+                 check=check_upscaler_file)
+    load_descriptor_from_file(path)
+    return Fetched(what, source, is_url(source) and not had, [path])
+
+
 def _files_under(folder: Path) -> set[Path]:
     if not folder.is_dir():
         return set()
@@ -293,6 +308,7 @@ def fetch_all(
         )
     add(fetch_diffusion(settings))
     add(fetch_safety_checker(settings))
+    add(fetch_upscaler(settings))
     write_manifest(settings)
     return out
 

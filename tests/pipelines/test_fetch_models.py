@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
+from spandrel.architectures.ESRGAN import ESRGAN
 
 from pipelines import clip_models, presets
 from pipelines.clip_models import TINY_CLIP
@@ -70,6 +71,9 @@ def test_make_models_fetches_checks_and_reports_every_file_then_needs_no_server(
     save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(clip_file))
     diffusers_folder = tmp_path / "sd"
     save_tiny_diffusers_folder(diffusers_folder, tmp_path / "tokenizer")
+    upscaler = tmp_path / "x4.pth"
+    torch.save(ESRGAN(num_filters=16, num_blocks=2, scale=4).state_dict(), upscaler)
+    host.routes["/esrgan/x4.pth"] = (200, "application/octet-stream", upscaler.read_bytes())
     checker_folder = tmp_path / "safety"
     write_released_layout(checker_folder, flag_like=Image.new("RGB", (32, 32)))
     cache = tmp_path / "models"
@@ -86,6 +90,8 @@ def test_make_models_fetches_checks_and_reports_every_file_then_needs_no_server(
         "ranker_clip_pretrained": str(clip_file),
         "diffusion_model": str(diffusers_folder),
         "safety_checker": str(checker_folder),
+        "upscaler_model": host.url("/esrgan/x4.pth"),
+        "upscaler_model_sha256": hashlib.sha256(upscaler.read_bytes()).hexdigest(),
     }
     config = write_config(tmp_path / "config.toml", models)
 
@@ -93,7 +99,7 @@ def test_make_models_fetches_checks_and_reports_every_file_then_needs_no_server(
     out = capsys.readouterr()
     # (taming's quantizer prints a line of its own when a VQGAN is built)
     lines = [line for line in out.out.splitlines() if not line.startswith("Working with z")]
-    yaml_line, ckpt_line, clip_line, sd_line, checker_line, done = lines
+    yaml_line, ckpt_line, clip_line, sd_line, checker_line, upscaler_line, done = lines
     size = len(ckpt.read_bytes())
     assert re.fullmatch(
         rf"fetched  models\.vqgan_config: {re.escape(host.url('/vqgan/model.yaml'))} "
@@ -111,7 +117,10 @@ def test_make_models_fetches_checks_and_reports_every_file_then_needs_no_server(
     assert clip_line.startswith(f"present  models.clip_pretrained: {clip_file} (")
     assert sd_line.startswith(f"present  models.diffusion_model: {diffusers_folder} (")
     assert checker_line.startswith(f"present  models.safety_checker: {checker_folder} (")
-    assert done.startswith("done: 5 model file(s) checked, 2 downloaded now, ")
+    assert upscaler_line.startswith(
+        f"fetched  models.upscaler_model: {host.url('/esrgan/x4.pth')} ("
+    )
+    assert done.startswith("done: 6 model file(s) checked, 3 downloaded now, ")
     assert "it/s" in out.err or "B/s" in out.err or "%" in out.err  # tqdm's progress bars
     assert host.hits["/dead/model.yaml"] == 1 and host.hits["/vqgan/last.ckpt"] == 1
     assert (cache / MANIFEST_NAME).is_file()
@@ -124,8 +133,9 @@ def test_make_models_fetches_checks_and_reports_every_file_then_needs_no_server(
         for line in capsys.readouterr().out.splitlines()
         if line.startswith(("fetched", "present"))
     ]
-    assert [line.split()[0] for line in again] == ["present"] * 5, again
+    assert [line.split()[0] for line in again] == ["present"] * 6, again
     assert host.hits["/vqgan/last.ckpt"] == 1 and host.hits["/vqgan/model.yaml"] == 1
+    assert host.hits["/esrgan/x4.pth"] == 1
 
     # What the bot loads afterwards comes from the cache alone, with every mirror gone, the one
     # listed first included.
