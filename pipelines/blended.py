@@ -302,9 +302,8 @@ class _PrivateDecoder(nn.Module):
         post_quant_conv = getattr(vae, "post_quant_conv", None)
         self.post_quant_conv = copy.deepcopy(post_quant_conv) if post_quant_conv else None
         self.decoder = copy.deepcopy(vae.decoder)
-        # A compiled decoder (``[models] compile``) carries its compiled call, which a deep copy
-        # shares with the original and would run the *shared* weights: the copy runs eagerly.
-        self.decoder._compiled_call_impl = None
+        # A compiled decoder (``[models] compile``) is copied without its compiled call (torch
+        # drops it on deepcopy), so the fine-tuned copy runs eagerly on its own weights.
         self.float()
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
