@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from bot.blocklist import BadTerm, BlockedTerm, TermKind, compile_term
 from pipelines.settings import ModelSettings
 
 if sys.version_info >= (3, 11):
@@ -72,6 +73,7 @@ class DiscordConfig:
     download_timeout_seconds: float = 20.0
     continue_by: str = "anyone"
     submit_cooldown_seconds: float = 10.0
+    thread_per_job: bool = False
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,23 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class ModerationConfig:
+    """What admins may later override per server or channel with /settings (the defaults here)."""
+
+    # Whole words (case-insensitive) and regular expressions refused in every prompt.
+    blocked_words: tuple[str, ...] = ()
+    blocked_patterns: tuple[str, ...] = ()
+    # Jobs one user may submit per rolling 24 hours; 0 means no limit.
+    daily_job_quota: int = 0
+    # Job commands switched off everywhere unless a server or channel turns them back on.
+    disabled_commands: tuple[str, ...] = ()
+
+
+# The commands /settings can switch on and off (the ones that queue work).
+JOB_COMMANDS: tuple[str, ...] = ("imagine", "edit")
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = "INFO"
 
@@ -187,6 +206,7 @@ class Config:
     edit: EditConfig = EditConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     storage: StorageConfig = StorageConfig()
+    moderation: ModerationConfig = ModerationConfig()
     logging: LoggingConfig = LoggingConfig()
     upscale: UpscaleConfig = UpscaleConfig()
     timelapse: TimelapseConfig = TimelapseConfig()
@@ -229,7 +249,7 @@ def parse_config(text: str, source: str = "config.toml") -> Config:
 def config_from_mapping(document: Mapping[str, Any]) -> Config:
     problems: list[str] = []
     known_sections = ("discord", "models", "imagine", "edit", "scheduler", "storage", "logging",
-                      "upscale", "timelapse")
+                      "upscale", "timelapse", "moderation")
     for name in sorted(set(document) - set(known_sections)):
         problems.append(
             f"[{name}]: unknown section (allowed: {', '.join(f'[{s}]' for s in known_sections)})"
@@ -246,6 +266,7 @@ def config_from_mapping(document: Mapping[str, Any]) -> Config:
         edit=_edit(section("edit"), edit_limits),
         scheduler=_scheduler(section("scheduler")),
         storage=_storage(section("storage")),
+        moderation=_moderation(section("moderation")),
         logging=_logging(section("logging")),
         upscale=_upscale(section("upscale")),
         timelapse=_timelapse(section("timelapse")),
@@ -552,6 +573,7 @@ def _discord(t: _Table) -> DiscordConfig:
         continue_by=t.choice("continue_by", d.continue_by, ("anyone", "requester")),
         submit_cooldown_seconds=t.number("submit_cooldown_seconds", d.submit_cooldown_seconds,
                                          0, 3600),
+        thread_per_job=t.boolean("thread_per_job", d.thread_per_job),
     )
     t.finish()
     return out
@@ -705,6 +727,44 @@ def _storage(t: _Table) -> StorageConfig:
         result_retention_days=t.integer("result_retention_days", d.result_retention_days, 0,
                                         100_000),
         sync_commits=t.boolean("sync_commits", d.sync_commits),
+    )
+    t.finish()
+    return out
+
+
+def _moderation(t: _Table) -> ModerationConfig:
+    d = ModerationConfig()
+    terms: dict[str, tuple[str, ...]] = {}
+    for name, kind in (("blocked_words", TermKind.WORD), ("blocked_patterns", TermKind.PATTERN)):
+        present, value = t._get(name)
+        terms[name] = ()
+        if not present:
+            continue
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            t.problem(name, value, "must be a list of strings")
+            continue
+        good = True
+        for text in value:
+            try:
+                compile_term(BlockedTerm(kind, text))
+            except BadTerm as exc:
+                t.problem(name, text, str(exc))
+                good = False
+        if good:
+            terms[name] = tuple(value)
+    present, value = t._get("disabled_commands")
+    disabled: tuple[str, ...] = ()
+    if present:
+        if not isinstance(value, list) or not all(v in JOB_COMMANDS for v in value):
+            t.problem("disabled_commands", value,
+                      f"must be a list of command names from {', '.join(JOB_COMMANDS)}")
+        else:
+            disabled = tuple(value)
+    out = ModerationConfig(
+        blocked_words=terms["blocked_words"],
+        blocked_patterns=terms["blocked_patterns"],
+        daily_job_quota=t.integer("daily_job_quota", d.daily_job_quota, 0, 100_000),
+        disabled_commands=disabled,
     )
     t.finish()
     return out

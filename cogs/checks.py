@@ -9,7 +9,7 @@ import math
 import time
 from collections.abc import Iterable
 
-from discord.ext import commands
+import discord
 
 from bot.config import DiscordConfig
 
@@ -19,6 +19,38 @@ def channel_allowed(config: DiscordConfig, channel_id: int | None) -> bool:
     if not config.allowed_channel_ids:
         return True
     return channel_id is not None and channel_id in config.allowed_channel_ids
+
+
+async def channel_allowed_for(
+    client: discord.Client,
+    config: DiscordConfig,
+    channel_id: int | None,
+    channel: object = None,
+) -> bool:
+    """Like :func:`channel_allowed`, and a thread is allowed when its parent channel is."""
+    if channel_allowed(config, channel_id):
+        return True
+    parent = await parent_channel_id(client, channel_id, channel)
+    return parent is not None and channel_allowed(config, parent)
+
+
+async def parent_channel_id(
+    client: discord.Client, channel_id: int | None, channel: object = None
+) -> int | None:
+    """The channel a thread lives in (None for anything else): from the interaction's own
+    channel, the cache, or, for a thread the bot has not seen, one REST lookup."""
+    if isinstance(channel, discord.Thread):
+        return channel.parent_id
+    if channel_id is None:
+        return None
+    cached = client.get_channel(channel_id)
+    if cached is not None:
+        return cached.parent_id if isinstance(cached, discord.Thread) else None
+    try:
+        fetched = await client.fetch_channel(channel_id)
+    except discord.HTTPException:
+        return None
+    return fetched.parent_id if isinstance(fetched, discord.Thread) else None
 
 
 def channel_refusal(config: DiscordConfig) -> str:
@@ -40,34 +72,36 @@ def role_ids_of(member: object) -> list[int]:
 
 
 class SubmitCooldown:
-    """A per-user pause between submitted jobs (``discord.submit_cooldown_seconds``).
+    """A per-user pause between submitted jobs (``discord.submit_cooldown_seconds``, or what
+    /settings says for the channel, passed in as ``seconds``).
 
     Only jobs that were actually queued count, so a user who made a typo can fix it and resubmit
-    at once. Uses discord.py's own cooldown buckets, keyed by user id.
+    at once. The pause is measured from the user's last queued job with the length that applies
+    where they submit now, so an admin's change applies at once.
     """
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self._mapping: commands.CooldownMapping[int] | None = (
-            commands.CooldownMapping.from_cooldown(1, seconds, lambda user_id: user_id)
-            if seconds > 0
-            else None
-        )
+        self._last: dict[int, float] = {}
 
-    def retry_after(self, user_id: int, now: float | None = None) -> float:
+    def retry_after(
+        self, user_id: int, now: float | None = None, seconds: float | None = None
+    ) -> float:
         """Seconds this user must still wait; 0 when they may submit now."""
-        if self._mapping is None:
+        pause = self.seconds if seconds is None else seconds
+        last = self._last.get(user_id)
+        if pause <= 0 or last is None:
             return 0.0
-        bucket = self._mapping.get_bucket(user_id, now)
-        return bucket.get_retry_after(now) if bucket is not None else 0.0
+        now = time.time() if now is None else now
+        return max(0.0, last + pause - now)
 
     def consume(self, user_id: int, now: float | None = None) -> None:
         """Start this user's pause; call once the job is queued."""
-        if self._mapping is not None:
-            self._mapping.update_rate_limit(user_id, now if now is not None else time.time())
+        self._last[user_id] = time.time() if now is None else now
 
-    def refusal(self, wait: float) -> str:
+    def refusal(self, wait: float, seconds: float | None = None) -> str:
+        pause = self.seconds if seconds is None else seconds
         return (
             f"Slow down a little: you can submit another job in {math.ceil(wait)} s "
-            f"(one every {self.seconds:g} s per user)."
+            f"(one every {pause:g} s per user)."
         )

@@ -68,7 +68,11 @@ class EditCog(JobCommandCog[EditOptions]):
     async def build_request(
         self, interaction: discord.Interaction, options: EditOptions, desk: SubmitDesk
     ) -> tuple[JobRequest, tuple[str, ...]]:
-        config = self.bot.config.edit
+        # What this channel allows, with the user's preferred defaults (bot.runtime_settings).
+        effective = await self.bot.settings.for_user(
+            interaction.guild_id, interaction.channel_id, interaction.user.id
+        )
+        config = effective.edit
         # Before any download: a bad option should cost the user nothing.
         check_length("prompt", options.prompt, config.max_prompt_chars)
         check_within("candidates", options.candidates, config.candidates)
@@ -108,7 +112,8 @@ class EditCog(JobCommandCog[EditOptions]):
             params=params,
             images={"image": image.data, "mask": mask.data},
         )
-        return request, image.notes
+        given = {n for n in ("steps", "candidates") if getattr(options, n) is not None}
+        return request, (*effective.notes_for("edit", given), *image.notes)
 
 
 def build_edit_command(cog: EditCog, config: EditConfig) -> app_commands.Command:

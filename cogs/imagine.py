@@ -75,7 +75,11 @@ class ImagineCog(JobCommandCog[ImagineOptions]):
     async def build_request(
         self, interaction: discord.Interaction, options: ImagineOptions, desk: SubmitDesk
     ) -> tuple[JobRequest, tuple[str, ...]]:
-        config = self.bot.config.imagine
+        # What this channel allows, with the user's preferred defaults (bot.runtime_settings).
+        effective = await self.bot.settings.for_user(
+            interaction.guild_id, interaction.channel_id, interaction.user.id
+        )
+        config = effective.imagine
         # Before any download: a typo in the prompt or an option should cost the user nothing.
         check_length("prompt", options.prompt, config.max_prompt_chars)
         check_length("mask_text", options.mask_text, config.max_prompt_chars)
@@ -84,7 +88,8 @@ class ImagineCog(JobCommandCog[ImagineOptions]):
         chosen_size = parse_size(options.size, config.sizes) if options.size is not None else None
         # Off the loop, because the first call loads CLIP's tokenizer vocabulary.
         await asyncio.to_thread(parse_prompts, options.prompt)
-        notes: list[str] = []
+        given = {name for name in ("steps", "size") if getattr(options, name) is not None}
+        notes: list[str] = list(effective.notes_for("imagine", given))
         if options.init_image is None:
             for name in ("mask", "mask_text"):
                 if getattr(options, name):

@@ -6,10 +6,14 @@ A pipeline is a plain callable::
 
 - ``request`` is the pipeline's own validated dataclass (``ImagineRequest``, ``EditRequest``).
 - ``on_progress(step, total, preview)`` is called every ``preview_every`` steps and once at the
-  end; ``preview`` is a PIL image or ``None``.
+  end; ``preview`` is a PIL image or ``None``. A preview may carry a mask the run found for
+  itself (:func:`attach_mask`; VQGAN-CLIP's self-mask, on its first preview): a viewer shows it
+  once over that preview. It rides in ``preview.info``, so it costs a caller that ignores it
+  nothing.
 - ``should_cancel()`` is polled once per step. When it returns true the pipeline raises
   :class:`Cancelled` carrying the newest image it has, without finishing the step after.
-- The return value is a :class:`PipelineResult` whose images are ranked best first.
+- The return value is a :class:`PipelineResult` whose images are ranked best first, with any
+  extra pictures worth saving (``artifacts``, e.g. ``"mask"``).
 
 Nothing here knows about Discord, SQLite or asyncio, so the same callable serves the bot's worker
 thread, the command line and the benchmarks.
@@ -25,6 +29,22 @@ from PIL import Image
 
 ProgressCallback = Callable[[int, int, "Image.Image | None"], None]
 CancelCheck = Callable[[], bool]
+
+
+MASK_INFO_KEY = "faraday.mask"
+
+
+def attach_mask(preview: Image.Image, mask: Image.Image) -> None:
+    """Hand ``mask`` (grey-scale, the preview's size; white = changes) along with ``preview``."""
+    preview.info[MASK_INFO_KEY] = mask
+
+
+def attached_mask(preview: Image.Image | None) -> Image.Image | None:
+    """The mask handed with ``preview``, if any."""
+    if preview is None:
+        return None
+    mask = preview.info.get(MASK_INFO_KEY)
+    return mask if isinstance(mask, Image.Image) else None
 
 
 def no_progress(step: int, total: int, preview: Image.Image | None) -> None:
@@ -71,6 +91,8 @@ class PipelineResult:
     images: list[RankedImage]
     settings: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # Extra pictures a caller may save beside the results, by name (e.g. "mask": the self-mask).
+    artifacts: dict[str, Image.Image] = field(default_factory=dict)
 
 
 class Pipeline(Protocol):

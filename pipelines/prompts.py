@@ -1,4 +1,4 @@
-"""The weighted multi-prompt syntax: ``text[:weight[:stop]]``, prompts separated by ``|``.
+r"""The weighted multi-prompt syntax: ``text[:weight[:stop]]``, prompts separated by ``|``.
 
 Example: ``a castle on a hill | oil painting:0.5 | blurry:-1``.
 
@@ -16,15 +16,25 @@ How a prompt is read, right to left:
   ``cat:-``) is an error, because it can only be a mistyped weight. Anything else after a colon
   is text: ``cat:heavy``, ``Star Trek:TNG`` and ``a sign saying: hello`` are prompts of weight 1.
   A prompt ending in a bare ``:`` is an error (a weight was started and not given).
+- ``\:`` is always a literal colon and never starts a weight: ``year 1999\:2:0.5`` is the text
+  "year 1999:2" with weight 0.5, and ``cat\:0.5x`` is the text "cat:0.5x". No other backslash is
+  special.
 - ``stop`` is a squared spherical distance (0 to π²/2 ≈ 4.93): a prompt with a positive weight
   stops pulling once the image is that close; one with a negative weight stops pushing once the
   image is that far away.
+- Weights may have any sign and may sum to zero (``a red apple | blurry:-1`` is the usual
+  negative prompt): the loss is Σ wₚ·dₚ and ranking divides by Σ|wₚ|. What is refused is a
+  weight whose magnitude is below MIN_ABS_WEIGHT (0 included), because such a prompt would only
+  cost time.
+
+Because the rules above are invisible in the text, :func:`describe_prompts` writes back how a
+prompt was read (``a red apple (1) · blurry (−1)``); the bot and the command line show it.
 
 Errors are :class:`~pipelines.interface.InvalidRequest` messages naming what is wrong and where
 (1-based prompt position and the offending text): empty prompts, weights that are not numbers,
-weights beyond ±MAX_ABS_WEIGHT (or a stop that overflows), weights that sum to zero, and prompts
-longer than CLIP's context. Nothing here needs a model, so the bot can validate a command before
-queueing it.
+weights beyond ±MAX_ABS_WEIGHT (or a stop that overflows), weights too small to matter, and
+prompts longer than CLIP's context. Nothing here needs a model, so the bot can validate a command
+before queueing it.
 """
 
 from __future__ import annotations
@@ -32,11 +42,14 @@ from __future__ import annotations
 import functools
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-
-from open_clip.tokenizer import SimpleTokenizer
+from typing import TYPE_CHECKING
 
 from pipelines.interface import InvalidRequest
+
+if TYPE_CHECKING:
+    from open_clip.tokenizer import SimpleTokenizer
 
 CLIP_CONTEXT_LENGTH = 77
 SEPARATOR = "|"
@@ -44,12 +57,20 @@ SEPARATOR = "|"
 # drowns every other term of the float32 loss, and near 1e38 the loss overflows to inf, which
 # turns the whole image into NaN.
 MAX_ABS_WEIGHT = 1e6
+# Below this a prompt changes nothing a float32 loss can register next to a weight-1 prompt, so
+# it is far more likely a typo (``cat:0`` for ``cat:0.5``) than an intention.
+MIN_ABS_WEIGHT = 1e-6
+ESCAPED_COLON = "\\:"
+# Stands in for an escaped colon while the weight fields are read: a private-use character no
+# keyboard types, so it cannot collide with the user's own text.
+_LITERAL_COLON = "\ue000"
+# How a weight and a stop are shown: a true minus sign reads better than a hyphen.
+_MINUS = "\u2212"
+SHOWN_SEPARATOR = " · "
 
 _NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
 _TRAILING_NUMBER = re.compile(rf"\s*:\s*({_NUMBER})\s*$")
-_TRAILING_WEIGHT_AND_STOP = re.compile(
-    rf"(.*?)\s*:\s*({_NUMBER})\s*:\s*({_NUMBER})\s*$", re.DOTALL
-)
+_TRAILING_WEIGHT_AND_STOP = re.compile(rf"(.*?)\s*:\s*({_NUMBER})\s*:\s*({_NUMBER})\s*$", re.DOTALL)
 _UNSIGNED_INTEGER = re.compile(r"\d+")
 # What a mistyped weight starts with: a digit, a sign or a decimal point.
 _NUMBER_LIKE = re.compile(r"[-+.\d]")
@@ -62,7 +83,8 @@ class Prompt:
     stop: float | None = None
 
     def __str__(self) -> str:
-        out = self.text
+        # Colons are escaped so the string always parses back to this prompt.
+        out = self.text.replace(":", ESCAPED_COLON)
         if self.weight != 1.0 or self.stop is not None:
             out += f":{self.weight:g}"
         if self.stop is not None:
@@ -72,7 +94,10 @@ class Prompt:
 
 @functools.lru_cache(maxsize=1)
 def _tokenizer() -> SimpleTokenizer:
-    # open_clip ships the BPE vocabulary in its wheel, so this works offline.
+    # open_clip ships the BPE vocabulary in its wheel, so this works offline. Imported here so
+    # that reading a prompt's syntax (the publisher does, on the event loop) loads no torch.
+    from open_clip.tokenizer import SimpleTokenizer
+
     return SimpleTokenizer()
 
 
@@ -83,17 +108,8 @@ def token_count(text: str) -> int:
 
 def parse_prompts(text: str, context_length: int = CLIP_CONTEXT_LENGTH) -> list[Prompt]:
     """Parse ``text`` into prompts, or raise InvalidRequest saying what is wrong and where."""
-    if not text or not text.strip():
-        raise InvalidRequest("the prompt is empty: write what the image should show")
-    pieces = text.split(SEPARATOR)
-    count = len(pieces)
-    prompts = [_parse_one(piece, index, count) for index, piece in enumerate(pieces, start=1)]
-    if abs(sum(p.weight for p in prompts)) < 1e-9:
-        weights = ", ".join(f"{p.weight:g}" for p in prompts)
-        raise InvalidRequest(
-            f"the prompt weights ({weights}) sum to zero, so nothing would guide the image; "
-            "give at least one prompt more weight"
-        )
+    prompts = read_prompts(text)
+    count = len(prompts)
     for index, prompt in enumerate(prompts, start=1):
         tokens = token_count(prompt.text)
         if tokens > context_length:
@@ -104,9 +120,61 @@ def parse_prompts(text: str, context_length: int = CLIP_CONTEXT_LENGTH) -> list[
     return prompts
 
 
+def read_prompts(text: str) -> list[Prompt]:
+    """The syntax alone: :func:`parse_prompts` without CLIP's length check, needing no model or
+    tokenizer, so it is cheap enough to call anywhere (the publisher, on the event loop)."""
+    if not text or not text.strip():
+        raise InvalidRequest("the prompt is empty: write what the image should show")
+    pieces = text.split(SEPARATOR)
+    count = len(pieces)
+    prompts = [_parse_one(piece, index, count) for index, piece in enumerate(pieces, start=1)]
+    check_weights([(_where(i, count), p.text, p.weight) for i, p in enumerate(prompts, start=1)])
+    return prompts
+
+
+def check_weights(weighted: Iterable[tuple[str, str, float]]) -> None:
+    """Refuse weights that cannot guide: all zero, or any one too small to matter.
+
+    ``weighted`` holds (where, text, weight) for every prompt of a request, text and image ones
+    alike (text may be empty). Weights may sum to zero: only their magnitudes are checked.
+    """
+    entries = list(weighted)
+    if entries and all(weight == 0 for _, _, weight in entries):
+        raise InvalidRequest(
+            "every prompt weight is 0, so nothing would guide the image; "
+            "give at least one prompt a weight"
+        )
+    for where, text, weight in entries:
+        if abs(weight) < MIN_ABS_WEIGHT:
+            shown = f" ({_quote(text)})" if text else ""
+            raise InvalidRequest(
+                f"{where}{shown} has a weight that is too small: {weight:g}; "
+                f"use a magnitude of at least {MIN_ABS_WEIGHT:g}, or leave the prompt out"
+            )
+
+
+def format_number(value: float) -> str:
+    """``1``, ``0.5``, ``−1``: compact, with a true minus sign."""
+    text = f"{value:g}"
+    return _MINUS + text[1:] if text.startswith("-") else text
+
+
+def describe_prompt(text: str, weight: float, stop: float | None = None) -> str:
+    """One prompt as it was read: ``blurry (−1)``, ``year 1999:2 (0.5, stop 2)``."""
+    numbers = format_number(weight)
+    if stop is not None:
+        numbers += f", stop {format_number(stop)}"
+    return f"{text} ({numbers})"
+
+
+def describe_prompts(prompts: Iterable[Prompt]) -> str:
+    """How prompts were read, compactly: ``a red apple (1) · blurry (−1)``."""
+    return SHOWN_SEPARATOR.join(describe_prompt(p.text, p.weight, p.stop) for p in prompts)
+
+
 def _parse_one(piece: str, index: int, count: int) -> Prompt:
     where = _where(index, count)
-    body = piece.strip()
+    body = piece.strip().replace(ESCAPED_COLON, _LITERAL_COLON)
     if not body:
         if count == 1:
             raise InvalidRequest("the prompt is empty: write what the image should show")
@@ -115,8 +183,8 @@ def _parse_one(piece: str, index: int, count: int) -> Prompt:
         )
     if body.endswith(":"):
         raise InvalidRequest(
-            f"{where} ends with ':' but no weight follows it ({_quote(body)}); "
-            "write a number after the colon or remove it"
+            f"{where} ends with ':' but no weight follows it ({_quote(piece.strip())}); "
+            "write a number after the colon, remove it, or write \\: for a literal colon"
         )
     numbers: list[str] = []
     both = _TRAILING_WEIGHT_AND_STOP.match(body)
@@ -129,7 +197,7 @@ def _parse_one(piece: str, index: int, count: int) -> Prompt:
             numbers = [one.group(1)]
             body = body[: one.start()].rstrip()
     _refuse_mistyped_number(body, numbers, where)
-    text = body.strip()
+    text = body.strip().replace(_LITERAL_COLON, ":")
     if not text:
         raise InvalidRequest(f"{where} has a weight but no text ({_quote(piece.strip())})")
     values = [float(number) for number in numbers]
@@ -171,14 +239,13 @@ def _refuse_mistyped_number(body: str, numbers: list[str], where: str) -> None:
     after_weight = weight_before is not None and not _is_part_of_text(
         head[: weight_before.start()], weight_before.group(1)
     )
-    number_like = _NUMBER_LIKE.match(tail) is not None and (
-        after_weight or not head[-1:].isdigit()
-    )
+    number_like = _NUMBER_LIKE.match(tail) is not None and (after_weight or not head[-1:].isdigit())
     if number_like or (after_weight and not numbers):
         field_name = "stop" if after_weight else "weight"
         raise InvalidRequest(
             f"{where} has a {field_name} that is not a number: {_quote(tail)} in "
-            f"{_quote(body)}; use a plain number like 0.5 or -1"
+            f"{_quote(body.replace(_LITERAL_COLON, ':'))}; use a plain number like 0.5 or -1, "
+            "or write \\: for a colon that belongs to the text"
         )
 
 

@@ -22,7 +22,9 @@ independent latents together: candidate ``i`` starts from seed ``seed + i`` and 
 from its own random stream seeded the same way, and its loss involves only its own latent. The
 candidates share one Adam optimiser over the stacked latents; Adam is elementwise, so this is the
 same as optimising each alone (candidate ``i`` of seed ``s`` matches candidate 0 of seed
-``s + i``). They are forwarded and backpropagated one at a time so memory stays that of one image.
+``s + i``). They are forwarded and backpropagated ``candidate_batch`` at a time: one at a time
+keeps memory that of one image, more fill a GPU (see :mod:`pipelines.candidate_batching`); the
+images are the same either way, to fp32 rounding.
 At the end they are ranked by CLIP similarity of the final image to the weighted prompts.
 """
 
@@ -40,9 +42,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from pipelines.candidate_batching import (
+    MemoryProbe,
+    auto_candidate_batch,
+    fixed_candidate_batch,
+    memory_probe_for,
+)
 from pipelines.clip_models import ClipBundle
 from pipelines.cutouts import MakeCutouts, resize_square
 from pipelines.image_io import mask_from_image, pil_to_tensor, tensor_to_pil, to_rgb
+from pipelines.image_prompts import describe_image_prompts, embed_image_prompt, image_prompt_label
 from pipelines.interface import (
     CancelCheck,
     Cancelled,
@@ -50,13 +59,24 @@ from pipelines.interface import (
     PipelineResult,
     ProgressCallback,
     RankedImage,
+    attach_mask,
     never_cancel,
     no_progress,
 )
 from pipelines.precision import Precision, apply_determinism, autocast, decide_precision, tf32_scope
-from pipelines.prompts import CLIP_CONTEXT_LENGTH, Prompt, parse_prompts, token_count
-from pipelines.self_masking import SelfMask, self_mask
+from pipelines.prompts import (
+    CLIP_CONTEXT_LENGTH,
+    MAX_ABS_WEIGHT,
+    SHOWN_SEPARATOR,
+    Prompt,
+    check_weights,
+    describe_prompts,
+    parse_prompts,
+    token_count,
+)
+from pipelines.self_masking import SelfMask, self_mask, weighted_step
 from pipelines.settings import ModelSettings
+from pipelines.speedups import FastModule, channels_last_enabled, layout_changed
 from pipelines.straight_through import clamp_with_grad
 from pipelines.vqgan import VQGAN
 
@@ -95,7 +115,10 @@ class ImagineRequest:
       have the init image's aspect ratio and is resized with it (see :func:`user_mask_pixels`).
     - ``mask_text``: with an init image, a phrase naming what to change; the mask is found by
       CLIP (self-masking) and a structure term keeps the rest close to the original.
-    - ``image_prompts``: images whose CLIP embeddings guide like a prompt of weight 1 each.
+    - ``image_prompts``: images whose look guides like a text prompt: the target is the mean
+      CLIP embedding of augmented cutouts of the whole image (:mod:`pipelines.image_prompts`).
+    - ``image_prompt_weights`` / ``image_prompt_stops``: per image prompt, as a text prompt's
+      ``:weight:stop``; empty means weight 1 and no stop for every one.
     - ``init_weight``: pull of ``z`` toward the starting latent, ``init_weight * mean((z - z0)²)``
       (Crowson's meaning; nerdyrodent's "init_weight" is ``z_reg_weight`` here). 0 = off.
     - ``z_reg_weight``: α of the paper's section 2.4, ``α_t * mean(z²)`` with α decaying linearly
@@ -117,6 +140,8 @@ class ImagineRequest:
     mask: Image.Image | None = None
     mask_text: str | None = None
     image_prompts: list[Image.Image] = field(default_factory=list)
+    image_prompt_weights: list[float] = field(default_factory=list)
+    image_prompt_stops: list[float | None] = field(default_factory=list)
     init_weight: float = 0.0
     z_reg_weight: float = 0.1
     structure_weight: float = 0.5
@@ -130,9 +155,24 @@ class ImagineRequest:
             return []
         return parse_prompts(self.prompt)
 
+    def image_prompt_settings(self) -> tuple[list[float], list[float | None]]:
+        """Each image prompt's weight and stop (1 and none unless given)."""
+        count = len(self.image_prompts)
+        weights = list(self.image_prompt_weights) or [1.0] * count
+        stops = list(self.image_prompt_stops) or [None] * count
+        return weights, stops
+
+    def reading(self) -> str:
+        """How the prompts were read, e.g. ``a red apple (1) · blurry (−1) · image prompt 1
+        (0.5)``, for the user to check."""
+        parts = [describe_prompts(self.prompts())] if self.prompts() else []
+        parts += describe_image_prompts(*self.image_prompt_settings())
+        return SHOWN_SEPARATOR.join(parts)
+
     def validate(self) -> None:
         """Raise InvalidRequest with one clear line for the first thing out of bounds."""
-        self.prompts()
+        prompts = self.prompts()
+        self._validate_image_prompts(prompts)
         _check_int("steps", self.steps, MIN_STEPS, MAX_STEPS)
         for name in ("width", "height"):
             value = getattr(self, name)
@@ -157,11 +197,27 @@ class ImagineRequest:
         _check_int("preview_every", self.preview_every, 1, MAX_STEPS)
         for name in ("init_weight", "z_reg_weight", "structure_weight"):
             _check_float(name, getattr(self, name), 0.0, MAX_REGULARISER_WEIGHT)
-        if len(self.image_prompts) > MAX_IMAGE_PROMPTS:
-            raise InvalidRequest(
-                f"too many image prompts: {len(self.image_prompts)}, at most {MAX_IMAGE_PROMPTS}"
-            )
         self._validate_editing()
+
+    def _validate_image_prompts(self, prompts: list[Prompt]) -> None:
+        count = len(self.image_prompts)
+        if count > MAX_IMAGE_PROMPTS:
+            raise InvalidRequest(f"too many image prompts: {count}, at most {MAX_IMAGE_PROMPTS}")
+        for name in ("image_prompt_weights", "image_prompt_stops"):
+            given = len(getattr(self, name))
+            if given not in (0, count):
+                raise InvalidRequest(
+                    f"{name} has {given} values for {count} image prompt(s): give one each"
+                )
+        weights, stops = self.image_prompt_settings()
+        for index, (weight, stop) in enumerate(zip(weights, stops, strict=True), start=1):
+            _check_float(f"image prompt {index}'s weight", weight, -MAX_ABS_WEIGHT, MAX_ABS_WEIGHT)
+            if stop is not None:
+                _check_float(f"image prompt {index}'s stop", stop, -MAX_ABS_WEIGHT, MAX_ABS_WEIGHT)
+        check_weights(
+            [(f"text prompt {i}", p.text, p.weight) for i, p in enumerate(prompts, start=1)]
+            + [(image_prompt_label(i), "", w) for i, w in enumerate(weights, start=1)]
+        )
 
     def _validate_editing(self) -> None:
         if self.mask is not None and self.mask_text:
@@ -248,23 +304,34 @@ def clip_view(images: torch.Tensor, size: int) -> torch.Tensor:
 
 @torch.no_grad()
 def encode_targets(
-    clip: ClipBundle, prompts: list[Prompt], image_prompts: list[Image.Image]
+    clip: ClipBundle,
+    prompts: list[Prompt],
+    image_prompts: list[Image.Image],
+    image_weights: list[float] | None = None,
+    image_stops: list[float | None] | None = None,
+    *,
+    cutn: int = 32,
+    cut_pow: float = 1.0,
+    seed: int = 0,
 ) -> Targets:
+    """Text prompts embed their text; image prompts the mean of augmented cutouts of the whole
+    image (see :mod:`pipelines.image_prompts`), with the run's cutout settings and seed."""
     embeddings, weights, stops, labels = [], [], [], []
     if prompts:
         embeddings.append(clip.encode_text([p.text for p in prompts]))
         weights += [p.weight for p in prompts]
         stops += [math.nan if p.stop is None else p.stop for p in prompts]
         labels += [p.text for p in prompts]
+    count = len(image_prompts)
+    image_weights = image_weights or [1.0] * count
+    image_stops = image_stops or [None] * count
     for index, image in enumerate(image_prompts, start=1):
-        # A phone photo would be a 300 MB tensor; CLIP only needs a few times its input size.
-        small = to_rgb(image)
-        small.thumbnail((4 * clip.input_size, 4 * clip.input_size), Image.LANCZOS)
-        pixels = pil_to_tensor(small).to(clip.device)
-        embeddings.append(clip.encode_image(clip_view(pixels, clip.input_size)))
-        weights.append(1.0)
-        stops.append(math.nan)
-        labels.append(f"image prompt {index}")
+        embedding = embed_image_prompt(clip, image, cutn, cut_pow, seed + index)
+        embeddings.append(embedding[None])
+        weights.append(image_weights[index - 1])
+        stop = image_stops[index - 1]
+        stops.append(math.nan if stop is None else stop)
+        labels.append(image_prompt_label(index))
     return Targets(
         embeddings=F.normalize(torch.cat(embeddings).float(), dim=-1),
         weights=torch.tensor(weights, device=clip.device),
@@ -301,13 +368,18 @@ def encode_image_latent(vqgan: VQGAN, pixels: torch.Tensor) -> torch.Tensor:
     return codes.view(1, z.shape[2], z.shape[3], -1).permute(0, 3, 1, 2).contiguous()
 
 
-def synthesize(vqgan: VQGAN, z: torch.Tensor) -> torch.Tensor:
+def synthesize(
+    vqgan: VQGAN,
+    z: torch.Tensor,
+    decoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Pixels in [0, 1] from the continuous latent, differentiable with respect to ``z``.
 
     The quantiser replaces each cell by its nearest code in the forward pass and passes the
-    gradient straight through to ``z``; the clamp passes its gradient through too.
+    gradient straight through to ``z``; the clamp passes its gradient through too. ``decoder``
+    replaces ``vqgan.decode`` with a channels-last or compiled path to the same function.
     """
-    decoded = vqgan.decode(vqgan.quantize_straight_through(z))
+    decoded = (decoder or vqgan.decode)(vqgan.quantize_straight_through(z))
     return clamp_with_grad(decoded.add(1).div(2), 0.0, 1.0)
 
 
@@ -422,6 +494,28 @@ class RngStream:
             self._state = torch.get_rng_state()
             torch.set_rng_state(outer)
 
+    def snapshot(self) -> torch.Tensor:
+        return self._state.clone()
+
+    def restore(self, state: torch.Tensor) -> None:
+        self._state = state.clone()
+
+
+@dataclass
+class Throughput:
+    """How a run's work is laid out on the device. None of it changes a result.
+
+    - ``candidate_batch``: ``[models] candidate_batch`` ("auto" or a whole number), see
+      :mod:`pipelines.candidate_batching`;
+    - ``decoder``: what turns quantised latents into pixels (``VQGAN.decode`` unless the
+      pipeline made a channels-last or compiled path);
+    - ``memory``: the device's memory figures for "auto" (None on the CPU).
+    """
+
+    candidate_batch: int | str = 1
+    decoder: Callable[[torch.Tensor], torch.Tensor] | None = None
+    memory: MemoryProbe | None = None
+
 
 @dataclass
 class StepResult:
@@ -441,6 +535,7 @@ class VqganClipRun:
         request: ImagineRequest,
         seed: int,
         precision: Precision | None = None,
+        throughput: Throughput | None = None,
     ) -> None:
         self.vqgan = vqgan
         self.clip = clip
@@ -448,13 +543,28 @@ class VqganClipRun:
         self.seed = seed
         self.device = clip.device
         self.precision = precision or decide_precision("imagine", self.device.type)
+        layout = throughput or Throughput()
+        self.decoder = layout.decoder or vqgan.decode
+        self.memory = layout.memory
+        # None: "auto" with a memory probe, decided by measuring the first step.
+        self.candidate_batch = fixed_candidate_batch(layout.candidate_batch, request.candidates)
+        if self.candidate_batch is None and self.memory is None:
+            self.candidate_batch = 1
         self.steps_done = 0
         self.notes: list[str] = []
         factor = vqgan.downsample_factor
         rows, cols = request.height // factor, request.width // factor
         count = request.candidates
 
-        self.targets = encode_targets(clip, request.prompts(), request.image_prompts)
+        self.targets = encode_targets(
+            clip,
+            request.prompts(),
+            request.image_prompts,
+            *request.image_prompt_settings(),
+            cutn=request.cutn,
+            cut_pow=request.cut_pow,
+            seed=seed,
+        )
         self.cutouts = MakeCutouts(clip.input_size, request.cutn, request.cut_pow)
         self.streams = [RngStream(seed + i) for i in range(count)]
 
@@ -484,10 +594,12 @@ class VqganClipRun:
         elif request.mask_text and self.original is not None:
             phrase = clip.encode_text([request.mask_text.strip()])[0]
             self.self_mask = self_mask(self.original, phrase, clip, (rows, cols))
-            self.latent_mask = pixel_mask_to_latent(self.self_mask.mask, factor).to(self.device)
-            share = float(self.self_mask.mask.float().mean())
+            # Soft: each cell's weight in [0, 1] scales its step (pipelines.self_masking).
+            self.latent_mask = self.self_mask.weights[None, None].to(self.device)
             self.notes.append(
-                f"self-mask for {request.mask_text!r} covers {share:.0%} of the image"
+                f"self-mask for {request.mask_text!r}: mean weight "
+                f"{float(self.self_mask.weights.mean()):.2f}, "
+                f"{self.self_mask.frozen_share:.0%} of the image kept as it is"
             )
         self.latest: torch.Tensor | None = None
 
@@ -504,56 +616,128 @@ class VqganClipRun:
         return pil_to_tensor(rgb).to(self.device)
 
     def step(self, timer: PhaseTimer = _no_timing) -> StepResult:
-        """One Adam step on every candidate's latent."""
-        request = self.request
-        alpha = z_regulariser_weight(request.z_reg_weight, self.steps_done, request.steps)
-        self.optimizer.zero_grad(set_to_none=False)
-        images, prompt_losses, total_losses = [], [], []
-        for index, stream in enumerate(self.streams):
-            z = self.z[index : index + 1]
-            with stream.active():
-                with timer("decode"):
-                    image = synthesize(self.vqgan, z)
-                with timer("cutouts"):
-                    stack = image if self.self_mask is None else torch.cat([image, self.original])
-                    views = self.cutouts(stack)
-                with timer("clip_forward"), autocast(self.precision):
-                    embeddings = self.clip.encode_image(views[0])
-                    loss_prompts = prompt_loss(embeddings, self.targets)
-                    loss = loss_prompts
-                    if self.self_mask is not None:
-                        with torch.no_grad():
-                            original_embeddings = self.clip.encode_image(views[1])
-                        loss = loss + request.structure_weight * structure_loss(
-                            embeddings, original_embeddings
-                        )
-                    if alpha > 0:
-                        loss = loss + alpha * z.pow(2).mean()
-                    if request.init_weight > 0:
-                        loss = loss + request.init_weight * F.mse_loss(
-                            z, self.z_init[index : index + 1]
-                        )
-            with timer("backward"):
-                loss.backward()
-            images.append(image.detach().float())
-            prompt_losses.append(loss_prompts.item())
-            total_losses.append(loss.item())
+        """One Adam step on every candidate's latent, ``candidate_batch`` candidates at a time.
+
+        On an out-of-memory error the chunk is halved and the whole step is redone from the same
+        random streams, so the job goes on with the result it would have had.
+        """
+        states = [stream.snapshot() for stream in self.streams]
+        while True:
+            chunk = self.candidate_batch or 1
+            measuring = self.candidate_batch is None and self.memory is not None
+            try:
+                if measuring:
+                    self.memory.start()
+                images, prompt_losses, total_losses = self._forward_backward(chunk, timer)
+            except torch.OutOfMemoryError:
+                if chunk == 1:
+                    raise
+                for stream, state in zip(self.streams, states, strict=True):
+                    stream.restore(state)
+                if self.memory is not None:
+                    self.memory.release()
+                self.candidate_batch = chunk // 2
+                log.warning(
+                    "out of memory with %d candidates at once; redoing the step with %d",
+                    chunk,
+                    self.candidate_batch,
+                )
+                continue
+            if measuring:
+                per_candidate = self.memory.peak_bytes()
+                self.candidate_batch = auto_candidate_batch(
+                    self.memory.free_bytes(), per_candidate, len(self.streams)
+                )
+                log.info(
+                    "one candidate needs %.0f MiB; running %d at once",
+                    per_candidate / 2**20,
+                    self.candidate_batch,
+                )
+            break
         with timer("update"):
             if self.latent_mask is not None:
                 # Zero gradient means Adam's moments stay zero there, so those cells never move.
                 self.z.grad.mul_(self.latent_mask)
+            before = self.z.detach().clone() if self.self_mask is not None else None
             self.optimizer.step()
             with torch.no_grad():
+                if before is not None:
+                    self.z.copy_(weighted_step(before, self.z, self.latent_mask))
                 self.z.copy_(torch.maximum(torch.minimum(self.z, self.z_max), self.z_min))
         result = StepResult(self.steps_done, torch.cat(images), prompt_losses, total_losses)
         self.latest = result.images
         self.steps_done += 1
         return result
 
+    def _forward_backward(
+        self, chunk: int, timer: PhaseTimer
+    ) -> tuple[list[torch.Tensor], list[float], list[float]]:
+        """Gradients of every candidate's loss into ``z.grad``, ``chunk`` candidates per pass.
+
+        Candidate ``i``'s cutouts come from its own stream and its loss involves only its own
+        latent, so the sum of a chunk's losses has exactly each candidate's gradient.
+        """
+        request = self.request
+        alpha = z_regulariser_weight(request.z_reg_weight, self.steps_done, request.steps)
+        self.optimizer.zero_grad(set_to_none=False)
+        images, prompt_losses, total_losses = [], [], []
+        for first in range(0, len(self.streams), chunk):
+            indices = range(first, min(first + chunk, len(self.streams)))
+            z = self.z[indices.start : indices.stop]
+            with timer("decode"):
+                pixels = synthesize(self.vqgan, z, self.decoder)
+            with timer("cutouts"):
+                current, originals = [], []
+                for offset, index in enumerate(indices):
+                    image = pixels[offset : offset + 1]
+                    with self.streams[index].active():
+                        if self.self_mask is not None:
+                            image = torch.cat([image, self.original])
+                        views = self.cutouts(image)
+                    current.append(views[0])
+                    if self.self_mask is not None:
+                        originals.append(views[1])
+            with timer("clip_forward"), autocast(self.precision):
+                embeddings = self.clip.encode_image(torch.cat(current))
+                embeddings = embeddings.view(len(indices), -1, embeddings.shape[-1])
+                if self.self_mask is not None:
+                    with torch.no_grad():
+                        original_embeddings = self.clip.encode_image(torch.cat(originals))
+                    original_embeddings = original_embeddings.view_as(embeddings)
+                losses = []
+                for offset, index in enumerate(indices):
+                    loss_prompts = prompt_loss(embeddings[offset], self.targets)
+                    loss = loss_prompts
+                    if self.self_mask is not None:
+                        loss = loss + request.structure_weight * structure_loss(
+                            embeddings[offset], original_embeddings[offset]
+                        )
+                    z_i = z[offset : offset + 1]
+                    if alpha > 0:
+                        loss = loss + alpha * z_i.pow(2).mean()
+                    if request.init_weight > 0:
+                        loss = loss + request.init_weight * F.mse_loss(
+                            z_i, self.z_init[index : index + 1]
+                        )
+                    losses.append(loss)
+                    prompt_losses.append(loss_prompts.item())
+                    total_losses.append(loss.item())
+            with timer("backward"):
+                torch.stack(losses).sum().backward()
+            images.append(pixels.detach().float())
+        return images, prompt_losses, total_losses
+
     @torch.no_grad()
     def decode(self) -> torch.Tensor:
         """(N, 3, H, W) in [0, 1] of the current latents."""
-        return torch.cat([synthesize(self.vqgan, z[None]).float() for z in self.z.detach()])
+        z = self.z.detach()
+        chunk = self.candidate_batch or 1
+        return torch.cat(
+            [
+                synthesize(self.vqgan, z[first : first + chunk], self.decoder).float()
+                for first in range(0, z.shape[0], chunk)
+            ]
+        )
 
     @torch.no_grad()
     def scores(self, images: torch.Tensor) -> list[float]:
@@ -598,6 +782,10 @@ class VqganClipPipeline:
         clip: ClipBundle,
         model_info: dict[str, str] | None = None,
         precision: Precision | None = None,
+        *,
+        candidate_batch: int | str = 1,
+        channels_last: bool | str = False,
+        compile: bool = False,
     ) -> None:
         # Frozen weights: backward then computes no weight gradients, only the one for z.
         self.vqgan = vqgan.eval().requires_grad_(False)
@@ -605,6 +793,15 @@ class VqganClipPipeline:
         self.device = clip.device
         self.model_info = dict(model_info or {})
         self.precision = precision or decide_precision("imagine", self.device.type)
+        self.candidate_batch = candidate_batch
+        # No CPU gain measured for the VQGAN decoder (docs/benchmarks.md), so "auto" is CUDA only.
+        layout = channels_last_enabled(channels_last, self.device.type, cpu_gain=False)
+        self.decoder = FastModule(
+            vqgan.decode,
+            [vqgan.post_quant_conv, vqgan.decoder],
+            channels_last=layout,
+            compile=compile,
+        )
 
     @classmethod
     def from_settings(cls, settings: ModelSettings) -> VqganClipPipeline:
@@ -626,7 +823,15 @@ class VqganClipPipeline:
             "clip_pretrained": spec.pretrained or "random weights",
             **presets.vqgan_identity(settings),
         }
-        return cls(vqgan, clip, info, precision)
+        return cls(
+            vqgan,
+            clip,
+            info,
+            precision,
+            candidate_batch=settings.candidate_batch,
+            channels_last=settings.channels_last,
+            compile=settings.compile,
+        )
 
     def start(self, request: ImagineRequest, seed: int) -> VqganClipRun:
         """Validate and set up a run (tests and the benchmark drive its steps themselves)."""
@@ -634,7 +839,13 @@ class VqganClipPipeline:
         factor = self.vqgan.downsample_factor
         if request.width % factor or request.height % factor:
             raise InvalidRequest(f"width and height must be multiples of {factor} for this VQGAN")
-        return VqganClipRun(self.vqgan, self.clip, request, seed, self.precision)
+        throughput = Throughput(
+            candidate_batch=self.candidate_batch,
+            # The plain path calls vqgan.decode itself, at call time.
+            decoder=self.decoder if layout_changed(self.decoder) else None,
+            memory=memory_probe_for(self.device),
+        )
+        return VqganClipRun(self.vqgan, self.clip, request, seed, self.precision, throughput)
 
     def __call__(
         self,
@@ -661,7 +872,11 @@ class VqganClipPipeline:
                 raise Cancelled(step, total, latest)
             result = run.step()
             if step % request.preview_every == 0:
-                on_progress(step, total, tile(to_pils(result.images)))
+                preview = tile(to_pils(result.images))
+                if step == 0 and run.self_mask is not None:
+                    # Shown once, so the user sees which part the phrase picked.
+                    attach_mask(preview, tile([run.self_mask.image()] * len(result.images)))
+                on_progress(step, total, preview)
         final = run.decode()
         scores = run.scores(final)
         order = sorted(range(len(scores)), key=lambda i: scores[i], reverse=True)
@@ -671,7 +886,13 @@ class VqganClipPipeline:
             for rank, i in enumerate(order, start=1)
         ]
         on_progress(total, total, tile([r.image for r in ranked]))
-        return PipelineResult(images=ranked, settings=self.describe(request, seed), notes=run.notes)
+        artifacts = {} if run.self_mask is None else {"mask": run.self_mask.image()}
+        return PipelineResult(
+            images=ranked,
+            settings=self.describe(request, seed),
+            notes=run.notes,
+            artifacts=artifacts,
+        )
 
     def describe(self, request: ImagineRequest, seed: int) -> dict[str, Any]:
         """Every setting a run used, JSON-serialisable, for OUT.json and the store."""
@@ -694,6 +915,9 @@ class VqganClipPipeline:
             "mask": _image_summary(request.mask),
             "mask_text": request.mask_text,
             "image_prompts": [_image_summary(image) for image in request.image_prompts],
+            "image_prompt_weights": request.image_prompt_settings()[0],
+            "image_prompt_stops": request.image_prompt_settings()[1],
+            "reading": request.reading(),
             "init_weight": request.init_weight,
             "z_reg_weight": request.z_reg_weight,
             "structure_weight": request.structure_weight,
@@ -706,6 +930,9 @@ class VqganClipPipeline:
                 else str(self.precision.autocast).removeprefix("torch."),
                 "tf32": self.precision.allow_tf32,
             },
+            "candidate_batch": self.candidate_batch,
+            "channels_last": self.decoder.channels_last,
+            "compile": self.decoder.compiled,
             "models": self.model_info,
         }
 

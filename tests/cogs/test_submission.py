@@ -5,8 +5,10 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+from bot.admission import Gatekeeper
 from bot.config import Config
 from bot.jobs import JobKind, JobRequest
+from bot.runtime_settings import SettingsService
 from bot.scheduler import SubmitRefused, Submitted
 from cogs.replies import SOMETHING_WENT_WRONG
 from cogs.submission import SubmitDesk
@@ -17,6 +19,7 @@ class DeferredInteraction:
 
     def __init__(self) -> None:
         self.response = SimpleNamespace(is_done=lambda: True)
+        self.user = SimpleNamespace(id=1, roles=[])
         self.answers: list[str] = []
 
     async def edit_original_response(self, *, content: str) -> None:
@@ -34,7 +37,9 @@ class Scheduler:
 
 
 def desk_with(outcome: Any) -> SubmitDesk:
-    bot = SimpleNamespace(config=Config(), scheduler=Scheduler(outcome))
+    settings = SettingsService(Config())  # config.toml's values, nothing overridden
+    bot = SimpleNamespace(config=Config(), scheduler=Scheduler(outcome), settings=settings,
+                          gatekeeper=Gatekeeper(settings, None))
     return SubmitDesk(bot)  # type: ignore[arg-type]
 
 

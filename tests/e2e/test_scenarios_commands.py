@@ -191,7 +191,10 @@ async def test_help_and_owner_only_resync(standin, tmp_path) -> None:
         assert len(standin.command_syncs) == syncs + 1
 
 
-COMMANDS = ["cancel", "edit", "help", "imagine", "queue", "resync"]
+COMMANDS = [
+    "block", "cancel", "edit", "help", "history", "imagine", "pause", "prefs", "purge", "queue",
+    "resume", "resync", "settings", "stats", "unblock",
+]
 
 
 async def test_without_guild_ids_commands_are_synced_globally_and_resync_says_so(

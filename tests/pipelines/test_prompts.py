@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from pipelines.interface import InvalidRequest
-from pipelines.prompts import Prompt, parse_prompts, token_count
+from pipelines.prompts import (
+    Prompt,
+    describe_prompts,
+    parse_prompts,
+    read_prompts,
+    token_count,
+)
 
 
 @pytest.mark.parametrize(
@@ -74,14 +80,16 @@ def test_negative_weights_are_kept() -> None:
         ("cat:-", ["weight", "'-'"]),
         ("cat:0.5:fast", ["stop", "not a number", "'fast'"]),
         ("cat:0.5:1x", ["stop", "'1x'"]),
-        ("cat:", ["ends with ':'"]),
+        ("cat:", ["ends with ':'", "\\:"]),
         (":0.5", ["no text"]),
         (":1:2", ["no text"]),
         ("cat:1e400", ["weight", "too large", "'1e400'"]),
         ("a | cat:-2e6", ["prompt 2 of 2", "weight", "too large", "'-2e6'"]),
         ("cat:1:1e400", ["stop", "too large", "'1e400'"]),
-        ("a:1 | b:-1", ["sum to zero"]),
-        ("a:0", ["sum to zero"]),
+        ("a:0", ["every prompt weight is 0"]),
+        ("a:0 | b:-0.0", ["every prompt weight is 0"]),
+        ("a castle | blurry:1e-7", ["prompt 2 of 2", "'blurry'", "too small", "1e-07"]),
+        ("a castle:0 | blurry:-1", ["prompt 1 of 2", "'a castle'", "too small"]),
     ],
 )
 def test_errors_say_what_and_where(text: str, fragments: list[str]) -> None:
@@ -91,6 +99,68 @@ def test_errors_say_what_and_where(text: str, fragments: list[str]) -> None:
     assert "\n" not in message
     for fragment in fragments:
         assert fragment in message, message
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["a red apple | blurry:-1", "a:1 | b:-1", "a:2 | b:-0.5 | c:-1.5", "cat:1e-6 | dog:-1e-6"],
+)
+def test_weights_that_sum_to_zero_are_a_valid_objective(text: str) -> None:
+    prompts = parse_prompts(text)
+    assert sum(p.weight for p in prompts) == pytest.approx(0.0)
+
+
+def test_the_too_small_message_does_not_speak_of_a_sum() -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_prompts("a red apple:2 | blurry:0")
+    assert "sum" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # The escape is what makes this "year 1999:2" at weight 0.5 on purpose.
+        ("year 1999\\:2:0.5", [Prompt("year 1999:2", 0.5)]),
+        ("year 1999\\:2", [Prompt("year 1999:2")]),
+        # Without it, a decimal weight is read as a weight even after a digit.
+        ("year 1999:2.0:0.5", [Prompt("year 1999", 2.0, 0.5)]),
+        # The escape changes only the colon it marks; "9:2" is still a ratio by the colon rule.
+        ("ratio 16\\:9:2 | sky", [Prompt("ratio 16:9:2"), Prompt("sky")]),
+        ("ratio 16\\:9:2.0 | sky", [Prompt("ratio 16:9", 2.0), Prompt("sky")]),
+        ("cat\\:0.5x", [Prompt("cat:0.5x")]),
+        ("cat\\:", [Prompt("cat:")]),
+        ("cat\\: dog", [Prompt("cat: dog")]),
+        ("a\\:b:2", [Prompt("a:b", 2.0)]),
+        ("a\\:1\\:2", [Prompt("a:1:2")]),
+        ("back\\slash:2", [Prompt("back\\slash", 2.0)]),
+    ],
+)
+def test_a_backslash_colon_is_a_literal_colon(text: str, expected: list[Prompt]) -> None:
+    assert parse_prompts(text) == expected
+
+
+def test_a_mistyped_weight_points_to_the_escape() -> None:
+    with pytest.raises(InvalidRequest, match=r"\\:"):
+        parse_prompts("cat:0.5x")
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("a red apple | blurry:-1", "a red apple (1) · blurry (\u22121)"),
+        ("year 1999:2:0.5", "year 1999:2 (0.5)"),
+        ("cat:2:0.3", "cat (2, stop 0.3)"),
+        ("year 1999\\:2:0.5 | x:-0.25:1", "year 1999:2 (0.5) · x (\u22120.25, stop 1)"),
+    ],
+)
+def test_the_reading_is_shown_compactly(text: str, shown: str) -> None:
+    assert describe_prompts(parse_prompts(text)) == shown
+
+
+def test_reading_the_syntax_needs_no_tokenizer() -> None:
+    # The publisher reads prompts on the event loop; only parse_prompts counts tokens.
+    long_text = "word " * 100
+    assert read_prompts(long_text)[0].text == long_text.strip()
 
 
 def test_a_prompt_over_clips_context_is_refused_with_the_limit() -> None:
@@ -118,3 +188,5 @@ def test_prompt_round_trips_through_its_string_form() -> None:
     prompts = parse_prompts("a castle | oil painting:0.5 | blurry:-1:2")
     assert " | ".join(str(p) for p in prompts) == "a castle | oil painting:0.5 | blurry:-1:2"
     assert parse_prompts(" | ".join(str(p) for p in prompts)) == prompts
+    tricky = [Prompt("year 1999:2", 0.5), Prompt("12:30"), Prompt("cat:0.5x", -1.0, 2.0)]
+    assert parse_prompts(" | ".join(str(p) for p in tricky)) == tricky

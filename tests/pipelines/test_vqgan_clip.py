@@ -12,7 +12,6 @@ from PIL import Image
 
 from pipelines.clip_models import TINY_CLIP, ClipSpec, load_clip
 from pipelines.interface import Cancelled, InvalidRequest
-from pipelines.self_masking import self_mask
 from pipelines.settings import ModelSettings
 from pipelines.vqgan import VQGAN, VqganConfig
 from pipelines.vqgan_clip import (
@@ -199,61 +198,6 @@ def test_a_stroke_thinner_than_the_scale_survives_shrinking_the_mask(
     # Pixel column 129 becomes image column 32, which lies in latent column 8 (cells of 4).
     assert latent[:, 8].eq(1).all()
     assert latent.sum() == latent.shape[0]
-
-
-def test_self_mask_is_image_sized_and_follows_the_threshold_rule(
-    pipeline: VqganClipPipeline,
-) -> None:
-    clip = pipeline.clip
-    image = torch.rand(1, 3, 48, 64)
-    phrase = clip.encode_text(["a red apple"])[0]
-    result = self_mask(image, phrase, clip, grid=(12, 16))
-    assert result.mask.shape == (48, 64) and result.mask.dtype == torch.bool
-    similarity = result.similarity
-    assert similarity.shape == (48, 64)
-    assert similarity.max() > similarity.min()  # different crops did score differently
-    normalised = (similarity - similarity.min()) / (similarity.max() - similarity.min())
-    torch.testing.assert_close(result.normalised, normalised)
-    threshold = float(normalised.mean() - 2 * normalised.std(unbiased=False))
-    assert result.threshold == pytest.approx(threshold, abs=1e-6)
-    assert torch.equal(result.mask, normalised >= threshold)
-
-
-def test_self_mask_records_each_crops_similarity_at_its_centre(
-    pipeline: VqganClipPipeline,
-) -> None:
-    clip = pipeline.clip
-    image = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(5))
-    phrase = clip.encode_text(["a red apple"])[0]
-    # One crop per pixel, so the map needs no interpolation and can be read back exactly.
-    result = self_mask(image, phrase, clip, grid=(24, 24))
-    side = 8  # a third of 24
-    padded = torch.nn.functional.pad(image, (side,) * 4, mode="replicate")
-    for y, x in [(0, 0), (5, 17), (12, 12), (23, 6)]:
-        top, left = y - side // 2 + side, x - side // 2 + side
-        crop = padded[:, :, top : top + side, left : left + side]
-        embedding = clip.encode_image(
-            torch.nn.functional.interpolate(
-                crop, size=(clip.input_size,) * 2, mode="bilinear", align_corners=False
-            )
-        )
-        expected = torch.nn.functional.cosine_similarity(embedding, phrase[None]).item()
-        assert result.similarity[y, x].item() == pytest.approx(expected, abs=1e-5), (y, x)
-
-
-def test_self_masking_drives_the_edit(pipeline: VqganClipPipeline) -> None:
-    request = tiny_request(init_image=noise_image(), mask_text="the apple", steps=2)
-    run = pipeline.start(request, seed=3)
-    assert run.self_mask is not None
-    assert run.self_mask.mask.shape == (64, 64)
-    pooled = torch.nn.functional.max_pool2d(run.self_mask.mask.float()[None, None], 4)
-    assert torch.equal(run.latent_mask, pooled)
-    z_before = run.z.detach().clone()
-    for _ in range(2):
-        run.step()
-    frozen = run.latent_mask[0, 0] == 0
-    assert torch.equal(run.z.detach()[:, :, frozen], z_before[:, :, frozen])
-    assert any("self-mask" in note for note in run.notes)
 
 
 # --- seeds, candidates and ranking -------------------------------------------------------------

@@ -99,7 +99,10 @@ def bad_input_cases(tmp_path: Path) -> dict[str, list[str]]:
         "steps not a number": ["x", "--out", out, "--steps", "many"],
         "empty prompt part": ["a || b", "--out", out],
         "bad weight": ["cat:0.5x", "--out", out],
-        "zero weights": ["a:1 | b:-1", "--out", out],
+        "zero weights": ["a:0 | b:0", "--out", out],
+        "weight too small": ["a | b:1e-9", "--out", out],
+        "image weight too small": ["x", "--out", out, "--image-prompt", f"{init}:0"],
+        "image weight not finite": ["x", "--out", out, "--image-prompt", f"{init}:1e999"],
         "out folder missing": ["x", "--out", str(tmp_path / "nowhere" / "out.png")],
         "out not png": ["x", "--out", str(tmp_path / "out.jpg")],
         "bad config": ["x", "--out", out, "--config", str(bad_config)],
@@ -111,7 +114,8 @@ CASES = [
     "unreadable image", "missing image", "animated image", "mask shape differs",
     "mask without init",
     "size too big", "size not a multiple", "size not a size", "steps zero", "steps too many",
-    "steps not a number", "empty prompt part", "bad weight", "zero weights",
+    "steps not a number", "empty prompt part", "bad weight", "zero weights", "weight too small",
+    "image weight too small", "image weight not finite",
     "out folder missing", "out not png", "bad config", "unknown preset",
 ]
 
@@ -164,3 +168,67 @@ def test_runs_as_a_module(tmp_path: Path) -> None:
     assert completed.returncode == 0, completed.stderr
     assert Image.open(out).size == (64, 64)
     assert json.loads(out.with_suffix(".json").read_text())["settings"]["seed"] == 3
+
+
+def test_shows_how_the_prompts_were_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    style = write_image(tmp_path / "a:style.png", (96, 48))
+    out = tmp_path / "read.png"
+    code = main(
+        ["imagine", "year 1999\\:2:0.5 | blurry:-1", "--out", str(out), "--steps", "1",
+         "--seed", "1", "--image-prompt", f"{style}:0.25", *TINY]
+    )
+    assert code == 0
+    reading = "year 1999:2 (0.5) · blurry (\u22121) · image prompt 1 (0.25)"
+    assert capsys.readouterr().out.splitlines()[0] == f"prompts: {reading}"
+    report = json.loads((tmp_path / "read.json").read_text())
+    assert report["settings"]["reading"] == reading
+    assert report["settings"]["image_prompt_weights"] == [0.25]
+    assert report["inputs"]["image_prompts"] == [str(style)]
+    assert report["mask_file"] is None
+    assert not (tmp_path / "read.mask.png").exists()
+
+
+def test_mask_text_writes_the_mask_beside_the_result(tmp_path: Path) -> None:
+    init = write_image(tmp_path / "init.png", (64, 64))
+    out = tmp_path / "edit.png"
+    code = main(
+        ["imagine", "a red door", "--out", str(out), "--steps", "1", "--seed", "1",
+         "--init", str(init), "--mask-text", "the door", *TINY]
+    )
+    assert code == 0
+    mask = Image.open(tmp_path / "edit.mask.png")
+    assert mask.size == (64, 64) and mask.mode == "L"
+    report = json.loads((tmp_path / "edit.json").read_text())
+    assert report["mask_file"] == "edit.mask.png"
+
+
+def test_video_writes_a_timelapse_mp4_with_a_frame_per_step(tmp_path: Path) -> None:
+    import av
+
+    out, video = tmp_path / "lake.png", tmp_path / "lake.mp4"
+    code = main(["imagine", "a lake", "--out", str(out), "--steps", "5", "--seed", "1",
+                 "--video", str(video), *TINY])
+    assert code == 0
+    with av.open(str(video)) as container:
+        frames = list(container.decode(video=0))
+    # Steps 0..4 and the finished image.
+    assert len(frames) == 6
+    assert (frames[0].width, frames[0].height) == (64, 64)
+    assert Image.open(out).size == (64, 64)
+
+
+@pytest.mark.parametrize(
+    ("video", "fragment"),
+    [("lake.gif", "must be a .mp4 or .webp file"), ("nowhere/lake.mp4", "does not exist")],
+)
+def test_a_bad_video_path_exits_2_before_running(
+    video: str, fragment: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out.png"
+    code = main(["imagine", "x", "--out", str(out), "--video", str(tmp_path / video), *TINY])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0]
+    assert not out.exists()
