@@ -72,6 +72,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         action="store_true",
         help="skip the second run with candidate_batch = 1",
     )
+    parser.add_argument(
+        "--candidate-batch", default="auto", help='"auto" or N ([models] candidate_batch)'
+    )
+    parser.add_argument(
+        "--channels-last",
+        choices=("auto", "true", "false"),
+        default="auto",
+        help="[models] channels_last",
+    )
+    parser.add_argument("--compile", action="store_true", help="[models] compile = true")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(run=run)
@@ -220,6 +230,7 @@ def _timed_edits(
     }
     return {
         "seconds_per_edit": round(statistics.median(seconds), 3),
+        "runs_s": [round(x, 3) for x in seconds],
         "seconds_per_step": round(split["denoise"] / max(denoising, 1), 4),
         "split": split,
         "peak_gpu_memory_mb": peak,
@@ -232,7 +243,15 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        settings = ModelSettings(preset=args.preset, device=args.device, dtype=args.dtype)
+        batch = args.candidate_batch
+        settings = ModelSettings(
+            preset=args.preset,
+            device=args.device,
+            dtype=args.dtype,
+            candidate_batch=int(batch) if batch.isdigit() else batch,
+            channels_last={"true": True, "false": False}.get(args.channels_last, "auto"),
+            compile=args.compile,
+        )
         pipeline = BlendedLatentDiffusionPipeline.from_settings(settings)
     except (ValueError, RuntimeError, OSError) as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
