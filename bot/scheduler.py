@@ -41,7 +41,7 @@ from bot.events import (
 from bot.execution import OOM_ADVICE, is_out_of_memory
 from bot.executor import Executor, Outcome, Progress, Run, RunningRef, StopReason
 from bot.fair_queue import FairQueue
-from bot.jobs import JobKind, JobRequest, JobStatus
+from bot.jobs import PRELOADED_KINDS, JobKind, JobRequest, JobStatus
 from bot.pipeline_source import PipelineSource
 from bot.store import QueuedJob, RecoveryReport, ResultRecord, Store
 
@@ -209,7 +209,7 @@ class Scheduler:
 
     async def preload(self) -> None:
         """Load the models once, before the first job (the executor decides where)."""
-        await self.executor.preload(tuple(JobKind))
+        await self.executor.preload(PRELOADED_KINDS)
 
     async def start(self) -> RecoveryReport:
         """Recover from the last run, rebuild the queue in its stored order, start dispatching.
