@@ -22,8 +22,8 @@ from bot.store import ResultRecord, Store
 
 log = logging.getLogger(__name__)
 
-# send(user_id, text, png) posts to the user's DMs.
-DmSender = Callable[[int, str, bytes], Awaitable[None]]
+# send(user_id, text, png, spoiler) posts to the user's DMs; spoiler hides a flagged grid.
+DmSender = Callable[[int, str, bytes, bool], Awaitable[None]]
 
 
 def grid_png(results: list[ResultRecord]) -> bytes:
@@ -68,7 +68,10 @@ class DmCopies:
             if not prefs.dm:
                 return
             png = await asyncio.to_thread(grid_png, event.results)
-            await self.send(user_id, dm_text(event), png)
+            # Flagged results are stored blurred already (withheld ones not at all); the grid
+            # goes as a spoiler too, as in the channel.
+            flagged = any(getattr(r, "flagged", False) for r in event.results)
+            await self.send(user_id, dm_text(event), png, flagged)
             log.info("job %d: results copied to user %d by DM", event.job.job_id, user_id)
         except Exception as exc:  # a closed DM must never disturb the job or the channel
             log.warning("job %d: could not send user %d a copy by DM: %s", event.job.job_id,
