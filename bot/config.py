@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from bot.blocklist import BadTerm, BlockedTerm, TermKind, compile_term
-from pipelines.settings import ModelSettings
+from pipelines.settings import SOURCE_LIST_KEYS, ModelSettings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -86,6 +86,8 @@ class ImagineConfig:
     max_prompt_chars: int = 500
     # Images made per /imagine, ranked by CLIP; each gets a number reaction to continue from.
     candidates: int = 4
+    # The weight of an attached image_prompt, as a text prompt's ":weight" (negative = away).
+    image_prompt_weight: FloatOption = FloatOption(1.0, -2.0, 2.0)
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,16 @@ class StorageConfig:
         return self.data_dir / self.database
 
 
+SAFETY_ACTIONS = ("blur", "withhold")
+
+
+@dataclass(frozen=True)
+class SafetyConfig:
+    image_check: bool = True
+    action: str = "blur"  # "blur" | "withhold"
+    check_age_restricted: bool = False
+
+
 @dataclass(frozen=True)
 class ModerationConfig:
     """What admins may later override per server or channel with /settings (the defaults here)."""
@@ -199,6 +211,27 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """GPU workers through PostgreSQL and procrastinate; empty ``database_url`` = local only."""
+
+    database_url: str = ""
+    queue: str = "faraday"
+    stall_timeout_seconds: float = 30.0
+    progress_interval_seconds: float = 1.0
+    poll_interval_seconds: float = 1.0
+    reconnect_max_seconds: float = 10.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.database_url)
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        # Several heartbeats fit in the stall timeout, so one late beat is not a death.
+        return self.stall_timeout_seconds / 4
+
+
+@dataclass(frozen=True)
 class Config:
     discord: DiscordConfig = DiscordConfig()
     models: ModelSettings = field(default_factory=ModelSettings)
@@ -210,6 +243,8 @@ class Config:
     logging: LoggingConfig = LoggingConfig()
     upscale: UpscaleConfig = UpscaleConfig()
     timelapse: TimelapseConfig = TimelapseConfig()
+    safety: SafetyConfig = SafetyConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
 
 def discord_token(environ: Mapping[str, str] | None = None) -> str | None:
@@ -249,7 +284,7 @@ def parse_config(text: str, source: str = "config.toml") -> Config:
 def config_from_mapping(document: Mapping[str, Any]) -> Config:
     problems: list[str] = []
     known_sections = ("discord", "models", "imagine", "edit", "scheduler", "storage", "logging",
-                      "upscale", "timelapse", "moderation")
+                      "upscale", "timelapse", "moderation", "safety", "cluster")
     for name in sorted(set(document) - set(known_sections)):
         problems.append(
             f"[{name}]: unknown section (allowed: {', '.join(f'[{s}]' for s in known_sections)})"
@@ -270,6 +305,8 @@ def config_from_mapping(document: Mapping[str, Any]) -> Config:
         logging=_logging(section("logging")),
         upscale=_upscale(section("upscale")),
         timelapse=_timelapse(section("timelapse")),
+        safety=_safety(section("safety")),
+        cluster=_cluster(section("cluster")),
     )
     if problems:
         raise ConfigError(problems)
@@ -482,7 +519,7 @@ def pipeline_hard_limits() -> tuple[dict[str, Any], dict[str, Any]]:
     Config may narrow them, never widen them. Imported here, lazily, because the pipeline
     modules pull in torch and diffusers.
     """
-    from pipelines import blended, vqgan_clip
+    from pipelines import blended, prompts, vqgan_clip
 
     imagine = {
         "steps": (vqgan_clip.MIN_STEPS, vqgan_clip.MAX_STEPS),
@@ -491,6 +528,8 @@ def pipeline_hard_limits() -> tuple[dict[str, Any], dict[str, Any]]:
         "side": (vqgan_clip.MIN_SIDE, vqgan_clip.MAX_SIDE),
         "size_multiple": vqgan_clip.SIZE_MULTIPLE,
         "max_pixels": vqgan_clip.MAX_PIXELS,
+        "image_prompt_weight": (-prompts.MAX_ABS_WEIGHT, prompts.MAX_ABS_WEIGHT),
+        "min_abs_weight": prompts.MIN_ABS_WEIGHT,
     }
     edit = {
         "steps": (2, blended.MAX_STEPS),
@@ -611,6 +650,12 @@ def _models(raw: Any, problems: list[str]) -> ModelSettings:
                                 'devices, e.g. ["cuda:0", "cuda:1"]')
             else:
                 table[key] = value
+        elif key in SOURCE_LIST_KEYS and isinstance(value, list):
+            if value and all(isinstance(v, str) and v for v in value):
+                table[key] = value
+            else:
+                problems.append(f"models.{key} = {_show(value)}: must be a path or URL, or a "
+                                "non-empty list of them (tried in order)")
         elif not isinstance(value, str):
             what = "a folder path" if key == "cache_dir" else "a string"
             problems.append(f"models.{key} = {_show(value)}: must be {what}")
@@ -636,7 +681,17 @@ def _imagine(t: _Table, limits: dict[str, Any]) -> ImagineConfig:
         preview_every=t.integer("preview_every", d.preview_every, 1, 1000),
         max_prompt_chars=t.integer("max_prompt_chars", d.max_prompt_chars, 1, 4000),
         candidates=t.integer("candidates", d.candidates, *limits["candidates"]),
+        image_prompt_weight=_float_option(
+            t, "image_prompt_weight", d.image_prompt_weight, *limits["image_prompt_weight"]
+        ),
     )
+    if abs(out.image_prompt_weight.default) < limits["min_abs_weight"]:
+        t.problem(
+            "image_prompt_weight.default",
+            out.image_prompt_weight.default,
+            f"must have a magnitude of at least {limits['min_abs_weight']:g}, or the image "
+            "would guide nothing",
+        )
     t.finish()
     return out
 
@@ -770,6 +825,17 @@ def _moderation(t: _Table) -> ModerationConfig:
     return out
 
 
+def _safety(t: _Table) -> SafetyConfig:
+    d = SafetyConfig()
+    out = SafetyConfig(
+        image_check=t.boolean("image_check", d.image_check),
+        action=t.choice("action", d.action, SAFETY_ACTIONS),
+        check_age_restricted=t.boolean("check_age_restricted", d.check_age_restricted),
+    )
+    t.finish()
+    return out
+
+
 def _logging(t: _Table) -> LoggingConfig:
     out = LoggingConfig(
         level=t.choice("level", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
@@ -807,6 +873,33 @@ def _timelapse(t: _Table) -> TimelapseConfig:
         keep_frames=t.boolean("keep_frames", d.keep_frames),
         max_frames=t.integer("max_frames", d.max_frames, 2, 400),
         fps=t.integer("fps", d.fps, 1, 60),
+    )
+    t.finish()
+    return out
+
+
+def _cluster(t: _Table) -> ClusterConfig:
+    d = ClusterConfig()
+
+    def postgres_url(value: str) -> str | None:
+        if value and urlparse(value).scheme not in ("postgresql", "postgres"):
+            return "must be empty or a postgresql:// URL, e.g. postgresql://faraday@db-host/faraday"
+        return None
+
+    def queue_name(value: str) -> str | None:
+        ok = value and len(value) <= 40 and all(c.isalnum() or c in "_-" for c in value)
+        return None if ok else "must be 1-40 letters, digits, '_' or '-'"
+
+    out = ClusterConfig(
+        database_url=t.string("database_url", d.database_url, postgres_url),
+        queue=t.string("queue", d.queue, queue_name),
+        stall_timeout_seconds=t.number("stall_timeout_seconds", d.stall_timeout_seconds, 1, 3600),
+        progress_interval_seconds=t.number("progress_interval_seconds",
+                                           d.progress_interval_seconds, 0.05, 60),
+        poll_interval_seconds=t.number("poll_interval_seconds", d.poll_interval_seconds, 0.05,
+                                       60),
+        reconnect_max_seconds=t.number("reconnect_max_seconds", d.reconnect_max_seconds, 0.1,
+                                       600),
     )
     t.finish()
     return out

@@ -51,7 +51,7 @@ from pipelines.candidate_batching import (
 from pipelines.clip_models import ClipBundle
 from pipelines.cutouts import MakeCutouts, resize_square
 from pipelines.image_io import mask_from_image, pil_to_tensor, tensor_to_pil, to_rgb
-from pipelines.image_prompts import describe_image_prompts, embed_image_prompt, image_prompt_label
+from pipelines.image_prompts import embed_image_prompt
 from pipelines.interface import (
     CancelCheck,
     Cancelled,
@@ -70,7 +70,9 @@ from pipelines.prompts import (
     SHOWN_SEPARATOR,
     Prompt,
     check_weights,
+    describe_image_prompts,
     describe_prompts,
+    image_prompt_label,
     parse_prompts,
     token_count,
 )
