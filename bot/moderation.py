@@ -52,6 +52,6 @@ async def purge_user(
     except asyncio.TimeoutError:
         log.warning("purge of user %d: messages still being posted; deleting anyway", user_id)
     report = await owner_store.purge_user(user_id)
-    log.info("purged user %d: %d job(s), %d file(s), %d message(s) to delete", user_id,
-             len(report.job_ids), report.files, len(report.messages))
+    log.info("purged user %d: %d job(s), %d message(s) to delete", user_id,
+             len(report.job_ids), len(report.messages))
     return report

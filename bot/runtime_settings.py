@@ -299,7 +299,10 @@ class SettingsService:
         self, guild_id: int | None, channel_id: int | None, user_id: int
     ) -> Effective:
         """:meth:`effective` with the user's preferred defaults applied within the bounds."""
-        return self.effective(guild_id, channel_id)
+        if self.store is None:
+            return self.effective(guild_id, channel_id)
+        prefs = await self.store.store.user_prefs(user_id)
+        return self.effective(guild_id, channel_id, prefs.option_prefs())
 
     def terms(self, guild_id: int | None, channel_id: int | None) -> list[tuple[BlockedTerm, str]]:
         """Every blocked term that applies in the channel: config.toml's, the server's and the
@@ -445,16 +448,6 @@ class SettingsService:
 
 
 # -- user preferences ------------------------------------------------------------------------
-
-# Preference name -> (the command it applies to, the option).
-PREF_OPTIONS: dict[str, tuple[str, str]] = {
-    "imagine.steps": ("imagine", "steps"),
-    "imagine.candidates": ("imagine", "candidates"),
-    "imagine.size": ("imagine", "size"),
-    "edit.steps": ("edit", "steps"),
-    "edit.candidates": ("edit", "candidates"),
-}
-
 
 def apply_prefs(
     imagine: ImagineConfig, edit: EditConfig, prefs: dict[str, Any]

@@ -515,8 +515,13 @@ class Scheduler:
             if poll is None:
                 await self._wakeup.wait()
             else:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), poll)
+                # asyncio.wait, not wait_for: on Python 3.11 wait_for can swallow the
+                # cancellation that shutdown() sends when the wait ends at the same moment.
+                waiter = asyncio.ensure_future(self._wakeup.wait())
+                try:
+                    await asyncio.wait({waiter}, timeout=poll)
+                finally:
+                    waiter.cancel()
             self._wakeup.clear()
             if self.models_loading:
                 continue  # models_ready() wakes this loop again
@@ -582,6 +587,14 @@ class Scheduler:
                                progress.preview_step, eta, running.started_monotonic))
 
     async def _finish(self, job: QueuedJob, running: _Running, outcome: Outcome) -> None:
+        await self._record(job, running, outcome)
+        if outcome.after_commit is not None:
+            try:
+                await outcome.after_commit()
+            except Exception:
+                log.exception("job %d: cleaning up after its outcome failed", job.id)
+
+    async def _record(self, job: QueuedJob, running: _Running, outcome: Outcome) -> None:
         info = running.info
         status_now = await self.store.job_status(info.job_id)
         if status_now is None or status_now.finished:
@@ -674,7 +687,12 @@ def make_source(kind: str, models: Any, stand_in: Any, *, private: bool = False)
 
 
 def make_executor(store: Store, config: Any) -> Executor:
-    """Local worker threads, one per ``[models] devices`` entry (the only kind so far)."""
+    """GPU workers through PostgreSQL when ``[cluster] database_url`` is set; otherwise local
+    worker threads, one per ``[models] devices`` entry."""
+    if config.cluster.enabled:
+        from bot.cluster.executor import PostgresExecutor
+
+        return PostgresExecutor(store, config.cluster)
     from bot.local_executor import LocalExecutor
 
     return LocalExecutor.from_config(store, config)

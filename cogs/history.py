@@ -78,7 +78,8 @@ async def render(
             label=f"Rerun #{entry.job_id}", emoji="🔁", style=discord.ButtonStyle.secondary,
             custom_id=rerun_id(entry.job_id), row=0,
         ))
-    view.add_item(PageButton(user_id, shown.page - 1, "◀ Newer", disabled=shown.page == 0))
+    view.add_item(PageButton(user_id, max(shown.page - 1, 0), "◀ Newer",
+                             disabled=shown.page == 0))
     view.add_item(PageButton(user_id, shown.page + 1, "Older ▶",
                              disabled=shown.page >= shown.pages - 1))
     # Answered by the registered dynamic items, never by this view: discord.py must not keep it.

@@ -97,8 +97,8 @@ class ModerationCog(commands.Cog):
             except discord.HTTPException as exc:
                 failed += 1
                 log.warning("purge: could not delete message %d: %s", message_id, exc)
-        text = (f"Purged {user.mention}: {len(report.job_ids)} job(s), {report.files} file(s) "
-                f"and {deleted} message(s) deleted.")
+        text = (f"Purged {user.mention}: {len(report.job_ids)} job(s) with their files, and "
+                f"{deleted} message(s), deleted.")
         if failed:
             text += (f" {failed} message(s) could not be deleted (the bot needs Manage Messages "
                      "there, or the message is too old); see the log.")
