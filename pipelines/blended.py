@@ -693,9 +693,7 @@ class BlendedLatentDiffusionPipeline:
             results = out_source + alpha * (results - out_source)
         # Ranked on exactly the 8-bit images the user receives, so anyone can recompute a score.
         results = _quantize(results)
-        scores = clip_similarities(
-            self.ranker, results, out_mask, request.prompt, self.rank_chunks
-        )
+        scores = clip_similarities(self.ranker, results, out_mask, request.prompt, self.rank_chunks)
         order = order_best_first(scores)
         lap("ranking")
 
