@@ -42,7 +42,8 @@ class SettingsCog(commands.Cog):
     def __init__(self, bot: FaradayBot) -> None:
         self.bot = bot
 
-    def _where(self, scope: str, interaction: discord.Interaction) -> tuple[Scope, str]:
+    @staticmethod
+    def _where(scope: str) -> tuple[Scope, str]:
         chosen = Scope(scope)
         label = "this channel" if chosen is Scope.CHANNEL else "this server"
         return chosen, label
@@ -67,7 +68,7 @@ class SettingsCog(commands.Cog):
     ) -> None:
         if await refuse_unless_admin(self.bot, interaction):
             return
-        chosen, label = self._where(scope, interaction)
+        chosen, label = self._where(scope)
         try:
             spec, parsed = await self.bot.settings.set(
                 chosen, key.strip(), value, interaction.user.id,
@@ -99,7 +100,7 @@ class SettingsCog(commands.Cog):
     ) -> None:
         if await refuse_unless_admin(self.bot, interaction):
             return
-        chosen, label = self._where(scope, interaction)
+        chosen, label = self._where(scope)
         scope_id = interaction.channel_id if chosen is Scope.CHANNEL else interaction.guild_id
         try:
             removed = await self.bot.settings.reset(chosen, scope_id or 0, key.strip())
@@ -122,7 +123,7 @@ class SettingsCog(commands.Cog):
     ) -> None:
         if await refuse_unless_admin(self.bot, interaction):
             return
-        chosen, label = self._where(scope, interaction)
+        chosen, label = self._where(scope)
         scope_id = interaction.channel_id if chosen is Scope.CHANNEL else interaction.guild_id
         blocked = BlockedTerm(TermKind(kind), term)
         try:
@@ -146,7 +147,7 @@ class SettingsCog(commands.Cog):
     ) -> None:
         if await refuse_unless_admin(self.bot, interaction):
             return
-        chosen, label = self._where(scope, interaction)
+        chosen, label = self._where(scope)
         scope_id = interaction.channel_id if chosen is Scope.CHANNEL else interaction.guild_id
         removed = await self.bot.settings.remove_term(chosen, scope_id or 0, term)
         text = (f"Removed from {label}'s block list." if removed
