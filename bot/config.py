@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from bot.blocklist import BadTerm, BlockedTerm, TermKind, compile_term
+from pipelines.augmentation_sets import AUGMENTATION_SETS, DEFAULT_AUGMENTATIONS
 from pipelines.settings import ModelSettings
 
 if sys.version_info >= (3, 11):
@@ -85,6 +86,8 @@ class ImagineConfig:
     max_prompt_chars: int = 500
     # Images made per /imagine, ranked by CLIP; each gets a number reaction to continue from.
     candidates: int = 4
+    # The cutouts' augmentation strengths, a name in pipelines.cutouts.AUGMENTATION_SETS.
+    augmentations: str = DEFAULT_AUGMENTATIONS
 
 
 @dataclass(frozen=True)
@@ -634,6 +637,7 @@ def _imagine(t: _Table, limits: dict[str, Any]) -> ImagineConfig:
         preview_every=t.integer("preview_every", d.preview_every, 1, 1000),
         max_prompt_chars=t.integer("max_prompt_chars", d.max_prompt_chars, 1, 4000),
         candidates=t.integer("candidates", d.candidates, *limits["candidates"]),
+        augmentations=t.choice("augmentations", d.augmentations, tuple(AUGMENTATION_SETS)),
     )
     t.finish()
     return out

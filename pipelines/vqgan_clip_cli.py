@@ -26,9 +26,15 @@ from pipelines.cli_common import (
     model_settings,
     open_still_image,
 )
+from pipelines.cutouts import AUGMENTATION_SETS, DEFAULT_AUGMENTATIONS
 from pipelines.image_prompts import parse_image_prompt_argument
 from pipelines.interface import InvalidRequest
-from pipelines.vqgan_clip import ImagineRequest, default_size_for
+from pipelines.vqgan_clip import (
+    DEFAULT_INIT_WEIGHT_EDITING,
+    DEFAULT_Z_REG_WEIGHT,
+    ImagineRequest,
+    default_size_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +95,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--init-weight",
         type=float,
         default=defaults["init_weight"].default,
-        help="pull toward the starting latent: w * mean((z - z0)^2)",
+        help="pull toward the starting latent: w * mean((z - z0)^2) (default: "
+        f"{DEFAULT_INIT_WEIGHT_EDITING:g} with --init, else 0)",
     )
     parser.add_argument(
         "--z-reg-weight",
         type=float,
         default=defaults["z_reg_weight"].default,
-        help="alpha of alpha * mean(z^2), decaying linearly to 0 over the run",
+        help="alpha of alpha * mean(z^2), decaying linearly to 0 over the run (default: "
+        f"{DEFAULT_Z_REG_WEIGHT:g} without --init, 0 with it: it would pull the image's codes "
+        "to zero)",
     )
     parser.add_argument(
         "--structure-weight",
@@ -104,6 +113,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="with --mask-text: how strongly cutouts stay like the original's",
     )
 
+    parser.add_argument(
+        "--augmentations",
+        choices=tuple(AUGMENTATION_SETS),
+        default=DEFAULT_AUGMENTATIONS,
+        help="strengths of the cutouts' augmentations: crowson (the paper's notebook, mild) or "
+        "nerdyrodent (strong perspective and colour jitter)",
+    )
+    parser.add_argument(
+        "--candidate-batch",
+        help="candidates forwarded together: auto or a number (default: the config's, else "
+        "auto); the images are the same either way",
+    )
     errors_in_one_line(parser, COMMAND)
     parser.set_defaults(run=run)
     return parser
@@ -151,6 +172,7 @@ def build_request(args: argparse.Namespace) -> ImagineRequest:
         image_prompt_stops=[arg.stop for arg in image_args],
         init_weight=args.init_weight,
         z_reg_weight=args.z_reg_weight,
+        augmentations=args.augmentations,
         structure_weight=args.structure_weight,
         # The bar moves every step; turning a decoded step into a PIL image costs milliseconds.
         preview_every=1,
