@@ -106,7 +106,8 @@ class FaradayBot(commands.Bot):
         store = await Store.open(config.storage.database_path, config.storage.data_dir,
                                  sync_commits=config.storage.sync_commits)
         scheduler = Scheduler(store, source, config.scheduler,
-                              executor=None if source is not None else make_executor(store, config))
+                              executor=None if source is not None else make_executor(store, config),
+                              timelapse=config.timelapse)
         publisher = Publisher(
             store,
             config.scheduler.progress_interval_seconds,

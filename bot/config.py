@@ -74,6 +74,7 @@ class DiscordConfig:
     download_timeout_seconds: float = 20.0
     continue_by: str = "anyone"
     submit_cooldown_seconds: float = 10.0
+    thread_per_job: bool = False
 
 
 @dataclass(frozen=True)
@@ -575,6 +576,7 @@ def _discord(t: _Table) -> DiscordConfig:
         continue_by=t.choice("continue_by", d.continue_by, ("anyone", "requester")),
         submit_cooldown_seconds=t.number("submit_cooldown_seconds", d.submit_cooldown_seconds,
                                          0, 3600),
+        thread_per_job=t.boolean("thread_per_job", d.thread_per_job),
     )
     t.finish()
     return out

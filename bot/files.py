@@ -36,8 +36,12 @@ class DataPaths:
     def previews(self) -> Path:
         return self.root / "previews"
 
+    @property
+    def frames(self) -> Path:
+        return self.root / "frames"
+
     def make_dirs(self) -> None:
-        for folder in (self.root, self.inputs, self.results, self.previews):
+        for folder in (self.root, self.inputs, self.results, self.previews, self.frames):
             folder.mkdir(parents=True, exist_ok=True)
 
     def relative(self, path: Path) -> str:
@@ -55,6 +59,10 @@ class DataPaths:
 
     def preview_path(self, job_id: int) -> Path:
         return self.previews / f"job-{job_id}.png"
+
+    def frames_dir(self, job_id: int) -> Path:
+        """A job's kept preview frames, for its timelapse (deleted with the job)."""
+        return self.frames / f"job-{job_id}"
 
 
 def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:

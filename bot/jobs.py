@@ -19,6 +19,12 @@ class JobKind(str, Enum):
     UPSCALE = "upscale"  # one result upscaled (pipelines.upscale.UpscaleRequest)
 
 
+# Loaded when the bot starts. The upscaler is not: it is fetched (on first use, into the models
+# folder) and loaded when the first upscale job runs, so a bot whose users never upscale never
+# downloads it, and a missing file fails those jobs only.
+PRELOADED_KINDS = (JobKind.IMAGINE, JobKind.EDIT)
+
+
 class JobStatus(str, Enum):
     QUEUED = "queued"
     RUNNING = "running"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 
 from PIL import Image
 
-from bot.config import Config
+from bot.config import Config, TimelapseConfig
 from bot.eta import steps_of
 from bot.execution import execute
 from bot.executor import Outcome, Progress, Recovered, Run, RunningRef, StopReason
@@ -24,6 +24,7 @@ from bot.files import png_bytes, write_atomic
 from bot.jobs import JobKind
 from bot.pipeline_source import PipelineSource
 from bot.store import NewResult, QueuedJob, Store
+from bot.timelapse import frames_for
 from bot.worker import WorkerThread
 
 log = logging.getLogger(__name__)
@@ -60,11 +61,14 @@ class LocalExecutor:
         *,
         devices: list[str] | None = None,
         niceness: int = 0,
+        timelapse: TimelapseConfig | None = None,
     ) -> None:
         if not sources:
             raise ValueError("a local executor needs at least one device")
         names = devices or [f"slot {i}" for i in range(len(sources))]
         self.store = store
+        # Where /imagine jobs' preview frames are kept for their timelapse; None keeps none.
+        self.timelapse = timelapse
         self.slots = [
             _Slot(name, source, WorkerThread(f"faraday-worker-{i}", niceness))
             for i, (name, source) in enumerate(zip(names, sources, strict=True))
@@ -88,7 +92,8 @@ class LocalExecutor:
             )
             for device in devices
         ]
-        return cls(store, sources, devices=devices, niceness=config.scheduler.worker_niceness)
+        return cls(store, sources, devices=devices, niceness=config.scheduler.worker_niceness,
+                   timelapse=config.timelapse)
 
     def unavailable_reason(self) -> str | None:
         return None
@@ -158,6 +163,7 @@ class LocalExecutor:
     def _execute(self, slot: _Slot, control: _Control) -> Outcome:
         """Read inputs, run the pipeline, write results: all on the slot's worker thread."""
         job = control.job
+        frames = frames_for(self.store, self.timelapse, job.kind, job.id)
 
         def on_progress(step: int, total: int, preview: Image.Image | None) -> None:
             with control.lock:
@@ -170,6 +176,8 @@ class LocalExecutor:
                     step, total, control.preview, control.preview_step, time.monotonic()
                 )
             control.run.post(progress)
+            if frames is not None and preview is not None:
+                frames(step, total, preview)
 
         if control.stop.is_set():
             return self._stopped(control, 0, control.total, None)
@@ -178,6 +186,8 @@ class LocalExecutor:
         except OSError as exc:
             log.error("job %d: its input images cannot be read: %s", job.id, exc)
             return Outcome("failed", error="its input images were lost from the bot's storage")
+        if frames is not None:
+            frames.start()
         executed = execute(job.id, request, slot.source, on_progress, control.stop.is_set)
         if executed.status == "stopped":
             return self._stopped(control, executed.step, executed.total, executed.latest)

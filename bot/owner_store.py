@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -146,14 +147,19 @@ class OwnerStore:
             for r in await self._rows("SELECT request_json FROM jobs")
             for stored in _stored_inputs(json.loads(r[0]).get("images", {}))
         }
-        removed = await asyncio.to_thread(self._delete, files, inputs - still_used)
+        removed = await asyncio.to_thread(self._delete, files, inputs - still_used, ids)
         return PurgeReport(ids, messages, removed)
 
-    def _delete(self, files: Iterable[str], inputs: Iterable[str]) -> int:
+    def _delete(self, files: Iterable[str], inputs: Iterable[str], job_ids: list[int]) -> int:
         removed = 0
         for stored in [*files, *inputs]:
             path = self.store.paths.absolute(stored)
             if path.exists():
                 path.unlink()
                 removed += 1
+        for job_id in job_ids:  # a timelapse's kept preview frames
+            frames = self.store.paths.frames_dir(job_id)
+            if frames.exists():
+                removed += sum(1 for _ in frames.iterdir())
+                shutil.rmtree(frames, ignore_errors=True)
         return removed

@@ -24,6 +24,7 @@ from typing import Protocol, TypeVar
 from PIL import Image
 
 from bot.config import RetryConfig, UpscaleConfig
+from bot.controls import Controls, progress_controls, result_controls
 from bot.events import (
     JobFinished,
     JobInfo,
@@ -47,7 +48,7 @@ from bot.progress_text import (
     results_content,
     running_lines,
 )
-from bot.store import ResultRecord, Store
+from bot.store import MessageLink, ResultRecord, Store
 from bot.uploads import FittedImage, fit_image, jpeg_qualities
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ T = TypeVar("T")
 
 PROGRESS = "progress"
 RESULTS = "results"
+NOTICE = "notice"
 
 
 @dataclass(frozen=True)
@@ -79,14 +81,29 @@ class TransientSendError(Exception):
 class ChannelSink(Protocol):
     """What the publisher needs from Discord. A cog implements it with discord.py."""
 
-    async def send(self, channel_id: int, content: str, files: list[OutgoingFile]) -> int:
-        """Post a message; returns its id."""
+    async def send(
+        self,
+        channel_id: int,
+        content: str,
+        files: list[OutgoingFile],
+        *,
+        controls: Controls = (),
+        ping_user: int | None = None,
+    ) -> int:
+        """Post a message with these buttons; returns its id. Mentions never ping anyone,
+        except ``ping_user`` when given (that one user alone)."""
 
     async def edit(
-        self, channel_id: int, message_id: int, content: str, files: list[OutgoingFile] | None
+        self,
+        channel_id: int,
+        message_id: int,
+        content: str,
+        files: list[OutgoingFile] | None,
+        *,
+        controls: Controls | None = None,
     ) -> None:
         """Replace a message's content; ``files=None`` keeps its attachments, a list replaces
-        them."""
+        them; ``controls=None`` keeps its buttons, a tuple replaces them (``()`` removes them)."""
 
     async def add_reactions(self, channel_id: int, message_id: int, emojis: list[str]) -> None:
         """Add reactions in order."""
@@ -128,6 +145,7 @@ class _JobView:
     retry_at: float = 0.0
     failures: int = 0
     muted: bool = False  # 403 on the progress message: stop editing it
+    has_controls: bool = False  # the progress message shows its Cancel button
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task | None = None
 
@@ -158,6 +176,11 @@ class Publisher:
         # Set by that cog; empty by default.
         self.progress_reactions: tuple[str, ...] = ()
         self.results_reactions: tuple[str, ...] = ()
+        # Who asked for a job's cancellation (set by the cogs just before they cancel), so the
+        # requester is pinged only when someone else stopped their job.
+        self._cancelled_by: dict[int, int] = {}
+        # Waiters for a job's first progress message (the "queued" reply links to it).
+        self._progress_waiters: dict[int, list[asyncio.Future[int]]] = {}
 
     # -- wiring ------------------------------------------------------------------------------
 
@@ -231,6 +254,39 @@ class Publisher:
         view.version += 1
         view.changed.set()
 
+    def cancel_requested(self, job_id: int, user_id: int) -> None:
+        """Note who is cancelling ``job_id``; call just before ``Scheduler.cancel``."""
+        self._cancelled_by[job_id] = user_id
+
+    def cancel_settled(self, job_id: int) -> None:
+        """The cancellation did not stop a job (it had finished): forget who asked."""
+        self._cancelled_by.pop(job_id, None)
+
+    async def progress_message(self, job_id: int, timeout: float) -> MessageLink | None:
+        """The job's progress message, waiting up to ``timeout`` seconds for it to be posted."""
+        # Waiting before looking: a message posted while the store answers still wakes us.
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._progress_waiters.setdefault(job_id, []).append(future)
+        try:
+            link = await self.store.message_for_job(job_id, PROGRESS)
+            if link is not None:
+                return link
+            await asyncio.wait_for(asyncio.shield(future), timeout)
+        except asyncio.TimeoutError:
+            return None
+        finally:
+            waiters = self._progress_waiters.get(job_id, [])
+            if future in waiters:
+                waiters.remove(future)
+            if not waiters:
+                self._progress_waiters.pop(job_id, None)
+        return await self.store.message_for_job(job_id, PROGRESS)
+
+    def _progress_posted(self, job_id: int, message_id: int) -> None:
+        for future in self._progress_waiters.pop(job_id, []):
+            if not future.done():
+                future.set_result(message_id)
+
     async def announce_unposted(self, max_age_seconds: float = 86_400.0) -> list[int]:
         """Post the results of jobs that finished while no results message went out (the bot
         stopped in between). Older ones are left alone rather than surprising a channel."""
@@ -301,7 +357,10 @@ class Publisher:
                     continue
                 if wanted.final:
                     if wanted.phase == "done":
+                        self._cancelled_by.pop(view.info.job_id, None)
                         await self._post_results(view, wanted)
+                    elif wanted.phase in ("failed", "cancelled"):
+                        await self._tell_requester(view, wanted)
                     return
         except asyncio.CancelledError:
             raise
@@ -354,17 +413,26 @@ class Publisher:
 
         try:
             if view.message_id is not None:
+                # A job that has ended cannot be cancelled: its Cancel button goes.
+                drop_controls = wanted.final and view.has_controls
                 try:
                     await sink.edit(info.channel_id, view.message_id, content,
-                                    await preview_files() if new_preview else None)
+                                    await preview_files() if new_preview else None,
+                                    controls=() if drop_controls else None)
+                    if drop_controls:
+                        view.has_controls = False
                 except MessageGone:
                     log.info("job %d: progress message %d was deleted; posting a fresh one",
                              info.job_id, view.message_id)
                     view.message_id = None
             if view.message_id is None:
-                view.message_id = await sink.send(info.channel_id, content, await preview_files())
+                controls = () if wanted.final else progress_controls(info.job_id)
+                view.message_id = await sink.send(info.channel_id, content,
+                                                  await preview_files(), controls=controls)
+                view.has_controls = bool(controls)
                 await self.store.link_message(view.message_id, info.channel_id, info.job_id,
                                               PROGRESS)
+                self._progress_posted(info.job_id, view.message_id)
                 if self.progress_reactions and not wanted.final:
                     await self._offer_progress_reactions(info, view.message_id)
             view.shown_version = version
@@ -444,11 +512,14 @@ class Publisher:
             [r.seed for r in results],
         )
         files = [OutgoingFile(f"job-{info.job_id}-results.png", grid)]
+        controls = result_controls(info.job_id, info.kind, len(results))
+        ping = await self._ping_target(info)
         message_id: int | None = None
         try:
             message_id = await self._retrying(
                 f"posting results of job {info.job_id}",
-                lambda: sink.send(info.channel_id, content, files),
+                lambda: sink.send(info.channel_id, content, files, controls=controls,
+                                  ping_user=ping),
             )
             await self.store.link_message(message_id, info.channel_id, info.job_id, RESULTS)
             posted = message_id
@@ -500,10 +571,11 @@ class Publisher:
             describe_job(info.job_id, info.kind, info.user_id, info.params), fitted
         ))
         files = [OutgoingFile(f"job-{info.job_id}-upscaled.{fitted.extension}", fitted.data)]
+        ping = await self._ping_target(info)
         try:
             message_id = await self._retrying(
                 f"posting the upscaled image of job {info.job_id}",
-                lambda: sink.send(info.channel_id, content, files),
+                lambda: sink.send(info.channel_id, content, files, ping_user=ping),
             )
             await self.store.link_message(message_id, info.channel_id, info.job_id, RESULTS)
         except (NoPermission, MessageGone):
@@ -514,10 +586,53 @@ class Publisher:
                       info.job_id, exc)
 
 
+    async def _ping_target(self, info: JobInfo) -> int | None:
+        """The requester, unless they turned pings off (``/prefs ping:false``)."""
+        try:
+            prefs = await self.store.user_prefs(info.user_id)
+        except Exception:
+            log.exception("job %d: could not read user %d's preferences; not pinging",
+                          info.job_id, info.user_id)
+            return None
+        return info.user_id if prefs.pings() else None
+
+    async def _tell_requester(self, view: _JobView, wanted: _Wanted) -> None:
+        """A failed job, or one cancelled by someone else, ends with a new message that pings
+        the requester: an edit of the progress message would notify nobody."""
+        assert self._sink is not None
+        sink = self._sink
+        info = view.info
+        cancelled_by = self._cancelled_by.pop(info.job_id, None)
+        if wanted.phase == "cancelled" and cancelled_by == info.user_id:
+            return  # they stopped it themselves
+        ping = await self._ping_target(info)
+        if ping is None:
+            return
+        content = clip(notice_content(info, wanted.phase, wanted.error, cancelled_by))
+        message_id: int | None = None
+        try:
+            message_id = await self._retrying(
+                f"telling the requester of job {info.job_id}",
+                lambda: sink.send(info.channel_id, content, [], ping_user=ping),
+            )
+            await self.store.link_message(message_id, info.channel_id, info.job_id, NOTICE)
+        except (NoPermission, MessageGone, TransientSendError) as exc:
+            log.warning("job %d: could not tell its requester it ended (%s)", info.job_id,
+                        type(exc).__name__)
+
+
 def upscaled_content(header: str, fitted: FittedImage) -> str:
     width, height = fitted.size
     line = f"✅ {header}: {width}×{height}"
     return f"{line}\n{fitted.note}" if fitted.note else line
+
+
+def notice_content(info: JobInfo, phase: str, error: str | None, by: int | None) -> str:
+    header = describe_job(info.job_id, info.kind, info.user_id, info.params)
+    if phase == "cancelled":
+        who = f" by <@{by}>" if by is not None else ""
+        return f"{header}: 🛑 cancelled{who}."
+    return f"{header}: ⚠️ failed: {error or 'unknown error'}"
 
 
 def _grid_png(results: list[ResultRecord]) -> bytes:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
-from bot.config import MAX_SEED, SchedulerConfig
+from bot.config import MAX_SEED, SchedulerConfig, TimelapseConfig
 from bot.eta import EtaEstimator, WorkKey, steps_of, work_key
 from bot.events import (
     JobFinished,
@@ -41,7 +41,7 @@ from bot.events import (
 from bot.execution import OOM_ADVICE, is_out_of_memory
 from bot.executor import Executor, Outcome, Progress, Run, RunningRef, StopReason
 from bot.fair_queue import FairQueue
-from bot.jobs import JobKind, JobRequest, JobStatus
+from bot.jobs import PRELOADED_KINDS, JobKind, JobRequest, JobStatus
 from bot.pipeline_source import PipelineSource
 from bot.store import QueuedJob, RecoveryReport, ResultRecord, Store
 
@@ -174,6 +174,7 @@ class Scheduler:
         *,
         rng: random.Random | None = None,
         executor: Executor | None = None,
+        timelapse: TimelapseConfig | None = None,
     ) -> None:
         self.store = store
         self.source = source
@@ -184,7 +185,9 @@ class Scheduler:
                 raise ValueError("a scheduler needs a pipeline source or an executor")
             from bot.local_executor import LocalExecutor
 
-            executor = LocalExecutor(store, [source], niceness=config.worker_niceness)
+            # ``timelapse``: where /imagine jobs keep their preview frames (None keeps none).
+            executor = LocalExecutor(store, [source], niceness=config.worker_niceness,
+                                     timelapse=timelapse)
         self.executor: Executor = executor
         self._rng = rng or random.Random()
         self._queue: FairQueue[_Waiting] = FairQueue()
@@ -206,7 +209,7 @@ class Scheduler:
 
     async def preload(self) -> None:
         """Load the models once, before the first job (the executor decides where)."""
-        await self.executor.preload(tuple(JobKind))
+        await self.executor.preload(PRELOADED_KINDS)
 
     async def start(self) -> RecoveryReport:
         """Recover from the last run, rebuild the queue in its stored order, start dispatching.

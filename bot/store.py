@@ -16,10 +16,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import shutil
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Collection, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,27 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX jobs_user_created ON jobs(user_id, created_at);
     """,
+    # Per-user preferences (one row per user who changed one; a NULL column means "the server's
+    # default"), and two more message roles: a result posted alone ("single", from a U button)
+    # and a short notice that pings the requester when a job ends without a results message.
+    """
+    CREATE TABLE user_prefs (
+        user_id INTEGER PRIMARY KEY,
+        ping INTEGER CHECK (ping IN (0, 1)),
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE messages_new (
+        message_id INTEGER PRIMARY KEY,
+        channel_id INTEGER NOT NULL,
+        job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        role TEXT NOT NULL CHECK (role IN ('progress', 'results', 'single', 'notice')),
+        created_at REAL NOT NULL
+    );
+    INSERT INTO messages_new SELECT message_id, channel_id, job_id, role, created_at FROM messages;
+    DROP TABLE messages;
+    ALTER TABLE messages_new RENAME TO messages;
+    CREATE INDEX messages_job ON messages(job_id, role);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -169,7 +191,22 @@ class MessageLink:
     message_id: int
     channel_id: int
     job_id: int
-    role: str  # "progress" | "results"
+    role: str  # "progress" | "results" | "single" | "notice"
+
+
+@dataclass(frozen=True)
+class UserPrefs:
+    """A user's own choices. ``None`` means they never chose: the server's default applies.
+
+    One column of ``user_prefs`` per field; a new preference is a migration adding a nullable
+    column plus a field here.
+    """
+
+    ping: bool | None = None
+
+    def pings(self) -> bool:
+        """Whether to ping this user when their job ends (on unless they turned it off)."""
+        return self.ping is not False
 
 
 @dataclass(frozen=True)
@@ -646,6 +683,49 @@ class Store:
             return None
         return MessageLink(row["message_id"], row["channel_id"], row["job_id"], row["role"])
 
+    async def messages_for_job(self, job_id: int) -> list[MessageLink]:
+        """Every message that shows ``job_id``, oldest first."""
+        async with self._db.execute(
+            "SELECT * FROM messages WHERE job_id = ? ORDER BY created_at, message_id", (job_id,)
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [MessageLink(r["message_id"], r["channel_id"], r["job_id"], r["role"]) for r in rows]
+
+    # -- user preferences --------------------------------------------------------------------
+
+    async def user_prefs(self, user_id: int) -> UserPrefs:
+        async with self._db.execute(
+            "SELECT * FROM user_prefs WHERE user_id = ?", (user_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            return UserPrefs()
+        values: dict[str, Any] = {}
+        for item in fields(UserPrefs):
+            value = row[item.name]
+            # SQLite keeps booleans as 0/1.
+            is_flag = str(item.type).startswith("bool")
+            values[item.name] = bool(value) if is_flag and value is not None else value
+        return UserPrefs(**values)
+
+    async def set_user_prefs(self, user_id: int, **changes: Any) -> UserPrefs:
+        """Store the given preferences (``None`` resets one to the server's default)."""
+        known = {item.name for item in fields(UserPrefs)}
+        unknown = set(changes) - known
+        if unknown:
+            raise ValueError(f"unknown preference(s): {', '.join(sorted(unknown))}")
+        if changes:
+            names = sorted(changes)
+            columns = ", ".join(names)
+            marks = ", ".join("?" * len(names))
+            updates = ", ".join(f"{name} = excluded.{name}" for name in names)
+            await self._write(
+                f"INSERT INTO user_prefs (user_id, {columns}, updated_at) VALUES (?, {marks}, ?)"
+                f" ON CONFLICT(user_id) DO UPDATE SET {updates}, updated_at = excluded.updated_at",
+                (user_id, *(changes[name] for name in names), time.time()),
+            )
+        return await self.user_prefs(user_id)
+
     # -- retention ---------------------------------------------------------------------------
 
     async def prune(self, older_than_days: int) -> int:
@@ -657,9 +737,20 @@ class Store:
             return 0
         cutoff = time.time() - older_than_days * 86_400
         async with self._db.execute(
-            "SELECT id, preview_path FROM jobs WHERE status IN ('done', 'failed', 'cancelled')"
+            "SELECT id FROM jobs WHERE status IN ('done', 'failed', 'cancelled')"
             " AND finished_at < ?",
             (cutoff,),
+        ) as cursor:
+            ids = [row["id"] for row in await cursor.fetchall()]
+        return await self.delete_jobs(ids)
+
+    async def delete_jobs(self, ids: list[int]) -> int:
+        """Delete these jobs with their results, message links and files; how many existed."""
+        if not ids:
+            return 0
+        marks = ",".join("?" * len(ids))
+        async with self._db.execute(
+            f"SELECT id, preview_path FROM jobs WHERE id IN ({marks})", ids
         ) as cursor:
             jobs = await cursor.fetchall()
         if not jobs:
@@ -679,12 +770,14 @@ class Store:
                 for row in await cursor.fetchall()
                 for stored in _stored_inputs(json.loads(row[0]).get("images", {}))
             }
-        await asyncio.to_thread(self._delete_files, files, still_used)
+        await asyncio.to_thread(self._delete_files, files, still_used, ids)
         return len(ids)
 
-    def _delete_files(self, files: list[str], inputs_in_use: set[str]) -> None:
+    def _delete_files(self, files: list[str], inputs_in_use: set[str], job_ids: list[int]) -> None:
         for stored in files:
             self.paths.absolute(stored).unlink(missing_ok=True)
+        for job_id in job_ids:
+            shutil.rmtree(self.paths.frames_dir(job_id), ignore_errors=True)
         for path in self.paths.inputs.glob("*.img"):
             if self.paths.relative(path) not in inputs_in_use:
                 path.unlink(missing_ok=True)

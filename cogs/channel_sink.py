@@ -15,15 +15,17 @@ import asyncio
 import io
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 import discord
 from discord.ext import commands
 from PIL import Image
 
+from bot.controls import Controls
 from bot.publisher import MessageGone, NoPermission, OutgoingFile, TransientSendError
 from bot.uploads import UPLOAD_HEADROOM
+from cogs.components import view_for
 
 if TYPE_CHECKING:
     from bot.app import FaradayBot
@@ -70,6 +72,15 @@ def _shrink(file: OutgoingFile, budget: int) -> OutgoingFile:
         image = image.resize((image.width // 2, image.height // 2), Image.Resampling.LANCZOS)
 
 
+def mentions_for(ping_user: int | None) -> discord.AllowedMentions:
+    """Mentions in job headers name the requester without pinging anyone, except the one user
+    a finished job pings (and nobody else, whatever the text holds)."""
+    if ping_user is None:
+        return discord.AllowedMentions.none()
+    return discord.AllowedMentions(everyone=False, roles=False, replied_user=False,
+                                   users=[discord.Object(id=ping_user)])
+
+
 def discord_files(files: list[OutgoingFile]) -> list[discord.File]:
     """Fresh file objects per attempt: an upload that is retried starts from the first byte."""
     return [discord.File(io.BytesIO(f.data), filename=f.filename) for f in files]
@@ -92,31 +103,48 @@ class DiscordChannelSink:
     async def _fitted(self, channel_id: int, files: list[OutgoingFile]) -> list[OutgoingFile]:
         return await asyncio.to_thread(fit_files, files, self.upload_limit(channel_id))
 
-    async def send(self, channel_id: int, content: str, files: list[OutgoingFile]) -> int:
+    async def send(
+        self,
+        channel_id: int,
+        content: str,
+        files: list[OutgoingFile],
+        *,
+        controls: Controls = (),
+        ping_user: int | None = None,
+    ) -> int:
         fitted = await self._fitted(channel_id, files)
 
         async def post() -> int:
+            view = view_for(controls)
             message = await self._channel(channel_id).send(
                 content,
                 files=discord_files(fitted),
-                # Mentions in job headers name the requester without pinging anyone.
-                allowed_mentions=discord.AllowedMentions.none(),
+                allowed_mentions=mentions_for(ping_user),
+                **({"view": view} if view is not None else {}),
             )
             return message.id
 
         return await translated(post)
 
     async def edit(
-        self, channel_id: int, message_id: int, content: str, files: list[OutgoingFile] | None
+        self,
+        channel_id: int,
+        message_id: int,
+        content: str,
+        files: list[OutgoingFile] | None,
+        *,
+        controls: Controls | None = None,
     ) -> None:
         message = self._channel(channel_id).get_partial_message(message_id)
+        # view=None removes every button; leaving the key out keeps them.
+        extra: dict[str, Any] = {} if controls is None else {"view": view_for(controls)}
         if files is None:
-            await translated(lambda: message.edit(content=content))
+            await translated(lambda: message.edit(content=content, **extra))
             return
         fitted = await self._fitted(channel_id, files)
 
         async def replace() -> None:
-            await message.edit(content=content, attachments=discord_files(fitted))
+            await message.edit(content=content, attachments=discord_files(fitted), **extra)
 
         await translated(replace)
 

@@ -9,6 +9,8 @@ import math
 import time
 from collections.abc import Iterable
 
+import discord
+
 from bot.config import DiscordConfig
 
 
@@ -17,6 +19,38 @@ def channel_allowed(config: DiscordConfig, channel_id: int | None) -> bool:
     if not config.allowed_channel_ids:
         return True
     return channel_id is not None and channel_id in config.allowed_channel_ids
+
+
+async def channel_allowed_for(
+    client: discord.Client,
+    config: DiscordConfig,
+    channel_id: int | None,
+    channel: object = None,
+) -> bool:
+    """Like :func:`channel_allowed`, and a thread is allowed when its parent channel is."""
+    if channel_allowed(config, channel_id):
+        return True
+    parent = await parent_channel_id(client, channel_id, channel)
+    return parent is not None and channel_allowed(config, parent)
+
+
+async def parent_channel_id(
+    client: discord.Client, channel_id: int | None, channel: object = None
+) -> int | None:
+    """The channel a thread lives in (None for anything else): from the interaction's own
+    channel, the cache, or, for a thread the bot has not seen, one REST lookup."""
+    if isinstance(channel, discord.Thread):
+        return channel.parent_id
+    if channel_id is None:
+        return None
+    cached = client.get_channel(channel_id)
+    if cached is not None:
+        return cached.parent_id if isinstance(cached, discord.Thread) else None
+    try:
+        fetched = await client.fetch_channel(channel_id)
+    except discord.HTTPException:
+        return None
+    return fetched.parent_id if isinstance(fetched, discord.Thread) else None
 
 
 def channel_refusal(config: DiscordConfig) -> str:

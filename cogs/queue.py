@@ -11,7 +11,7 @@ from discord.ext import commands
 
 from bot.jobs import JobStatus
 from bot.scheduler import CancelOutcome, QueueSnapshot
-from cogs.checks import channel_allowed, channel_refusal, is_admin, role_ids_of
+from cogs.checks import channel_allowed_for, channel_refusal, is_admin, role_ids_of
 from cogs.replies import format_eta
 from cogs.results import CANCEL_EMOJI, RERUN_EMOJI
 
@@ -81,7 +81,8 @@ class QueueCog(commands.Cog):
     async def refused_here(self, interaction: discord.Interaction) -> bool:
         """Answer (ephemeral) and return true when commands are not taken in this channel."""
         config = self.bot.config.discord
-        if channel_allowed(config, interaction.channel_id):
+        if await channel_allowed_for(self.bot, config, interaction.channel_id,
+                                     interaction.channel):
             return False
         await interaction.response.send_message(channel_refusal(config), ephemeral=True)
         return True
@@ -127,7 +128,10 @@ class QueueCog(commands.Cog):
                     f"Job #{job} has already {finished_word(record.status)}.", ephemeral=True
                 )
                 return
+        self.bot.publisher.cancel_requested(job, user_id)
         outcome = await self.bot.scheduler.cancel(job)
+        if outcome not in (CancelOutcome.REMOVED, CancelOutcome.STOPPING):
+            self.bot.publisher.cancel_settled(job)
         log.info("job %d: /cancel by user %d: %s", job, user_id, outcome.value)
         await interaction.response.send_message(cancel_text(job, outcome), ephemeral=True)
 

@@ -10,6 +10,11 @@ from bot.scheduler import Submitted
 
 log = logging.getLogger(__name__)
 
+# Discord's lifetime of an interaction token: the "queued" reply can be edited until then.
+INTERACTION_TOKEN_SECONDS = 15 * 60
+# Stop trying to edit that reply this long before the token dies (a late edit just fails).
+TOKEN_MARGIN_SECONDS = 30
+
 SOMETHING_WENT_WRONG = (
     "Something went wrong on my side and nothing was queued. Please try again in a moment; "
     "if it keeps happening, tell the server's admins."
@@ -27,13 +32,16 @@ def format_eta(seconds: float | None) -> str:
     return f"about {minutes / 60:.1f} h"
 
 
-def queued_text(submitted: Submitted, notes: tuple[str, ...] = ()) -> str:
+def queued_text(
+    submitted: Submitted, notes: tuple[str, ...] = (), thread_id: int | None = None
+) -> str:
     eta = f"ETA {format_eta(submitted.eta_seconds)}"
     if submitted.position <= 1:
         head = f"Job #{submitted.job_id} is starting now ({eta})."
     else:
         head = f"Job #{submitted.job_id} queued, position {submitted.position}, {eta}."
-    tail = "Progress and results will appear in this channel."
+    where = f"the thread <#{thread_id}>" if thread_id is not None else "this channel"
+    tail = f"Progress and results will appear in {where}."
     if submitted.notice:
         # Safely queued, but nothing can run it right now: say so rather than promise an ETA.
         head = f"Job #{submitted.job_id} queued, position {submitted.position}. {submitted.notice}"

@@ -1,27 +1,27 @@
-"""Reactions on the bot's messages: 1️⃣…🔟 continue from a result, 🔁 reruns, ❌ cancels.
+"""Reactions and buttons on the bot's messages: both reach the one action handler.
 
-Handled in ``on_raw_reaction_add``, which fires for messages that are not in discord.py's cache,
-and resolved through the store's message mapping, so a reaction on a grid posted days ago, before
-a restart, still works. Nothing here lives only in memory.
+Reactions: 1️⃣…🔟 continue from a result, 🔁 reruns, ❌ cancels. Handled in ``on_raw_reaction_add``,
+which fires for messages that are not in discord.py's cache, and resolved through the store's
+message mapping, so a reaction on a grid posted days ago, before a restart, still works.
+
+Buttons: one ``DynamicItem`` (cogs.components.ActionButton) registered here, once; the remix
+modal's submit is answered from its custom_id. Nothing here lives only in memory.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import TYPE_CHECKING
 
 import discord
 from discord.ext import commands
 
-from bot.jobs import JobKind, JobRequest
+from bot.controls import Act, Press
 from bot.progress_text import NUMBER_EMOJIS
-from bot.scheduler import CancelOutcome
-from bot.store import JobRecord, MessageLink
-from cogs.checks import channel_allowed, is_admin, role_ids_of
-from cogs.continuations import continue_from, rerun
-from cogs.replies import format_eta
-from cogs.submission import Refused, SubmitDesk, ensure_desk
+from bot.store import MessageLink
+from cogs.actions import Actions, Actor, ensure_actions
+from cogs.checks import channel_allowed_for
+from cogs.components import ActionButton, on_modal_submit
 
 if TYPE_CHECKING:
     from bot.app import FaradayBot
@@ -33,7 +33,6 @@ CANCEL_EMOJI = "❌"
 HANDLED_EMOJIS = frozenset((*NUMBER_EMOJIS, RERUN_EMOJI, CANCEL_EMOJI))
 # Refusals to a reaction cannot be ephemeral; they vanish after this long.
 NOTICE_SECONDS = 20.0
-KIND_COMMAND = {JobKind.IMAGINE: "/imagine", JobKind.EDIT: "/edit"}
 
 
 def number_of(emoji: str) -> int | None:
@@ -44,9 +43,26 @@ def number_of(emoji: str) -> int | None:
         return None
 
 
+def reaction_press(emoji: str, link: MessageLink) -> Press | None:
+    """What a reaction on one of our messages asks for; None when it asks nothing there."""
+    if link.role == "progress":
+        return Press(Act.CANCEL, link.job_id, 0) if emoji == CANCEL_EMOJI else None
+    if link.role != "results":
+        return None
+    if emoji == RERUN_EMOJI:
+        return Press(Act.REROLL, link.job_id, 0)
+    number = number_of(emoji)
+    return Press(Act.CONTINUE, link.job_id, number) if number is not None else None
+
+
 class ResultsCog(commands.Cog):
     def __init__(self, bot: FaradayBot) -> None:
         self.bot = bot
+
+    @commands.Cog.listener()
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        if interaction.type is discord.InteractionType.modal_submit:
+            await on_modal_submit(interaction)
 
     @commands.Cog.listener()
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
@@ -57,121 +73,24 @@ class ResultsCog(commands.Cog):
             return  # the bot's own number reactions under its grid
         if payload.member is not None and payload.member.bot:
             return
-        if not channel_allowed(self.bot.config.discord, payload.channel_id):
+        if not await channel_allowed_for(self.bot, self.bot.config.discord, payload.channel_id):
             return
         link = await self.bot.store.message_role(payload.message_id)
         if link is None:
             return  # not one of our progress or result messages
+        press = reaction_press(emoji, link)
+        if press is None:
+            return
         try:
-            acted = await self.act(payload, emoji, link)
+            answer = await Actions.of(self.bot).perform(press, Actor.of_reaction(payload))
+            if not answer.quiet:
+                await self.notify(payload, answer.text)
         except Exception:
             log.exception("handling reaction %s on message %d failed", emoji, payload.message_id)
             await self.notify(
                 payload, "something went wrong on my side handling that reaction; try again."
             )
-            acted = True
-        if acted:
-            await self.remove_reaction(payload)
-
-    async def act(
-        self, payload: discord.RawReactionActionEvent, emoji: str, link: MessageLink
-    ) -> bool:
-        """Do what the reaction asks; true when it was meant for us (so it can be removed)."""
-        if link.role == "progress":
-            if emoji != CANCEL_EMOJI:
-                return False
-            await self.cancel(payload, link.job_id)
-            return True
-        if link.role != "results" or emoji == CANCEL_EMOJI:
-            return False
-        job = await self.bot.store.get_job(link.job_id)
-        if job is None:
-            await self.notify(payload, "that job is no longer stored, so I cannot reuse it.")
-            return True
-        if job.request.kind not in KIND_COMMAND:
-            return False  # an upscaled image is an end product: nothing to continue or rerun
-        if not self.may_continue(payload, job):
-            await self.notify(
-                payload,
-                f"only <@{job.request.user_id}> can continue or rerun this job "
-                f"(use {KIND_COMMAND[job.request.kind]} to start your own).",
-            )
-            return True
-        if emoji == RERUN_EMOJI:
-            await self.rerun(payload, job)
-        else:
-            number = number_of(emoji)
-            assert number is not None
-            await self.continue_result(payload, job, number)
-        return True
-
-    def may_continue(self, payload: discord.RawReactionActionEvent, job: JobRecord) -> bool:
-        config = self.bot.config.discord
-        if config.continue_by == "anyone" or payload.user_id == job.request.user_id:
-            return True
-        return is_admin(config, payload.user_id, role_ids_of(payload.member))
-
-    async def cancel(self, payload: discord.RawReactionActionEvent, job_id: int) -> None:
-        job = await self.bot.store.get_job(job_id)
-        if job is None:
-            return
-        config = self.bot.config.discord
-        if payload.user_id != job.request.user_id and not is_admin(
-            config, payload.user_id, role_ids_of(payload.member)
-        ):
-            await self.notify(payload, "only the person who asked for a job, or an admin, can "
-                              "cancel it.")
-            return
-        outcome = await self.bot.scheduler.cancel(job_id)
-        log.info("job %d: cancel by reaction from user %d: %s", job_id, payload.user_id,
-                 outcome.value)
-        if outcome in (CancelOutcome.NOT_FOUND, CancelOutcome.ALREADY_FINISHED):
-            await self.notify(payload, f"job #{job_id} has already finished.")
-
-    async def continue_result(
-        self, payload: discord.RawReactionActionEvent, job: JobRecord, number: int
-    ) -> None:
-        results = await self.bot.store.results_for_job(job.id)
-        chosen = next((r for r in results if r.rank == number), None)
-        if chosen is None:
-            await self.notify(payload, f"job #{job.id} has no result {number}.")
-            return
-        try:
-            png = await asyncio.to_thread(chosen.path.read_bytes)
-        except OSError:
-            await self.notify(payload, f"result {number} of job #{job.id} is no longer stored.")
-            return
-        request = continue_from(
-            job.request, png, chosen.id,
-            user_id=payload.user_id, channel_id=payload.channel_id, guild_id=payload.guild_id,
-        )
-        await self.submit(payload, request, f"continuing from result {number} of job #{job.id}")
-
-    async def rerun(self, payload: discord.RawReactionActionEvent, job: JobRecord) -> None:
-        request = rerun(
-            job.request,
-            user_id=payload.user_id, channel_id=payload.channel_id, guild_id=payload.guild_id,
-        )
-        await self.submit(payload, request, f"rerunning job #{job.id} with a new seed")
-
-    async def submit(
-        self, payload: discord.RawReactionActionEvent, request: JobRequest, what: str
-    ) -> None:
-        try:
-            admin = is_admin(self.bot.config.discord, payload.user_id,
-                             role_ids_of(payload.member))
-            submitted = await SubmitDesk.of(self.bot).submit(request, admin=admin)
-        except Refused as exc:
-            await self.notify(payload, f"{what} was not queued: {exc}")
-            return
-        if submitted.position > 1:
-            where = (
-                f"queued as job #{submitted.job_id}, position {submitted.position}, "
-                f"ETA {format_eta(submitted.eta_seconds)}"
-            )
-        else:
-            where = f"started as job #{submitted.job_id}"
-        await self.notify(payload, f"{what}: {where}.")
+        await self.remove_reaction(payload)
 
     async def notify(self, payload: discord.RawReactionActionEvent, text: str) -> None:
         """A short channel message to the reacting user (reactions cannot get ephemeral replies)."""
@@ -199,8 +118,10 @@ class ResultsCog(commands.Cog):
 
 
 async def setup(bot: FaradayBot) -> None:
-    await ensure_desk(bot)
+    await ensure_actions(bot)
     await bot.add_cog(ResultsCog(bot))
+    # One registration answers every button we ever posted, before or after any restart.
+    bot.add_dynamic_items(ActionButton)
     # Offer the controls this cog handles, so users need not know the emoji by heart.
     bot.publisher.progress_reactions = (CANCEL_EMOJI,)
     bot.publisher.results_reactions = (RERUN_EMOJI,)

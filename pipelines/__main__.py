@@ -1,4 +1,4 @@
-"""``python -m pipelines imagine|edit ...``: the pipelines from a command line, without Discord.
+"""``python -m pipelines imagine|edit|upscale ...``: the pipelines from a command line.
 
 Exit codes: 0 done, 2 bad input (one clear line on stderr), 130 interrupted.
 """
@@ -9,7 +9,7 @@ import argparse
 import logging
 import sys
 
-from pipelines import blended_cli, vqgan_clip_cli
+from pipelines import blended_cli, upscale_cli, vqgan_clip_cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     vqgan_clip_cli.add_parser(commands)
     blended_cli.add_parser(commands)
+    upscale_cli.add_parser(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     try:

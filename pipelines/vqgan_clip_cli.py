@@ -13,13 +13,16 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+from PIL import Image
 from tqdm import tqdm
 
 from pipelines.cli_common import (
     EXIT_BAD_INPUT,
+    EXIT_FAILED,
     add_model_arguments,
     errors_in_one_line,
     load_pipeline_or_exit_code,
@@ -29,6 +32,13 @@ from pipelines.cli_common import (
 from pipelines.cutouts import AUGMENTATION_SETS, DEFAULT_AUGMENTATIONS
 from pipelines.image_prompts import parse_image_prompt_argument
 from pipelines.interface import InvalidRequest
+from pipelines.timelapse import (
+    MAX_FRAMES,
+    FrameRecorder,
+    TimelapseError,
+    encode_timelapse,
+    frame_files,
+)
 from pipelines.vqgan_clip import (
     DEFAULT_INIT_WEIGHT_EDITING,
     DEFAULT_Z_REG_WEIGHT,
@@ -125,6 +135,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="candidates forwarded together: auto or a number (default: the config's, else "
         "auto); the images are the same either way",
     )
+    parser.add_argument(
+        "--video",
+        type=Path,
+        metavar="OUT.mp4",
+        help="also write a timelapse of the run: an H.264 MP4 (an animated WebP if PyAV cannot "
+        f"encode H.264, or if the name ends in .webp), one frame per step, at most {MAX_FRAMES}",
+    )
+    parser.add_argument("--video-fps", type=int, default=10, help="frames per second of --video")
+
     errors_in_one_line(parser, COMMAND)
     parser.set_defaults(run=run)
     return parser
@@ -198,6 +217,28 @@ def check_output(out: Path) -> None:
         raise InvalidRequest(f"--out: the folder {str(folder)!r} does not exist")
 
 
+def check_video_output(video: Path | None, fps: int) -> None:
+    if video is None:
+        return
+    if video.suffix.lower() not in (".mp4", ".webp"):
+        raise InvalidRequest(f"--video {str(video)!r} must be a .mp4 or .webp file")
+    folder = video.parent if str(video.parent) else Path(".")
+    if not folder.is_dir():
+        raise InvalidRequest(f"--video: the folder {str(folder)!r} does not exist")
+    if not 1 <= fps <= 60:
+        raise InvalidRequest(f"--video-fps must be from 1 to 60, got {fps}")
+
+
+def write_video(frames_dir: Path, video: Path, fps: int) -> Path:
+    """Encode the kept frames; returns the file written (``.webp`` if the MP4 fell back)."""
+    made = encode_timelapse(frame_files(frames_dir), fps=fps, webp=video.suffix.lower() == ".webp")
+    path = video.with_suffix(f".{made.extension}")
+    path.write_bytes(made.data)
+    if made.note:
+        print(made.note)
+    return path
+
+
 def mask_path(out: Path) -> Path:
     """OUT.mask.png beside OUT.png."""
     stem = out.with_suffix("") if out.suffix else out
@@ -208,6 +249,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = model_settings(args)
         check_output(args.out)
+        check_video_output(args.video, args.video_fps)
         request = build_request(args)
     except InvalidRequest as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -219,21 +261,33 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(pipeline, int):
         return pipeline
 
-    started = time.monotonic()
-    with tqdm(total=request.steps, desc=COMMAND, unit="step", dynamic_ncols=True) as bar:
+    with tempfile.TemporaryDirectory(prefix="faraday-frames-") as frames_dir:
+        recorder = None if args.video is None else FrameRecorder(Path(frames_dir))
+        started = time.monotonic()
+        with tqdm(total=request.steps, desc=COMMAND, unit="step", dynamic_ncols=True) as bar:
 
-        def on_progress(step: int, total: int, preview: object) -> None:
-            # The preview at step s shows the image after s steps, and arrives once step s + 1
-            # has run (except the last, after the final decode).
-            bar.update(min(step + 1, total) - bar.n)
+            def on_progress(step: int, total: int, preview: Image.Image | None) -> None:
+                # The preview at step s shows the image after s steps, and arrives once step
+                # s + 1 has run (except the last, after the final decode).
+                bar.update(min(step + 1, total) - bar.n)
+                if recorder is not None and preview is not None:
+                    recorder.add(step, preview, final=step >= total)
 
-        try:
-            result = pipeline(request, on_progress)
-        except InvalidRequest as exc:
-            bar.close()
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-    seconds = time.monotonic() - started
+            try:
+                result = pipeline(request, on_progress)
+            except InvalidRequest as exc:
+                bar.close()
+                print(f"error: {exc}", file=sys.stderr)
+                return EXIT_BAD_INPUT
+        seconds = time.monotonic() - started
+        video: Path | None = None
+        video_error = ""
+        if args.video is not None:
+            try:
+                video = write_video(Path(frames_dir), args.video, args.video_fps)
+            except (TimelapseError, OSError) as exc:
+                # The images are still written below; only the video is lost.
+                video_error = f"error: the video {str(args.video)!r} was not written: {exc}"
 
     paths = output_paths(args.out, len(result.images))
     outputs = []
@@ -266,6 +320,10 @@ def run(args: argparse.Namespace) -> int:
     json_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     for note in result.notes:
         print(note)
-    written = ", ".join(str(p) for p in [*paths, *([written_mask] if written_mask else [])])
+    extra = [p for p in (written_mask, video) if p]
+    written = ", ".join(str(p) for p in [*paths, *extra])
     print(f"wrote {written} and {json_path} (seed {result.settings['seed']})")
+    if video_error:
+        print(video_error, file=sys.stderr)
+        return EXIT_FAILED
     return 0

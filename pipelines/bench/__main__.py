@@ -1,11 +1,11 @@
-"""``python -m pipelines.bench vqgan-clip|blended [...]``: prints one JSON line of figures."""
+"""``python -m pipelines.bench vqgan-clip|blended|upscale``: prints one JSON line of figures."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from pipelines.bench import blended, vqgan_clip
+from pipelines.bench import blended, upscale, vqgan_clip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -13,6 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     benches = parser.add_subparsers(dest="bench", required=True)
     vqgan_clip.add_parser(benches)
     blended.add_parser(benches)
+    upscale.add_parser(benches)
     args = parser.parse_args(argv)
     return int(args.run(args))
 

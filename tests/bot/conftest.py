@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from bot.config import RetryConfig, SchedulerConfig
+from bot.controls import Controls
 from bot.events import SchedulerEvent
 from bot.jobs import JobKind, JobRequest
 from bot.publisher import OutgoingFile, Publisher
@@ -36,6 +37,8 @@ class SinkCall:
     files: list[OutgoingFile] | None
     at: float
     emojis: list[str] = field(default_factory=list)
+    controls: Controls | None = None
+    ping_user: int | None = None
 
 
 class FakeSink:
@@ -55,18 +58,32 @@ class FakeSink:
         if self.failures[op]:
             raise self.failures[op].pop(0)
 
-    async def send(self, channel_id: int, content: str, files: list[OutgoingFile]) -> int:
+    async def send(
+        self,
+        channel_id: int,
+        content: str,
+        files: list[OutgoingFile],
+        *,
+        controls: Controls = (),
+        ping_user: int | None = None,
+    ) -> int:
         if self.delay:
             await asyncio.sleep(self.delay)
         self._maybe_fail("send")
         self._next_id += 1
         self.messages[self._next_id] = (content, list(files))
         self.calls.append(SinkCall("send", channel_id, self._next_id, content, list(files),
-                                   time.monotonic()))
+                                   time.monotonic(), controls=controls, ping_user=ping_user))
         return self._next_id
 
     async def edit(
-        self, channel_id: int, message_id: int, content: str, files: list[OutgoingFile] | None
+        self,
+        channel_id: int,
+        message_id: int,
+        content: str,
+        files: list[OutgoingFile] | None,
+        *,
+        controls: Controls | None = None,
     ) -> None:
         if self.delay:
             await asyncio.sleep(self.delay)
@@ -78,7 +95,7 @@ class FakeSink:
         old_files = self.messages[message_id][1]
         self.messages[message_id] = (content, old_files if files is None else list(files))
         self.calls.append(SinkCall("edit", channel_id, message_id, content, files,
-                                   time.monotonic()))
+                                   time.monotonic(), controls=controls))
 
     async def add_reactions(self, channel_id: int, message_id: int, emojis: list[str]) -> None:
         self._maybe_fail("react")

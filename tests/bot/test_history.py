@@ -85,12 +85,15 @@ async def test_purge_deletes_only_that_users_finished_jobs_and_unshared_files(
     await finish(store, mine2)
     await finish(store, theirs)
     await store.link_message(41, 500, mine, "progress")
+    frames = store.paths.frames_dir(mine)
+    frames.mkdir(parents=True)
+    (frames / "000001.png").write_bytes(b"frame")
     await store.link_message(42, 500, mine, "results")
 
     report = await owners.purge_user(1)
     assert sorted(report.job_ids) == [mine, mine2]
     assert sorted(report.messages) == [(500, 41), (500, 42)]
-    assert not results[0].path.exists()
+    assert not results[0].path.exists() and not frames.exists()
     assert not store.paths.input_path(own).exists()
     assert store.paths.input_path(shared).exists()  # bob's job still names it
     assert await store.get_job(mine) is None and await store.message_role(42) is None

@@ -192,8 +192,8 @@ async def test_help_and_owner_only_resync(standin, tmp_path) -> None:
 
 
 COMMANDS = [
-    "block", "cancel", "edit", "help", "history", "imagine", "pause", "purge", "queue", "resume",
-    "resync", "settings", "stats", "unblock",
+    "block", "cancel", "edit", "help", "history", "imagine", "pause", "prefs", "purge", "queue",
+    "resume", "resync", "settings", "stats", "unblock",
 ]
 
 

@@ -249,3 +249,20 @@ def test_an_image_over_the_cap_is_refused_with_the_cap_named() -> None:
 def test_bad_settings_are_refused(fields: dict[str, Any]) -> None:
     with pytest.raises(InvalidRequest):
         UpscaleRequest(Image.new("RGB", (8, 8)), **fields)
+
+
+def test_the_compute_dtype_follows_the_config_on_cuda_within_what_the_model_supports() -> None:
+    from types import SimpleNamespace
+
+    from pipelines.upscale import compute_dtype
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    both = SimpleNamespace(supports_half=True, supports_bfloat16=True)
+    neither = SimpleNamespace(supports_half=False, supports_bfloat16=False)
+    assert compute_dtype(both, "auto", cuda) == torch.float16
+    assert compute_dtype(both, "bfloat16", cuda) == torch.bfloat16
+    assert compute_dtype(both, "float32", cuda) == torch.float32
+    assert compute_dtype(neither, "auto", cuda) == torch.float32
+    assert compute_dtype(neither, "bfloat16", cuda) == torch.float32
+    for preference in ("auto", "float16", "bfloat16", "float32"):
+        assert compute_dtype(both, preference, cpu) == torch.float32

@@ -202,3 +202,33 @@ def test_mask_text_writes_the_mask_beside_the_result(tmp_path: Path) -> None:
     assert mask.size == (64, 64) and mask.mode == "L"
     report = json.loads((tmp_path / "edit.json").read_text())
     assert report["mask_file"] == "edit.mask.png"
+
+
+def test_video_writes_a_timelapse_mp4_with_a_frame_per_step(tmp_path: Path) -> None:
+    import av
+
+    out, video = tmp_path / "lake.png", tmp_path / "lake.mp4"
+    code = main(["imagine", "a lake", "--out", str(out), "--steps", "5", "--seed", "1",
+                 "--video", str(video), *TINY])
+    assert code == 0
+    with av.open(str(video)) as container:
+        frames = list(container.decode(video=0))
+    # Steps 0..4 and the finished image.
+    assert len(frames) == 6
+    assert (frames[0].width, frames[0].height) == (64, 64)
+    assert Image.open(out).size == (64, 64)
+
+
+@pytest.mark.parametrize(
+    ("video", "fragment"),
+    [("lake.gif", "must be a .mp4 or .webp file"), ("nowhere/lake.mp4", "does not exist")],
+)
+def test_a_bad_video_path_exits_2_before_running(
+    video: str, fragment: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out.png"
+    code = main(["imagine", "x", "--out", str(out), "--video", str(tmp_path / video), *TINY])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0]
+    assert not out.exists()

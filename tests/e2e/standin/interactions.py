@@ -21,8 +21,27 @@ USER = 6
 NUMBER = 10
 ATTACHMENT = 11
 
+# Interaction types (Discord API).
+INTERACTION_COMMAND = 2
+INTERACTION_COMPONENT = 3
+INTERACTION_MODAL_SUBMIT = 5
+
+# Interaction callback types.
 CALLBACK_MESSAGE = 4
 CALLBACK_DEFERRED = 5
+CALLBACK_DEFERRED_UPDATE = 6
+CALLBACK_UPDATE_MESSAGE = 7
+CALLBACK_MODAL = 9
+# What Discord accepts as the answer to each interaction type: a modal cannot answer a modal
+# submit, and only a component's own message can be updated.
+ALLOWED_CALLBACKS: dict[int, frozenset[int]] = {
+    INTERACTION_COMMAND: frozenset({CALLBACK_MESSAGE, CALLBACK_DEFERRED, CALLBACK_MODAL}),
+    INTERACTION_COMPONENT: frozenset({CALLBACK_MESSAGE, CALLBACK_DEFERRED,
+                                      CALLBACK_DEFERRED_UPDATE, CALLBACK_UPDATE_MESSAGE,
+                                      CALLBACK_MODAL}),
+    INTERACTION_MODAL_SUBMIT: frozenset({CALLBACK_MESSAGE, CALLBACK_DEFERRED,
+                                         CALLBACK_DEFERRED_UPDATE, CALLBACK_UPDATE_MESSAGE}),
+}
 
 
 class InvalidInvocation(ValueError):
@@ -161,8 +180,15 @@ class InteractionHandle:
         user: StandinUser,
         channel_id: int,
         payload: dict[str, Any],
+        interaction_type: int = INTERACTION_COMMAND,
+        message_id: int | None = None,
     ) -> None:
         self._standin = standin
+        self.interaction_type = interaction_type
+        # The message whose component was used (component interactions and their modals).
+        self.message_id = message_id
+        # The modal the bot answered with (callback type 9): custom_id, title, components.
+        self.modal: dict[str, Any] | None = None
         self.id = interaction_id
         self.token = token
         self.command_name = command_name
@@ -211,19 +237,23 @@ class InteractionHandle:
 
     def describe(self) -> str:
         callback = "no callback" if self.callback is None else f"callback type {self.callback.type}"
+        if self.modal is not None:
+            callback += f" (modal {self.modal.get('custom_id')!r})"
         if self.late_callback is not None:
             callback += f" (a late callback type {self.late_callback.type} was refused)"
         replies = "; ".join(
             f"{'ephemeral' if m.ephemeral else 'public'} {m.content!r} files={list(m.files)}"
             for m in self.replies
         )
-        return f"/{self.command_name} by {self.user.name}: {callback}; replies: [{replies}]"
+        what = f"/{self.command_name}" if self.interaction_type == INTERACTION_COMMAND \
+            else self.command_name
+        return f"{what} by {self.user.name}: {callback}; replies: [{replies}]"
 
     async def wait_for_callback(self, timeout: float = 10.0) -> Callback:
         await self._standin.wait_for(
             lambda: self.callback is not None,
             timeout=timeout,
-            description=f"an interaction callback for /{self.command_name}",
+            description=f"an interaction callback for {self.command_name}",
         )
         assert self.callback is not None
         return self.callback

@@ -109,17 +109,56 @@ class StandinUser:
         return member
 
 
+CHANNEL_TYPE_TEXT = 0
+CHANNEL_TYPE_PUBLIC_THREAD = 11
+CHANNEL_TYPE_PRIVATE_THREAD = 12
+THREAD_TYPES = (CHANNEL_TYPE_PUBLIC_THREAD, CHANNEL_TYPE_PRIVATE_THREAD)
+
+
 @dataclass
 class TextChannel:
+    """A text channel, or a thread (type 11/12) living in ``parent_id``."""
+
     id: int
     guild_id: int
     name: str
     position: int
+    type: int = CHANNEL_TYPE_TEXT
+    parent_id: int | None = None
+    owner_id: int | None = None
+    created_at: float = field(default_factory=time.time)
+
+    @property
+    def is_thread(self) -> bool:
+        return self.type in THREAD_TYPES
 
     def payload(self) -> dict[str, Any]:
+        if self.is_thread:
+            return {
+                "id": str(self.id),
+                "type": self.type,
+                "guild_id": str(self.guild_id),
+                "parent_id": str(self.parent_id),
+                "owner_id": str(self.owner_id) if self.owner_id else None,
+                "name": self.name,
+                "last_message_id": None,
+                "rate_limit_per_user": 0,
+                "message_count": 0,
+                "member_count": 1,
+                "total_message_sent": 0,
+                "flags": 0,
+                "applied_tags": [],
+                "thread_metadata": {
+                    "archived": False,
+                    "auto_archive_duration": 1440,
+                    "archive_timestamp": iso_timestamp(self.created_at),
+                    "locked": False,
+                    "create_timestamp": iso_timestamp(self.created_at),
+                },
+            }
         return {
             "id": str(self.id),
-            "type": 0,
+            "type": self.type,
             "guild_id": str(self.guild_id),
             "name": self.name,
             "position": self.position,
@@ -200,8 +239,8 @@ class Guild:
             "member_count": len(self.members),
             "voice_states": [],
             "members": self.member_payloads(),
-            "channels": [channel.payload() for channel in self.channels.values()],
-            "threads": [],
+            "channels": [c.payload() for c in self.channels.values() if not c.is_thread],
+            "threads": [c.payload() for c in self.channels.values() if c.is_thread],
             "presences": [],
             "stage_instances": [],
             "guild_scheduled_events": [],
@@ -300,6 +339,8 @@ class StoredMessage:
     deleted: bool = False
     # Emoji -> user ids in the order they reacted.
     reactions: dict[str, list[int]] = field(default_factory=dict)
+    # Action rows as the bot sent them (buttons users can press).
+    components: list[dict[str, Any]] = field(default_factory=list)
     history: list[MessageVersion] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -322,6 +363,22 @@ class StoredMessage:
     @property
     def edits(self) -> list[MessageVersion]:
         return self.history[1:]
+
+    def buttons(self) -> list[dict[str, Any]]:
+        """Every button on the message, row by row."""
+        found: list[dict[str, Any]] = []
+
+        def walk(items: list[dict[str, Any]]) -> None:
+            for item in items:
+                if item.get("type") == 2:
+                    found.append(item)
+                walk(item.get("components") or [])
+
+        walk(self.components)
+        return found
+
+    def button(self, custom_id: str) -> dict[str, Any] | None:
+        return next((b for b in self.buttons() if b.get("custom_id") == custom_id), None)
 
     def reactors(self, emoji: str) -> list[int]:
         return list(self.reactions.get(emoji, []))
@@ -363,7 +420,7 @@ class StoredMessage:
             "pinned": False,
             "type": self.type,
             "flags": self.flags,
-            "components": [],
+            "components": [dict(row) for row in self.components],
         }
         if self.application_id is not None:
             payload["application_id"] = str(self.application_id)

@@ -21,11 +21,20 @@ import discord
 from aiohttp import web
 
 from . import recording as errors
-from .interactions import CALLBACK_DEFERRED, CALLBACK_MESSAGE, Callback
+from .interactions import (
+    ALLOWED_CALLBACKS,
+    CALLBACK_DEFERRED,
+    CALLBACK_MESSAGE,
+    CALLBACK_MODAL,
+    CALLBACK_UPDATE_MESSAGE,
+    Callback,
+)
 from .model import (
+    CHANNEL_TYPE_PUBLIC_THREAD,
     EPHEMERAL_FLAG,
     LOADING_FLAG,
     MESSAGE_TYPE_CHAT_INPUT_COMMAND,
+    THREAD_TYPES,
     StoredAttachment,
     StoredMessage,
     guess_content_type,
@@ -103,6 +112,7 @@ class RestApi:
         )
         route("GET", r"/channels/(?P<channel>\d+)", self.get_channel)
         route("POST", r"/channels/(?P<channel>\d+)/typing", self.typing)
+        route("POST", r"/channels/(?P<channel>\d+)/threads", self.create_thread)
         route("GET", r"/channels/(?P<channel>\d+)/messages", self.list_messages)
         route("POST", r"/channels/(?P<channel>\d+)/messages", self.create_message)
         message = r"/channels/(?P<channel>\d+)/messages/(?P<message>\d+)"
@@ -378,8 +388,43 @@ class RestApi:
             embeds=embeds,
             flags=int(call.body.get("flags") or 0) & ~EPHEMERAL_FLAG,
         )
+        message.components = self._components(call.body)
         await self.s.echo("MESSAGE_CREATE", self.s.message_event_payload(message))
         return json_response(self.s.message_payload(message))
+
+    async def create_thread(self, call: Call) -> web.Response:
+        """A thread not started from a message (discord.py's ``TextChannel.create_thread``)."""
+        channel_id = self._channel(call)
+        parent = self.s.guild.channels[channel_id]
+        if parent.is_thread:
+            raise ApiError(400, errors.INVALID_FORM_BODY, "Cannot create a thread in a thread")
+        thread_type = int(call.body.get("type") or CHANNEL_TYPE_PUBLIC_THREAD)
+        if thread_type not in THREAD_TYPES:
+            raise ApiError(400, errors.INVALID_FORM_BODY, f"type: {thread_type} is not a thread")
+        self._require("create_public_threads" if thread_type == CHANNEL_TYPE_PUBLIC_THREAD
+                      else "create_private_threads")
+        name = str(call.body.get("name") or "")
+        if not 1 <= len(name) <= 100:
+            raise ApiError(400, errors.INVALID_FORM_BODY, "name: Must be 1 to 100 characters")
+        thread = self.s.add_thread(name, parent_id=channel_id, thread_type=thread_type)
+        await self.s.echo("THREAD_CREATE", {**thread.payload(), "newly_created": True})
+        return json_response(thread.payload())
+
+    @staticmethod
+    def _components(body: dict[str, Any]) -> list[dict[str, Any]]:
+        components = body.get("components") or []
+        if len(components) > 5:
+            raise ApiError(400, errors.INVALID_FORM_BODY, "components: at most 5 action rows")
+        for row in components:
+            items = row.get("components") or []
+            if row.get("type") == 1 and len(items) > 5:
+                raise ApiError(400, errors.INVALID_FORM_BODY,
+                               "components: at most 5 components per action row")
+            for item in items:
+                if len(str(item.get("custom_id") or "")) > 100:
+                    raise ApiError(400, errors.INVALID_FORM_BODY,
+                                   "custom_id: Must be 100 or fewer in length.")
+        return [dict(row) for row in components]
 
     async def get_message(self, call: Call) -> web.Response:
         self._require("read_message_history")
@@ -462,6 +507,12 @@ class RestApi:
                 "Interaction has already been acknowledged.",
             )
         callback_type = int(call.body.get("type", 0))
+        if callback_type not in ALLOWED_CALLBACKS.get(handle.interaction_type, frozenset()):
+            raise ApiError(
+                400, errors.INVALID_FORM_BODY,
+                f"type: callback type {callback_type} cannot answer an interaction of type "
+                f"{handle.interaction_type}",
+            )
         data = dict(call.body.get("data") or {})
         callback = Callback(type=callback_type, data=data, at=call.record.at)
         deadline = self.s.ack_deadline
@@ -473,6 +524,7 @@ class RestApi:
             handle.late_callback = callback
             raise ApiError(404, errors.UNKNOWN_INTERACTION, "Unknown interaction")
         message: StoredMessage | None = None
+        updated: StoredMessage | None = None
         if callback_type in (CALLBACK_MESSAGE, CALLBACK_DEFERRED):
             ephemeral = int(data.get("flags") or 0) & EPHEMERAL_FLAG
             if callback_type == CALLBACK_MESSAGE:
@@ -492,14 +544,28 @@ class RestApi:
                 interaction=(handle.id, handle.user),
                 message_type=MESSAGE_TYPE_CHAT_INPUT_COMMAND,
             )
+            message.components = self._components(data)
             handle.original = message
+        elif callback_type == CALLBACK_MODAL:
+            if not data.get("custom_id") or not data.get("title") or not data.get("components"):
+                raise ApiError(400, errors.INVALID_FORM_BODY,
+                               "a modal needs custom_id, title and components")
+            if len(str(data["title"])) > 45:
+                raise ApiError(400, errors.INVALID_FORM_BODY, "title: Must be 45 or fewer.")
+            handle.modal = data
+        elif callback_type == CALLBACK_UPDATE_MESSAGE and handle.message_id is not None:
+            updated = self.s.messages.get(handle.message_id)
+            if updated is not None:
+                self._apply_edit(updated, call, body=data)
         # Recorded only once accepted: a refused callback leaves the interaction unanswered.
         handle.callback = callback
         if message is not None and not message.ephemeral:
             await self.s.echo("MESSAGE_CREATE", self.s.message_event_payload(message))
+        if updated is not None and not updated.ephemeral:
+            await self.s.echo("MESSAGE_UPDATE", self.s.message_event_payload(updated))
         interaction: dict[str, Any] = {
             "id": str(handle.id),
-            "type": 2,
+            "type": handle.interaction_type,
             "response_message_loading": callback_type == CALLBACK_DEFERRED,
             "response_message_ephemeral": bool(message is not None and message.ephemeral),
         }
@@ -541,6 +607,7 @@ class RestApi:
                 interaction=(handle.id, handle.user),
                 message_type=MESSAGE_TYPE_CHAT_INPUT_COMMAND,
             )
+            message.components = self._components(call.body)
             handle.followups.append(message)
             event = "MESSAGE_CREATE"
         if not message.ephemeral:
@@ -631,12 +698,19 @@ class RestApi:
         return content, embeds, attachments
 
     def _apply_edit(
-        self, message: StoredMessage, call: Call, *, clear_loading: bool = False
+        self,
+        message: StoredMessage,
+        call: Call,
+        *,
+        clear_loading: bool = False,
+        body: dict[str, Any] | None = None,
     ) -> None:
-        content, embeds, attachments = self._compose(
-            call, message.channel_id, call.body, base=message
-        )
+        body = call.body if body is None else body
+        content, embeds, attachments = self._compose(call, message.channel_id, body, base=message)
         message.content, message.embeds, message.attachments = content, embeds, attachments
+        if "components" in body:
+            # An empty list removes every button; leaving the key out keeps them.
+            message.components = self._components(body)
         if clear_loading:
             message.flags &= ~LOADING_FLAG
         message.record_edit(call.record.at)

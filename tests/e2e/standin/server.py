@@ -18,8 +18,17 @@ import discord
 from aiohttp import web
 
 from .gateway import OP_RECONNECT, GatewayHub, GatewaySession
-from .interactions import SUB_COMMAND, InteractionHandle, InvalidInvocation, build_options
+from .interactions import (
+    INTERACTION_COMMAND,
+    INTERACTION_COMPONENT,
+    INTERACTION_MODAL_SUBMIT,
+    SUB_COMMAND,
+    InteractionHandle,
+    InvalidInvocation,
+    build_options,
+)
 from .model import (
+    CHANNEL_TYPE_PUBLIC_THREAD,
     MESSAGE_TYPE_DEFAULT,
     Guild,
     MessageVersion,
@@ -45,6 +54,7 @@ DEFAULT_BOT_PERMISSIONS = discord.Permissions(
     view_channel=True,
     send_messages=True,
     send_messages_in_threads=True,
+    create_public_threads=True,
     embed_links=True,
     attach_files=True,
     add_reactions=True,
@@ -242,6 +252,28 @@ class DiscordStandin:
         self.users[name] = user
         self.guild.members[user.id] = user
         return user
+
+    def add_thread(
+        self,
+        name: str,
+        *,
+        parent_id: int | None = None,
+        thread_type: int = CHANNEL_TYPE_PUBLIC_THREAD,
+        owner: StandinUser | None = None,
+    ) -> TextChannel:
+        """A thread under ``parent_id`` (default: the first channel). Created by a test it is
+        not announced; the REST route announces the ones the bot creates (THREAD_CREATE)."""
+        parent = parent_id or self.channel_id
+        thread = TextChannel(
+            self._ids.next(), self.guild.id, name, 0, type=thread_type, parent_id=parent,
+            owner_id=(owner or self.bot_user).id,
+        )
+        self.guild.channels[thread.id] = thread
+        return thread
+
+    def threads_of(self, parent_id: int | None = None) -> list[TextChannel]:
+        parent = parent_id or self.channel_id
+        return [c for c in self.guild.channels.values() if c.is_thread and c.parent_id == parent]
 
     def find_user(self, user_id: int) -> StandinUser | None:
         return self.guild.members.get(user_id)
@@ -513,8 +545,6 @@ class DiscordStandin:
             if schema is None and validate:
                 raise InvalidInvocation(f"/{top} has no subcommand {sub!r}")
         built = build_options(schema, given, validate=validate)
-        interaction_id = self._ids.next()
-        token = f"interaction-token-{interaction_id}"
         data: dict[str, Any] = {
             "id": command["id"] if command else str(self._ids.next()),
             "name": top,
@@ -528,10 +558,25 @@ class DiscordStandin:
             data["resolved"] = built.resolved
         if command is not None and "guild_id" in command:
             data["guild_id"] = command["guild_id"]
+        return await self._interact(INTERACTION_COMMAND, data, author, channel, name)
+
+    async def _interact(
+        self,
+        interaction_type: int,
+        data: dict[str, Any],
+        author: StandinUser,
+        channel: int,
+        name: str,
+        *,
+        message: StoredMessage | None = None,
+    ) -> InteractionHandle:
+        """Dispatch INTERACTION_CREATE as Discord does, and return a handle on its answers."""
+        interaction_id = self._ids.next()
+        token = f"interaction-token-{interaction_id}"
         payload: dict[str, Any] = {
             "id": str(interaction_id),
             "application_id": str(self.application_id),
-            "type": 2,
+            "type": interaction_type,
             "token": token,
             "version": 1,
             "guild_id": str(self.guild.id),
@@ -548,6 +593,8 @@ class DiscordStandin:
             "context": 0,
             "attachment_size_limit": self.attachment_size_limit,
         }
+        if message is not None:
+            payload["message"] = self.message_payload(message)
         handle = InteractionHandle(
             self,
             interaction_id=interaction_id,
@@ -556,6 +603,8 @@ class DiscordStandin:
             user=author,
             channel_id=channel,
             payload=payload,
+            interaction_type=interaction_type,
+            message_id=message.id if message is not None else None,
         )
         self.interactions.append(handle)
         self.interactions_by_token[token] = handle
@@ -564,6 +613,76 @@ class DiscordStandin:
         handle.dispatched_at = time.monotonic()
         await self.gateway.dispatch_to(session, "INTERACTION_CREATE", payload)
         return handle
+
+    async def press_button(
+        self, message_id: int, custom_id: str, user: StandinUser | str = "alice"
+    ) -> InteractionHandle:
+        """``user`` presses the button ``custom_id`` on a message: a component interaction
+        (type 3) carrying the whole message, as Discord sends it. Only a button that is on the
+        message and enabled can be pressed, as in Discord's client."""
+        message = self._live_message(message_id)
+        button = message.button(custom_id)
+        if button is None:
+            raise InvalidInvocation(
+                f"message {message_id} has no button {custom_id!r}; it has "
+                f"{[b.get('custom_id') for b in message.buttons()]}"
+            )
+        if button.get("disabled"):
+            raise InvalidInvocation(f"button {custom_id!r} is disabled")
+        data = {"custom_id": custom_id, "component_type": 2}
+        return await self._interact(INTERACTION_COMPONENT, data, self._user(user),
+                                    message.channel_id, f"button {custom_id}", message=message)
+
+    async def submit_modal(
+        self,
+        opened: InteractionHandle,
+        values: Mapping[str, str],
+        *,
+        validate: bool = True,
+    ) -> InteractionHandle:
+        """The user who opened ``opened``'s modal submits it with these text input values (by
+        custom_id): a modal submit interaction (type 5) whose components mirror the modal's.
+
+        With validate=True, what Discord's client refuses (a required input left empty, a value
+        beyond max_length or under min_length) raises InvalidInvocation instead.
+        """
+        modal = opened.modal
+        if modal is None:
+            raise InvalidInvocation(f"no modal was opened; {opened.describe()}")
+        known: set[str] = set()
+
+        def answer(item: dict[str, Any]) -> dict[str, Any]:
+            custom_id = str(item["custom_id"])
+            known.add(custom_id)
+            value = str(values.get(custom_id, ""))
+            if validate:
+                if item.get("required", True) and not value:
+                    raise InvalidInvocation(f"the modal's {custom_id!r} is required")
+                if "max_length" in item and len(value) > int(item["max_length"]):
+                    raise InvalidInvocation(
+                        f"the modal's {custom_id!r} takes at most {item['max_length']} characters"
+                    )
+                if value and "min_length" in item and len(value) < int(item["min_length"]):
+                    raise InvalidInvocation(
+                        f"the modal's {custom_id!r} needs at least {item['min_length']} characters"
+                    )
+            return {"type": item["type"], "custom_id": custom_id, "value": value}
+
+        rows: list[dict[str, Any]] = []
+        for row in modal["components"]:
+            if row.get("type") == 18:  # a label around one input
+                rows.append({"type": 18, "component": answer(row["component"])})
+            else:
+                rows.append({"type": row.get("type", 1),
+                             "components": [answer(i) for i in row.get("components", [])]})
+        unknown = set(values) - known
+        if unknown:
+            raise InvalidInvocation(f"the modal has no input(s) {sorted(unknown)}")
+        data = {"custom_id": modal["custom_id"], "components": rows}
+        message = self.messages.get(opened.message_id) if opened.message_id else None
+        return await self._interact(INTERACTION_MODAL_SUBMIT, data, opened.user,
+                                    opened.channel_id, f"modal {modal['custom_id']}",
+                                    message=message)
 
     def post_user_message(
         self,
