@@ -1,11 +1,11 @@
-# The two commands the README promises. Both set up .venv when it is missing or
-# older than pyproject.toml, and do nothing more when it is current.
+# The two commands the README promises, and `make models`. All set up .venv when it is
+# missing or older than pyproject.toml, and do nothing more when it is current.
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 CONFIG ?= config.toml
 
-.PHONY: run test
+.PHONY: run test models
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(VENV)/bin/python -m bot --config $(CONFIG)
+
+# Download and check every model file the config names, so that `make run` downloads nothing.
+models: $(STAMP)
+	$(VENV)/bin/python -m pipelines.fetch_models --config $(CONFIG)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m ruff check .

@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 from bot.blocklist import BadTerm, BlockedTerm, TermKind, compile_term
 from pipelines.augmentation_sets import AUGMENTATION_SETS, DEFAULT_AUGMENTATIONS
-from pipelines.settings import ModelSettings
+from pipelines.settings import SOURCE_LIST_KEYS, ModelSettings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -89,6 +89,8 @@ class ImagineConfig:
     candidates: int = 4
     # The cutouts' augmentation strengths, a name in pipelines.cutouts.AUGMENTATION_SETS.
     augmentations: str = DEFAULT_AUGMENTATIONS
+    # The weight of an attached image_prompt, as a text prompt's ":weight" (negative = away).
+    image_prompt_weight: FloatOption = FloatOption(1.0, -2.0, 2.0)
 
 
 @dataclass(frozen=True)
@@ -179,6 +181,16 @@ class StorageConfig:
         return self.data_dir / self.database
 
 
+SAFETY_ACTIONS = ("blur", "withhold")
+
+
+@dataclass(frozen=True)
+class SafetyConfig:
+    image_check: bool = True
+    action: str = "blur"  # "blur" | "withhold"
+    check_age_restricted: bool = False
+
+
 @dataclass(frozen=True)
 class ModerationConfig:
     """What admins may later override per server or channel with /settings (the defaults here)."""
@@ -213,6 +225,7 @@ class Config:
     logging: LoggingConfig = LoggingConfig()
     upscale: UpscaleConfig = UpscaleConfig()
     timelapse: TimelapseConfig = TimelapseConfig()
+    safety: SafetyConfig = SafetyConfig()
 
 
 def discord_token(environ: Mapping[str, str] | None = None) -> str | None:
@@ -252,7 +265,7 @@ def parse_config(text: str, source: str = "config.toml") -> Config:
 def config_from_mapping(document: Mapping[str, Any]) -> Config:
     problems: list[str] = []
     known_sections = ("discord", "models", "imagine", "edit", "scheduler", "storage", "logging",
-                      "upscale", "timelapse", "moderation")
+                      "upscale", "timelapse", "moderation", "safety")
     for name in sorted(set(document) - set(known_sections)):
         problems.append(
             f"[{name}]: unknown section (allowed: {', '.join(f'[{s}]' for s in known_sections)})"
@@ -273,6 +286,7 @@ def config_from_mapping(document: Mapping[str, Any]) -> Config:
         logging=_logging(section("logging")),
         upscale=_upscale(section("upscale")),
         timelapse=_timelapse(section("timelapse")),
+        safety=_safety(section("safety")),
     )
     if problems:
         raise ConfigError(problems)
@@ -485,7 +499,7 @@ def pipeline_hard_limits() -> tuple[dict[str, Any], dict[str, Any]]:
     Config may narrow them, never widen them. Imported here, lazily, because the pipeline
     modules pull in torch and diffusers.
     """
-    from pipelines import blended, vqgan_clip
+    from pipelines import blended, prompts, vqgan_clip
 
     imagine = {
         "steps": (vqgan_clip.MIN_STEPS, vqgan_clip.MAX_STEPS),
@@ -494,6 +508,8 @@ def pipeline_hard_limits() -> tuple[dict[str, Any], dict[str, Any]]:
         "side": (vqgan_clip.MIN_SIDE, vqgan_clip.MAX_SIDE),
         "size_multiple": vqgan_clip.SIZE_MULTIPLE,
         "max_pixels": vqgan_clip.MAX_PIXELS,
+        "image_prompt_weight": (-prompts.MAX_ABS_WEIGHT, prompts.MAX_ABS_WEIGHT),
+        "min_abs_weight": prompts.MIN_ABS_WEIGHT,
     }
     edit = {
         "steps": (2, blended.MAX_STEPS),
@@ -614,6 +630,12 @@ def _models(raw: Any, problems: list[str]) -> ModelSettings:
                                 'devices, e.g. ["cuda:0", "cuda:1"]')
             else:
                 table[key] = value
+        elif key in SOURCE_LIST_KEYS and isinstance(value, list):
+            if value and all(isinstance(v, str) and v for v in value):
+                table[key] = value
+            else:
+                problems.append(f"models.{key} = {_show(value)}: must be a path or URL, or a "
+                                "non-empty list of them (tried in order)")
         elif not isinstance(value, str):
             what = "a folder path" if key == "cache_dir" else "a string"
             problems.append(f"models.{key} = {_show(value)}: must be {what}")
@@ -640,7 +662,17 @@ def _imagine(t: _Table, limits: dict[str, Any]) -> ImagineConfig:
         max_prompt_chars=t.integer("max_prompt_chars", d.max_prompt_chars, 1, 4000),
         candidates=t.integer("candidates", d.candidates, *limits["candidates"]),
         augmentations=t.choice("augmentations", d.augmentations, tuple(AUGMENTATION_SETS)),
+        image_prompt_weight=_float_option(
+            t, "image_prompt_weight", d.image_prompt_weight, *limits["image_prompt_weight"]
+        ),
     )
+    if abs(out.image_prompt_weight.default) < limits["min_abs_weight"]:
+        t.problem(
+            "image_prompt_weight.default",
+            out.image_prompt_weight.default,
+            f"must have a magnitude of at least {limits['min_abs_weight']:g}, or the image "
+            "would guide nothing",
+        )
     t.finish()
     return out
 
@@ -769,6 +801,17 @@ def _moderation(t: _Table) -> ModerationConfig:
         blocked_patterns=terms["blocked_patterns"],
         daily_job_quota=t.integer("daily_job_quota", d.daily_job_quota, 0, 100_000),
         disabled_commands=disabled,
+    )
+    t.finish()
+    return out
+
+
+def _safety(t: _Table) -> SafetyConfig:
+    d = SafetyConfig()
+    out = SafetyConfig(
+        image_check=t.boolean("image_check", d.image_check),
+        action=t.choice("action", d.action, SAFETY_ACTIONS),
+        check_age_restricted=t.boolean("check_age_restricted", d.check_age_restricted),
     )
     t.finish()
     return out

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from bot.jobs import JobKind, JobRequest
 from pipelines.image_io import open_image
 from pipelines.interface import Pipeline
+from pipelines.model_plan import ModelStep
 from pipelines.settings import ModelSettings
 
 # kind -> (module, request class). Imported lazily: these modules load torch-heavy code.
@@ -32,6 +33,9 @@ class PreparedJob:
 
 
 class PipelineSource(Protocol):
+    def model_steps(self, kinds: Iterable[JobKind]) -> list[ModelStep]:
+        """The models to load before the first job, one step each (run them off the loop)."""
+
     def preload(self, kinds: Iterable[JobKind]) -> None:
         """Load models once, before the first job (blocking; call it off the event loop)."""
 
@@ -63,6 +67,13 @@ class RegistrySource:
         # device must not drive one pipeline object at the same time.
         self.private = private
         self._own: dict[JobKind, Pipeline] = {}
+
+    def model_steps(self, kinds: Iterable[JobKind] = tuple(JobKind)) -> list[ModelStep]:
+        from pipelines.model_plan import model_steps
+
+        if self.private:
+            return []  # its own copies are built by preload(), not the shared caches the steps warm
+        return model_steps(self.settings, [kind.value for kind in kinds])
 
     def preload(self, kinds: Iterable[JobKind] = tuple(JobKind)) -> None:
         for kind in kinds:

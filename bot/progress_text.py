@@ -6,11 +6,20 @@ from collections.abc import Sequence
 from typing import Any
 
 from bot.jobs import JobKind
+from pipelines.interface import InvalidRequest
+from pipelines.prompts import (
+    SHOWN_SEPARATOR,
+    describe_image_prompts,
+    describe_prompts,
+    read_prompts,
+)
 
 NUMBER_EMOJIS = ("1️⃣", "2️⃣", "3️⃣", "4️⃣", "5️⃣", "6️⃣", "7️⃣", "8️⃣", "9️⃣", "🔟")
 # Discord refuses message content above 2,000 characters.
 MAX_CONTENT = 2000
 MAX_PROMPT_SHOWN = 300
+MAX_READING_SHOWN = 300
+MASK_LINE = "🎭 The picture shows the self-mask: tinted red where the edit may change it."
 
 
 def progress_bar(step: int, total: int, width: int = 20) -> str:
@@ -50,6 +59,31 @@ def describe_job(job_id: int, kind: JobKind, user_id: int, params: dict[str, Any
     return f"**/{verb} #{job_id}**{shown} for <@{user_id}>"
 
 
+def prompt_reading(kind: JobKind, params: dict[str, Any]) -> str | None:
+    """``📝 read as: a red apple (1) · blurry (−1)``: how an /imagine prompt was read, so the
+    user can see the colon and weight rules at work. None for other kinds (or a prompt that no
+    longer parses, which the cog would have refused)."""
+    if kind is not JobKind.IMAGINE:
+        return None
+    parts: list[str] = []
+    prompt = str(params.get("prompt") or "")
+    if prompt.strip():
+        try:
+            parts.append(describe_prompts(read_prompts(prompt)))
+        except InvalidRequest:
+            return None
+    weights = list(params.get("image_prompt_weights") or [])
+    stops = list(params.get("image_prompt_stops") or [None] * len(weights))
+    if len(stops) == len(weights):
+        parts += describe_image_prompts(weights, stops)
+    if not parts:
+        return None
+    reading = SHOWN_SEPARATOR.join(parts)
+    if len(reading) > MAX_READING_SHOWN:
+        reading = reading[: MAX_READING_SHOWN - 1] + "…"
+    return f"📝 read as: {quiet(reading)}"
+
+
 def clip(content: str) -> str:
     return content if len(content) <= MAX_CONTENT else content[: MAX_CONTENT - 1] + "…"
 
@@ -69,9 +103,15 @@ def running_lines(step: int, total: int | None, elapsed: float, eta: float | Non
 
 
 def results_content(
-    header: str, scores: Sequence[float], seeds: Sequence[int], can_continue: bool = True
+    header: str,
+    scores: Sequence[float],
+    seeds: Sequence[int],
+    can_continue: bool = True,
+    reading: str | None = None,
 ) -> str:
     lines = [f"✅ {header}: results, best first"]
+    if reading:
+        lines.append(reading)
     for index, (score, seed) in enumerate(zip(scores, seeds, strict=True)):
         lines.append(f"{NUMBER_EMOJIS[index]} score {score:.3f} · seed {seed}")
     if can_continue:

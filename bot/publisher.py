@@ -38,18 +38,22 @@ from bot.events import (
 from bot.files import png_bytes
 from bot.grid import numbered_grid
 from bot.jobs import JobKind, JobStatus
+from bot.mask_overlay import shown_preview
 from bot.progress_text import (
+    MASK_LINE,
     NUMBER_EMOJIS,
     clip,
     describe_job,
     format_duration,
     progress_bar,
+    prompt_reading,
     queued_line,
     results_content,
     running_lines,
 )
 from bot.store import MessageLink, ResultRecord, Store
 from bot.uploads import FittedImage, fit_image, jpeg_qualities
+from pipelines.interface import attached_mask
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +150,11 @@ class _JobView:
     failures: int = 0
     muted: bool = False  # 403 on the progress message: stop editing it
     has_controls: bool = False  # the progress message shows its Cancel button
+    # The first preview that carries a mask is held until it has been shown once (newer
+    # previews wait), so the user is sure to see the mask the run found.
+    mask_pending: bool = False
+    mask_shown: bool = False
+    waiting_preview: tuple[Image.Image, object] | None = None  # newest, while the mask is held
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task | None = None
 
@@ -214,11 +223,14 @@ class Publisher:
             self._want(view, _Wanted("running", total=event.total_steps,
                                      started=event.started_monotonic))
         elif isinstance(event, JobProgress):
+            preview, key = self._preview_to_show(view, event.preview, event.preview_step)
             self._want(view, replace(view.wanted, phase="running", step=event.step,
                                      total=event.total, eta=event.eta_seconds,
-                                     started=event.started_monotonic, preview=event.preview,
-                                     preview_key=event.preview_step))
+                                     started=event.started_monotonic, preview=preview,
+                                     preview_key=key))
         elif isinstance(event, JobFinished):
+            if view.mask_pending:
+                self._release_mask_hold(view)  # the end shows the newest picture, not the mask
             previous = view.wanted
             started = event.started_monotonic or previous.started
             elapsed = None if started is None else self._clock() - started
@@ -237,6 +249,28 @@ class Publisher:
             ))
         elif isinstance(event, JobRequeued):
             self._want(view, replace(view.wanted, phase="requeued"))
+
+    @staticmethod
+    def _preview_to_show(
+        view: _JobView, preview: Image.Image | None, key: object
+    ) -> tuple[Image.Image | None, object]:
+        """The newest preview, unless a preview with a mask is still waiting to be shown."""
+        if view.mask_pending:
+            if preview is not None:
+                view.waiting_preview = (preview, key)
+            return view.wanted.preview, view.wanted.preview_key
+        if not view.mask_shown and attached_mask(preview) is not None:
+            view.mask_pending = True
+        return preview, key
+
+    def _release_mask_hold(self, view: _JobView) -> None:
+        """The mask has had its turn: show the newest preview that waited behind it, if any."""
+        view.mask_pending = False
+        view.mask_shown = True
+        if view.waiting_preview is not None:
+            preview, key = view.waiting_preview
+            view.waiting_preview = None
+            self._want(view, replace(view.wanted, preview=preview, preview_key=key))
 
     def _track(self, info: JobInfo, wanted: _Wanted) -> _JobView:
         view = _JobView(info, wanted)
@@ -393,7 +427,13 @@ class Publisher:
             body = "⏸️ Paused: the bot is restarting. This job continues after the restart."
         else:
             body = f"⚠️ Failed: {wanted.error or 'unknown error'}"
-        return clip(f"{header}\n{body}")
+        lines = [header]
+        reading = prompt_reading(info.kind, info.params)
+        if reading:
+            lines.append(reading)
+        if wanted.phase == "running" and attached_mask(wanted.preview) is not None:
+            lines.append(MASK_LINE)
+        return clip("\n".join([*lines, body]))
 
     async def _show(self, view: _JobView, wanted: _Wanted, version: int) -> None:
         """One send or edit of the progress message. Never raises except on cancellation."""
@@ -407,7 +447,8 @@ class Publisher:
         async def preview_files() -> list[OutgoingFile]:
             # PNG encoding is CPU work: off the loop, and only when the image must be sent.
             if wanted.preview is not None and not encoded:
-                data = await asyncio.to_thread(png_bytes, wanted.preview)
+                preview = wanted.preview
+                data = await asyncio.to_thread(lambda: png_bytes(shown_preview(preview)))
                 encoded.append(OutgoingFile(f"job-{info.job_id}-preview.png", data))
             return encoded
 
@@ -463,6 +504,10 @@ class Publisher:
             view.shown_version = version
         finally:
             view.last_shown = self._clock()
+        if (view.mask_pending and view.shown_version == version
+                and attached_mask(wanted.preview) is not None):
+            # Shown (or given up on): newer previews may replace it from now on.
+            self._release_mask_hold(view)
 
     async def _offer_progress_reactions(self, info: JobInfo, message_id: int) -> None:
         """Best effort: the job and its message are fine without them."""
@@ -510,8 +555,20 @@ class Publisher:
             describe_job(info.job_id, info.kind, info.user_id, info.params),
             [r.score for r in results],
             [r.seed for r in results],
+            reading=prompt_reading(info.kind, info.params),
         )
-        files = [OutgoingFile(f"job-{info.job_id}-results.png", grid)]
+        name = f"job-{info.job_id}-results.png"
+        flagged = [r.rank for r in results if r.flagged]
+        if flagged:
+            # Discord hides an attachment whose name starts with SPOILER_ until it is clicked.
+            name = "SPOILER_" + name
+            shown = ", ".join(str(rank) for rank in flagged)
+            content += (f"\n⚠️ The image safety check flagged result(s) {shown}: they are blurred, "
+                        "and the grid is hidden until clicked.")
+        withheld = await self.store.withheld_count(info.job_id)
+        if withheld:
+            content += (f"\n⚠️ {withheld} result(s) were withheld by the image safety check.")
+        files = [OutgoingFile(name, grid)]
         controls = result_controls(info.job_id, info.kind, len(results))
         ping = await self._ping_target(info)
         message_id: int | None = None

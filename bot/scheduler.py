@@ -21,6 +21,7 @@ import heapq
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
@@ -43,6 +44,7 @@ from bot.executor import Executor, Outcome, Progress, Run, RunningRef, StopReaso
 from bot.fair_queue import FairQueue
 from bot.jobs import PRELOADED_KINDS, JobKind, JobRequest, JobStatus
 from bot.pipeline_source import PipelineSource
+from bot.safety import ALL_WITHHELD, ImageSafety
 from bot.store import QueuedJob, RecoveryReport, ResultRecord, Store
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,8 @@ class Submitted:
     eta_seconds: float | None
     # Why it cannot start soon although it is safely queued (e.g. the GPU workers are unreachable).
     notice: str | None = None
+    # The models were still loading when it was queued: it starts once they are ready.
+    models_loading: bool = False
 
 
 @dataclass(frozen=True)
@@ -201,6 +205,12 @@ class Scheduler:
         self._dispatcher: asyncio.Task | None = None
         self._accepting = False
         self._stopping = False
+        # Jobs are held (queued, not started) while the models load after connecting.
+        self._models_ready = asyncio.Event()
+        self._models_ready.set()
+        self._load_remaining: Callable[[], float | None] = lambda: 0.0
+        # The image safety check of finished results; None posts them unchecked.
+        self.image_safety: ImageSafety | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -308,6 +318,24 @@ class Scheduler:
     def worker_thread_ident(self) -> int | None:
         return self.worker.ident
 
+    def hold_for_models(self, remaining_seconds: Callable[[], float | None]) -> None:
+        """Start no job until :meth:`models_ready`; ETAs add ``remaining_seconds()`` meanwhile."""
+        self._models_ready.clear()
+        self._load_remaining = remaining_seconds
+
+    def models_ready(self) -> None:
+        self._models_ready.set()
+        self._load_remaining = lambda: 0.0
+        self._wakeup.set()
+
+    @property
+    def models_loading(self) -> bool:
+        return not self._models_ready.is_set()
+
+    def refresh_positions(self) -> None:
+        """Tell listeners every waiting job's position and ETA again (the load time changed)."""
+        self._emit_queue_moved()
+
     # -- submitting and cancelling -----------------------------------------------------------
 
     async def submit(self, request: JobRequest) -> Submitted:
@@ -336,7 +364,8 @@ class Scheduler:
             self._emit_queue_moved()  # fairness put it ahead of someone; they moved back
         self._update_idle()
         self._wakeup.set()
-        return Submitted(job.id, position, eta, self.executor.unavailable_reason())
+        return Submitted(job.id, position, eta, self.executor.unavailable_reason(),
+                         models_loading=self.models_loading)
 
     def _check_limits(self, user_id: int) -> None:
         in_line = len(self._queue) + len(self._running)
@@ -414,7 +443,10 @@ class Scheduler:
         busy = [self._remaining(running) for running in self._running.values()]
         idle = max(0, self.executor.free_slots() - self._launching)
         known = all(t is not None for t in busy) and (busy or idle)
-        free_at: list[float] = sorted([t for t in busy if t is not None] + [0.0] * idle)
+        # While the models load, no slot frees before they are ready.
+        start = self._load_remaining() if self.models_loading else 0.0
+        known = known and start is not None
+        free_at: list[float] = sorted([t for t in busy if t is not None] + [start or 0.0] * idle)
         for job_id, _user, waiting in self._queue:
             eta: float | None = None
             if known:
@@ -485,6 +517,8 @@ class Scheduler:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), poll)
             self._wakeup.clear()
+            if self.models_loading:
+                continue  # models_ready() wakes this loop again
             while (not self._stopping and len(self._queue)
                    and self.executor.free_slots() - self._launching > 0):
                 popped = self._queue.pop()
@@ -555,8 +589,15 @@ class Scheduler:
             self._running.pop(info.job_id, None)
             return
         results: list[ResultRecord] = []
+        withheld = 0
+        safety = self.image_safety
+        if outcome.status == "done" and safety is not None and safety.wanted(info.channel_id):
+            # Checked off the loop, before anything is recorded or posted.
+            outcome.results, withheld = await safety.screen_results(outcome.results)
+            if not outcome.results:
+                outcome.status, outcome.error = "failed", ALL_WITHHELD
         if outcome.status == "done":
-            results = await self.store.complete_job(info.job_id, outcome.results)
+            results = await self.store.complete_job(info.job_id, outcome.results, withheld)
             # Per step the job asked for, as estimates of waiting jobs (and the history the store
             # gives back after a restart) count them; the pipeline's own count may differ.
             asked = steps_of(info.params) or outcome.total

@@ -33,6 +33,7 @@ from pipelines.interface import (
     never_cancel,
     no_progress,
 )
+from pipelines.model_plan import ModelStep
 
 FAILURES = ("error", "oom", "invalid")
 
@@ -143,6 +144,10 @@ class StandInSource:
     def __init__(self, pipeline: StandInPipeline | None = None) -> None:
         self.pipeline = pipeline or StandInPipeline()
         self.prepared_on: list[int] = []
+
+    def model_steps(self, kinds: Iterable[JobKind] = tuple(JobKind)) -> list[ModelStep]:
+        """No models."""
+        return []
 
     def preload(self, kinds: Iterable[JobKind] = tuple(JobKind)) -> None:
         """Nothing to load."""

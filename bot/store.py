@@ -123,6 +123,11 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE messages_new RENAME TO messages;
     CREATE INDEX messages_job ON messages(job_id, role);
     """,
+    # The image safety check: a result posted blurred, and how many results were withheld.
+    """
+    ALTER TABLE results ADD COLUMN flagged INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN withheld INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -174,6 +179,7 @@ class ResultRecord:
     score: float
     seed: int
     path: Path  # absolute; a PNG under data/results/
+    flagged: bool = False  # by the image safety check; the file is the blurred image
 
 
 @dataclass(frozen=True)
@@ -184,6 +190,7 @@ class NewResult:
     score: float
     seed: int
     path: Path
+    flagged: bool = False
 
 
 @dataclass(frozen=True)
@@ -512,26 +519,33 @@ class Store:
         )
         return cursor.rowcount > 0
 
-    async def complete_job(self, job_id: int, results: Iterable[NewResult]) -> list[ResultRecord]:
-        """Record a job's results (files already written) and mark it done, in one transaction."""
+    async def complete_job(
+        self, job_id: int, results: Iterable[NewResult], withheld: int = 0
+    ) -> list[ResultRecord]:
+        """Record a job's results (files already written) and mark it done, in one transaction.
+
+        ``withheld`` counts results the image safety check held back (they have no row).
+        """
         rows: list[ResultRecord] = []
         async with self._transaction() as db:
             # A job that ran again after a crash replaces its rows rather than duplicating them.
             await db.execute("DELETE FROM results WHERE job_id = ?", (job_id,))
             for result in results:
                 cursor = await db.execute(
-                    "INSERT INTO results (job_id, rank, score, seed, path) VALUES (?, ?, ?, ?, ?)",
+                    "INSERT INTO results (job_id, rank, score, seed, path, flagged)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
                     (job_id, result.rank, result.score, result.seed,
-                     self.paths.relative(result.path)),
+                     self.paths.relative(result.path), int(result.flagged)),
                 )
                 assert cursor.lastrowid is not None
                 rows.append(
                     ResultRecord(cursor.lastrowid, job_id, result.rank, result.score, result.seed,
-                                 result.path)
+                                 result.path, result.flagged)
                 )
             await db.execute(
-                "UPDATE jobs SET status = 'done', finished_at = ?, error = NULL WHERE id = ?",
-                (time.time(), job_id),
+                "UPDATE jobs SET status = 'done', finished_at = ?, error = NULL, withheld = ?"
+                " WHERE id = ?",
+                (time.time(), withheld, job_id),
             )
         return rows
 
@@ -639,6 +653,7 @@ class Store:
             score=row["score"],
             seed=row["seed"],
             path=self.paths.absolute(row["path"]),
+            flagged=bool(row["flagged"]),
         )
 
     async def results_for_job(self, job_id: int) -> list[ResultRecord]:
@@ -647,6 +662,12 @@ class Store:
         ) as cursor:
             rows = await cursor.fetchall()
         return [self._result(row) for row in rows]
+
+    async def withheld_count(self, job_id: int) -> int:
+        """Results of the job the image safety check held back."""
+        async with self._db.execute("SELECT withheld FROM jobs WHERE id = ?", (job_id,)) as cursor:
+            row = await cursor.fetchone()
+        return int(row["withheld"]) if row else 0
 
     async def get_result(self, result_id: int) -> ResultRecord | None:
         async with self._db.execute("SELECT * FROM results WHERE id = ?", (result_id,)) as cursor:

@@ -16,6 +16,7 @@ channel's upload limit::
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from pathlib import Path
 from PIL import Image
 
 from bot.config import TimelapseConfig
+from bot.files import write_atomic
 from bot.jobs import JobKind
 from bot.publisher import OutgoingFile
 from bot.store import Store
@@ -95,19 +97,53 @@ async def timelapse_file(
         raise TimelapseUnavailable("this result has expired: its job and files were deleted.")
     if job.request.kind is not JobKind.IMAGINE:
         raise TimelapseUnavailable("only /imagine jobs have a timelapse.")
-    frames = await asyncio.to_thread(frame_files, store.paths.frames_dir(job_id))
+    folder = store.paths.frames_dir(job_id)
+    budget = upload_budget(limit_bytes)
+    # A finished job's frames never change, so its video for a given budget is made once.
+    cache = folder / f"timelapse-{budget}.json" if job.status.finished else None
+    if cache is not None:
+        cached = await asyncio.to_thread(_read_cached, cache)
+        if cached is not None:
+            return cached
+    frames = await asyncio.to_thread(frame_files, folder)
     if not frames:
         raise TimelapseUnavailable(
             f"job #{job_id} kept no frames for a timelapse (the bot's owner may have turned "
             "that off, or they were deleted)."
         )
     try:
-        made = await asyncio.to_thread(
-            encode_timelapse, frames, fps=config.fps, limit_bytes=upload_budget(limit_bytes)
-        )
+        made = await asyncio.to_thread(encode_timelapse, frames, fps=config.fps, limit_bytes=budget)
     except TimelapseError as exc:
         raise TimelapseUnavailable(
             f"the timelapse of job #{job_id} cannot be sent: {exc}."
         ) from None
     name = f"job-{job_id}-timelapse.{made.extension}"
-    return TimelapseFile(OutgoingFile(name, made.data), made.note, made.frames)
+    result = TimelapseFile(OutgoingFile(name, made.data), made.note, made.frames)
+    if cache is not None:
+        await asyncio.to_thread(_write_cached, cache, result, store.sync_commits)
+    return result
+
+
+def _read_cached(cache: Path) -> TimelapseFile | None:
+    try:
+        meta = json.loads(cache.read_text(encoding="utf-8"))
+        data = (cache.parent / meta["video"]).read_bytes()
+        return TimelapseFile(OutgoingFile(meta["filename"], data), meta["note"], meta["frames"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # absent or damaged: make it again
+
+
+def _write_cached(cache: Path, made: TimelapseFile, durable: bool) -> None:
+    video = cache.with_suffix("." + made.file.filename.rsplit(".", 1)[-1])
+    meta = {
+        "video": video.name,
+        "filename": made.file.filename,
+        "note": made.note,
+        "frames": made.frames,
+    }
+    try:
+        # The video first: the metadata that names it is the commit point.
+        write_atomic(video, made.file.data, durable=durable)
+        write_atomic(cache, json.dumps(meta).encode(), durable=durable)
+    except OSError as exc:
+        log.warning("could not keep the timelapse in %s: %s", cache.parent, exc.strerror or exc)

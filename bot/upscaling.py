@@ -24,7 +24,7 @@ from bot.config import UpscaleConfig
 from bot.jobs import JobKind, JobRequest
 from bot.store import Store
 from pipelines.interface import InvalidRequest
-from pipelines.upscale import check_input_size
+from pipelines.upscale import check_input_size, tile_count
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,8 @@ async def upscale_request(
             "source_rank": rank,
             # Every job carries a seed; the upscaler is deterministic and ignores it.
             "seed": 0,
+            # Progress counts tiles, so ETAs are learnt per tile.
+            "steps": tile_count(size, config.tile_size),
         },
         images={"image": data},
         parent_result_id=chosen.id,

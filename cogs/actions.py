@@ -211,7 +211,12 @@ class Actions(commands.Cog):
             submitted = await SubmitDesk.of(self.bot).submit(request, admin=self.is_admin(actor))
         except Refused as exc:
             return Answer(f"{what} was not queued: {exc}")
-        if submitted.position > 1:
+        if submitted.models_loading:
+            where = (
+                f"queued as job #{submitted.job_id}, position {submitted.position}; the models "
+                "are loading and it starts when they are ready"
+            )
+        elif submitted.position > 1:
             where = (
                 f"queued as job #{submitted.job_id}, position {submitted.position}, "
                 f"ETA {format_eta(submitted.eta_seconds)}"

@@ -23,6 +23,7 @@ from cogs.options import (
     bound_text,
     check_length,
     check_within,
+    float_range,
     int_range,
     text_range,
 )
@@ -46,6 +47,7 @@ class ImagineOptions:
     mask: discord.Attachment | None = None
     mask_text: str | None = None
     image_prompt: discord.Attachment | None = None
+    image_prompt_weight: float | None = None
 
 
 def size_label(width: int, height: int) -> str:
@@ -85,6 +87,12 @@ class ImagineCog(JobCommandCog[ImagineOptions]):
         check_length("mask_text", options.mask_text, config.max_prompt_chars)
         check_within("steps", options.steps, config.steps)
         check_within("cutn", options.cutn, config.cutn)
+        check_within("image_prompt_weight", options.image_prompt_weight,
+                     config.image_prompt_weight)
+        if options.image_prompt_weight is not None and options.image_prompt is None:
+            raise InvalidRequest(
+                "`image_prompt_weight` weighs an image: attach it as `image_prompt` too"
+            )
         chosen_size = parse_size(options.size, config.sizes) if options.size is not None else None
         # Off the loop, because the first call loads CLIP's tokenizer vocabulary.
         await asyncio.to_thread(parse_prompts, options.prompt)
@@ -139,6 +147,10 @@ class ImagineCog(JobCommandCog[ImagineOptions]):
         if image_prompt is not None:
             decoded["image_prompts"] = [image_prompt.image]
             images["image_prompts"] = [image_prompt.data]
+            weight = options.image_prompt_weight
+            params["image_prompt_weights"] = [
+                weight if weight is not None else config.image_prompt_weight.default
+            ]
         await asyncio.to_thread(lambda: ImagineRequest(**params, **decoded).validate())
 
         request = JobRequest(
@@ -164,12 +176,14 @@ def build_imagine_command(cog: ImagineCog, config: ImagineConfig) -> app_command
         mask: discord.Attachment | None = None,
         mask_text: str | None = None,
         image_prompt: discord.Attachment | None = None,
+        image_prompt_weight: float | None = None,
     ) -> None:
         await cog.handle(
             interaction,
             ImagineOptions(
                 prompt=prompt, seed=seed, steps=steps, size=size, cutn=cutn,
                 init_image=init_image, mask=mask, mask_text=mask_text, image_prompt=image_prompt,
+                image_prompt_weight=image_prompt_weight,
             ),
         )
 
@@ -179,6 +193,7 @@ def build_imagine_command(cog: ImagineCog, config: ImagineConfig) -> app_command
         seed=app_commands.Range[int, 0, MAX_SEED],
         steps=int_range(config.steps),
         cutn=int_range(config.cutn),
+        image_prompt_weight=float_range(config.image_prompt_weight),
         mask_text=text_range(config.max_prompt_chars),
     )
     default_w, default_h = config.default_size
@@ -192,7 +207,9 @@ def build_imagine_command(cog: ImagineCog, config: ImagineConfig) -> app_command
         init_image="Start from this image instead of noise (edit it toward the prompt)",
         mask="Only change where this mask is white (or opaque); needs init_image",
         mask_text="Only change what this phrase describes in init_image (self-masking)",
-        image_prompt="Also steer toward the look of this image",
+        image_prompt="Also steer toward the look of this image (all of it, not just the centre)",
+        image_prompt_weight="How strongly, like a prompt's :weight; negative steers away"
+        + bound_text(config.image_prompt_weight),
     )(imagine)
     app_commands.choices(
         size=[

@@ -36,10 +36,13 @@ mask: mask.png prompt: a red door`
 as the image. Options: `candidates`, `steps`, `blend_start`, `guidance`, `seed`, `background`, \
 `shrink`.
 
-**Reactions** on the bot's messages:
-• 1️⃣ 2️⃣ … under a result grid: continue from that result (same prompt and settings, new seed).
-• {RERUN_EMOJI} under a result grid: run the same job again with a new seed.
-• {CANCEL_EMOJI} under a progress message: cancel it (the requester or an admin).
+**Buttons and reactions** on the bot's messages (answers to buttons only you see):
+• **1** **2** … or 1️⃣ 2️⃣ … under a result grid: continue from that result (new seed).
+• **U1** **U2** …: that result alone at full size, with **Upscale ×4**.
+• {RERUN_EMOJI}: the same job with a new seed · ✏️ **Remix**: change the prompt first · ℹ️: \
+settings and a command to copy · 🎞️: the timelapse · 🗑️: delete it (requester or admin).
+• **Cancel** or {CANCEL_EMOJI} under a progress message: cancel it (the requester or an admin).
+**/prefs** `ping:False` — no ping when your job ends.
 
 **/queue** — your jobs, the running job and the queue length. **/cancel** `[job]` — cancel your \
 job (admins: any job).

@@ -32,11 +32,19 @@ def format_eta(seconds: float | None) -> str:
     return f"about {minutes / 60:.1f} h"
 
 
+MODELS_LOADING_NOTE = "The models are loading; your job starts when they are ready."
+
+
 def queued_text(
     submitted: Submitted, notes: tuple[str, ...] = (), thread_id: int | None = None
 ) -> str:
     eta = f"ETA {format_eta(submitted.eta_seconds)}"
-    if submitted.position <= 1:
+    if submitted.models_loading and submitted.eta_seconds is None:
+        eta = "ETA not known yet (the models are still loading)"
+    if submitted.models_loading:
+        head = f"Job #{submitted.job_id} queued, position {submitted.position}, {eta}."
+        notes = (MODELS_LOADING_NOTE, *notes)
+    elif submitted.position <= 1:
         head = f"Job #{submitted.job_id} is starting now ({eta})."
     else:
         head = f"Job #{submitted.job_id} queued, position {submitted.position}, {eta}."

@@ -42,6 +42,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+# The attachments a user starts from (image prompts only steer, and are not shown).
+SAFETY_CHECKED_INPUTS = ("init_image", "image")
+
+
 class Refused(Exception):
     """A submission we will not take for a reason that is not the input (cooldown, queue cap).
 
@@ -180,11 +184,32 @@ class SubmitDesk(commands.Cog):
             await thread.delete()
         except discord.HTTPException as exc:
             log.info("could not delete the unused thread %d: %s", thread.id, exc)
+
+    async def safety_refusal(self, request: JobRequest) -> str | None:
+        """Why an input image may not be used, by the image safety check; ``None`` if it may."""
+        safety = getattr(self.bot, "image_safety", None)
+        if safety is None:
+            return None
+        inputs = {
+            name: data for name, data in request.images.items()
+            if name in SAFETY_CHECKED_INPUTS and isinstance(data, bytes)
+        }
+        try:
+            return await safety.refused_input(request.channel_id, inputs)
+        except Exception:
+            # Unchecked is not the same as safe: refuse rather than queue.
+            log.exception("the image safety check of an input image failed")
+            return SOMETHING_WENT_WRONG
+
     async def submit_and_answer(
         self, interaction: discord.Interaction, request: JobRequest, notes: tuple[str, ...] = ()
     ) -> None:
         """Submit and tell the user where the job stands (the interaction is already deferred);
         once the job's progress message exists, the answer links to it."""
+        refusal = await self.safety_refusal(request)
+        if refusal is not None:
+            await answer(interaction, refusal)
+            return
         admin = is_admin(self.bot.config.discord, interaction.user.id,
                          role_ids_of(interaction.user))
         try:

@@ -20,7 +20,7 @@ import os
 import pickle
 import tempfile
 import types
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from pipelines.downloads import ModelFileError, cached_path_for_url, fetch, is_url, sha256_of
+from pipelines.downloads import (
+    ModelFileError,
+    cached_path_for_url,
+    fetch_first,
+    is_url,
+    sha256_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -256,8 +262,19 @@ def _save_cache(weights: dict[str, torch.Tensor], cache: Path, metadata: dict[st
         tmp.unlink(missing_ok=True)
 
 
+def current_weights_cache(
+    sources: Sequence[str], cache_dir: Path, pinned_sha256: str = ""
+) -> Path | None:
+    """The safetensors copy extracted earlier from one of ``sources`` that still matches it."""
+    for candidate in sources:
+        cache = extracted_cache_path(candidate, cache_dir)
+        if cache.is_file() and _cache_is_current(cache, candidate, pinned_sha256):
+            return cache
+    return None
+
+
 def load_weights(
-    source: str,
+    source: str | Sequence[str],
     *,
     cache_dir: Path,
     what: str,
@@ -268,15 +285,18 @@ def load_weights(
 ) -> dict[str, torch.Tensor]:
     """The weights in the checkpoint ``source`` names (a local path or a URL), via the cache.
 
-    ``what`` and ``sha256_key`` name the config keys in messages
-    (``models.vqgan_checkpoint`` / ``models.vqgan_checkpoint_sha256``).
+    ``source`` may be several sources tried in order, all held to the one pin. ``what`` and
+    ``sha256_key`` name the config keys in messages (``models.vqgan_checkpoint`` /
+    ``models.vqgan_checkpoint_sha256``).
     """
-    cache = extracted_cache_path(source, cache_dir)
-    if cache.is_file() and _cache_is_current(cache, source, pinned_sha256):
+    sources = (source,) if isinstance(source, str) else tuple(source)
+    cache = current_weights_cache(sources, cache_dir, pinned_sha256)
+    if cache is not None:
         log.info("%s: loading cached weights %s", what, cache)
         return load_file(str(cache))
 
-    path = fetch(source, cache_dir, what=what, sha256=pinned_sha256, progress=progress)
+    path, used = fetch_first(sources, cache_dir, what=what, sha256=pinned_sha256,
+                             progress=progress)
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path))
@@ -292,10 +312,10 @@ def load_weights(
     )
     weights = extract_state_dict(contents, what=what, path=path)
     del contents
-    metadata = _source_identity(source)
+    metadata = _source_identity(used)
     if pinned_sha256:
         # fetch() verified the pin, so the content hash is known without reading the file again.
         metadata["sha256"] = pinned_sha256.lower()
     metadata["dropped_prefixes"] = ",".join(DROPPED_PREFIXES)
-    _save_cache(weights, cache, metadata)
+    _save_cache(weights, extracted_cache_path(used, cache_dir), metadata)
     return weights

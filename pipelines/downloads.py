@@ -15,7 +15,7 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -146,6 +146,51 @@ def fetch(
         check=check,
     )
     return destination
+
+
+def fetch_first(
+    sources: Sequence[str],
+    cache_dir: Path,
+    *,
+    what: str,
+    sha256: str = "",
+    timeout: float = DEFAULT_TIMEOUT_S,
+    progress: bool = True,
+    check: ContentCheck | None = None,
+) -> tuple[Path, str]:
+    """The first of ``sources`` that gives a good file, and which source that was.
+
+    Every source is held to the same ``sha256`` and ``check``. A source that is unreachable,
+    answers with an error or an HTML page, or gives the wrong file is logged and the next one is
+    tried; only when all fail is there an error, naming what went wrong with each.
+    """
+    if not sources:
+        raise ModelFileError(f"{what}: no source is configured")
+    failures: list[str] = []
+    # A copy already on this machine wins over asking any host, whatever its place in the list:
+    # after ``make models`` nothing is downloaded, even when an earlier mirror is down.
+    on_disk = [
+        (index, source) for index, source in enumerate(sources, start=1)
+        if (cached_path_for_url(source, cache_dir) if is_url(source)
+            else Path(source).expanduser()).is_file()
+    ]
+    on_disk_indices = {index for index, _ in on_disk}
+    remote = [(i, s) for i, s in enumerate(sources, start=1) if i not in on_disk_indices]
+    for index, source in [*on_disk, *remote]:
+        try:
+            path = fetch(source, cache_dir, what=what, sha256=sha256, timeout=timeout,
+                         progress=progress, check=check)
+        except ModelFileError as exc:
+            if len(sources) == 1:
+                raise
+            log.warning("%s: source %d of %d failed: %s", what, index, len(sources), exc)
+            failures.append(f"source {index} ({str(exc).removeprefix(what + ': ')})")
+            continue
+        if len(sources) > 1:
+            log.info("%s: using source %d of %d: %s", what, index, len(sources), source)
+        return path, source
+    raise ModelFileError(f"{what}: none of the {len(sources)} sources worked: "
+                         + "; ".join(failures))
 
 
 def _download(

@@ -28,7 +28,7 @@ from pipelines.clip_models import ClipBundle
 from pipelines.cutouts import MakeCutouts
 from pipelines.image_io import pil_to_tensor, to_rgb
 from pipelines.interface import InvalidRequest
-from pipelines.prompts import MAX_ABS_WEIGHT, describe_prompt
+from pipelines.prompts import MAX_ABS_WEIGHT
 
 # The target is computed once per run, so it can afford more cutouts than a step: with a small
 # cutn a handful of random crops would make a noisy target that misses parts of the image.
@@ -67,18 +67,6 @@ def parse_image_prompt_argument(text: str) -> ImagePromptArgument:
     if stop is not None and not math.isfinite(stop):
         raise InvalidRequest(f"{where}: the stop must be a finite number")
     return ImagePromptArgument(Path(fields.group("path")), weight, stop)
-
-
-def image_prompt_label(index: int) -> str:
-    return f"image prompt {index}"
-
-
-def describe_image_prompts(weights: list[float], stops: list[float | None]) -> list[str]:
-    """``image prompt 1 (0.5)`` for each, as :func:`pipelines.prompts.describe_prompts` does."""
-    return [
-        describe_prompt(image_prompt_label(index), weight, stop)
-        for index, (weight, stop) in enumerate(zip(weights, stops, strict=True), start=1)
-    ]
 
 
 def source_pixels(image: Image.Image, clip: ClipBundle) -> torch.Tensor:

@@ -18,7 +18,7 @@ import torch
 
 from pipelines import clip_models
 from pipelines.clip_models import RANDOM_WEIGHTS_SEED, TINY_CLIP, ClipBundle, ClipSpec, load_clip
-from pipelines.settings import ModelSettings
+from pipelines.settings import ModelSettings, sources_of
 from pipelines.vqgan import VQGAN, VqganConfig
 from pipelines.vqgan_loading import load_vqgan_from_settings
 
@@ -110,9 +110,9 @@ def vqgan_identity(settings: ModelSettings) -> dict[str, str]:
     if settings.preset == "random-full":
         return {"vqgan": "f16-16384 (random weights)", "seed": str(RANDOM_WEIGHTS_SEED)}
     return {
-        "vqgan_config": settings.vqgan_config,
+        "vqgan_config": " | ".join(sources_of(settings.vqgan_config)),
         "vqgan_config_sha256": settings.vqgan_config_sha256,
-        "vqgan_checkpoint": settings.vqgan_checkpoint,
+        "vqgan_checkpoint": " | ".join(sources_of(settings.vqgan_checkpoint)),
         "vqgan_checkpoint_sha256": settings.vqgan_checkpoint_sha256,
     }
 

@@ -172,6 +172,18 @@ def describe_prompts(prompts: Iterable[Prompt]) -> str:
     return SHOWN_SEPARATOR.join(describe_prompt(p.text, p.weight, p.stop) for p in prompts)
 
 
+def image_prompt_label(index: int) -> str:
+    return f"image prompt {index}"
+
+
+def describe_image_prompts(weights: list[float], stops: list[float | None]) -> list[str]:
+    """``image prompt 1 (0.5)`` for each image prompt, as :func:`describe_prompts` does."""
+    return [
+        describe_prompt(image_prompt_label(index), weight, stop)
+        for index, (weight, stop) in enumerate(zip(weights, stops, strict=True), start=1)
+    ]
+
+
 def _parse_one(piece: str, index: int, count: int) -> Prompt:
     where = _where(index, count)
     body = piece.strip().replace(ESCAPED_COLON, _LITERAL_COLON)

@@ -25,6 +25,15 @@ REAL_ESRGAN_X4PLUS_URL = (
 )
 
 
+# Keys that take one source or a list of sources tried in order (all checked against one sha256).
+SOURCE_LIST_KEYS = ("vqgan_config", "vqgan_checkpoint")
+
+
+def sources_of(value: str | tuple[str, ...]) -> tuple[str, ...]:
+    """The sources a ``vqgan_config``/``vqgan_checkpoint`` value names, in the order to try."""
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
 @dataclass(frozen=True)
 class ModelSettings:
     preset: str = "default"
@@ -36,10 +45,11 @@ class ModelSettings:
     # VQGAN-CLIP's guide.
     clip_model: str = "ViT-B-32"
     clip_pretrained: str = "openai"
-    # A local path or an http(s) URL; URLs are downloaded into cache_dir.
-    vqgan_config: str = VQGAN_F16_16384_CONFIG_URL
+    # A local path or an http(s) URL, or several tried in order; URLs are downloaded into
+    # cache_dir.
+    vqgan_config: str | tuple[str, ...] = VQGAN_F16_16384_CONFIG_URL
     vqgan_config_sha256: str = ""
-    vqgan_checkpoint: str = VQGAN_F16_16384_CHECKPOINT_URL
+    vqgan_checkpoint: str | tuple[str, ...] = VQGAN_F16_16384_CHECKPOINT_URL
     vqgan_checkpoint_sha256: str = ""
     # Full unpickling of a checkpoint that weights_only loading rejects is allowed only when its
     # sha256 is pinned above or the owner sets this.
@@ -60,6 +70,8 @@ class ModelSettings:
     # The upscaler: an ESRGAN-family .pth/.safetensors file spandrel can load, a path or a URL.
     upscaler_model: str = REAL_ESRGAN_X4PLUS_URL
     upscaler_model_sha256: str = ""
+    # The image safety check's weights: a hub id or a local folder in the released layout.
+    safety_checker: str = "CompVis/stable-diffusion-safety-checker"
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -79,6 +91,13 @@ class ModelSettings:
                 f'models.candidate_batch = {batch!r}: must be "auto" or a whole number of at '
                 "least 1"
             )
+        for key in SOURCE_LIST_KEYS:
+            value = getattr(self, key)
+            if isinstance(value, tuple) and (not value or not all(
+                isinstance(v, str) and v for v in value
+            )):
+                out.append(f"models.{key}: a list of sources must hold at least one non-empty "
+                           "path or URL")
         if self.channels_last != "auto" and not isinstance(self.channels_last, bool):
             out.append(
                 f'models.channels_last = {self.channels_last!r}: must be "auto", true or false'
@@ -108,6 +127,9 @@ class ModelSettings:
             values["devices"] = tuple(values["devices"])
         if "cache_dir" in values:
             values["cache_dir"] = Path(values["cache_dir"])
+        for key in SOURCE_LIST_KEYS:
+            if isinstance(values.get(key), list):
+                values[key] = tuple(values[key])
         return cls(**values)
 
 

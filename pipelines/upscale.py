@@ -70,6 +70,8 @@ class UpscaleRequest:
     source_rank: int | None = None
     # Every scheduled job carries a seed; upscaling is deterministic and ignores it.
     seed: int | None = None
+    # The bot's progress units (its ETAs count them): the tile count, see :func:`tile_count`.
+    steps: int | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -112,6 +114,12 @@ def tile_spans(length: int, tile: int, overlap: int) -> list[TileSpan]:
         end = min(start + tile, length)
         spans.append(TileSpan(start, end, max(start - overlap, 0), min(end + overlap, length)))
     return spans
+
+
+def tile_count(size: tuple[int, int], tile: int) -> int:
+    """How many tiles an image of ``size`` (width, height) is cut into: the progress total."""
+    width, height = size
+    return len(tile_spans(width, tile, 0)) * len(tile_spans(height, tile, 0))
 
 
 def upscale_tiled(

@@ -56,7 +56,7 @@ from pipelines.cutouts import (
     resize_square,
 )
 from pipelines.image_io import mask_from_image, pil_to_tensor, tensor_to_pil, to_rgb
-from pipelines.image_prompts import describe_image_prompts, embed_image_prompt, image_prompt_label
+from pipelines.image_prompts import embed_image_prompt
 from pipelines.interface import (
     CancelCheck,
     Cancelled,
@@ -75,7 +75,9 @@ from pipelines.prompts import (
     SHOWN_SEPARATOR,
     Prompt,
     check_weights,
+    describe_image_prompts,
     describe_prompts,
+    image_prompt_label,
     parse_prompts,
     token_count,
 )

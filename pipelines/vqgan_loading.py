@@ -15,8 +15,8 @@ import torch
 import yaml
 
 from pipelines.checkpoints import load_weights
-from pipelines.downloads import ModelFileError, check_not_html, fetch
-from pipelines.settings import ModelSettings
+from pipelines.downloads import ModelFileError, check_not_html, fetch_first
+from pipelines.settings import ModelSettings, sources_of
 from pipelines.vqgan import VQGAN, VqganConfig
 
 log = logging.getLogger(__name__)
@@ -139,8 +139,8 @@ def build_vqgan(config: VqganConfig, weights: dict[str, torch.Tensor], *, what: 
 
 def load_vqgan_from_settings(settings: ModelSettings, *, progress: bool = True) -> VQGAN:
     """The VQGAN the ``default`` preset names, fetched and validated; on the CPU."""
-    config_path = fetch(
-        settings.vqgan_config,
+    config_path, _ = fetch_first(
+        sources_of(settings.vqgan_config),
         settings.cache_dir,
         what=CONFIG_KEY,
         sha256=settings.vqgan_config_sha256,

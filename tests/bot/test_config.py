@@ -161,6 +161,10 @@ def test_values_are_read_into_typed_objects() -> None:
         ("[edit.guidance]\ndefault = 2.0\nmin = 3.0",
          "edit.guidance.default = 2.0: must lie between min 3.0 and max 20.0"),
         ("[edit.steps]\nstep = 3", "edit.steps.step = 3: unknown key"),
+        ("[imagine.image_prompt_weight]\ndefault = 0",
+         "imagine.image_prompt_weight.default = 0"),
+        ("[imagine.image_prompt_weight]\nmax = 1e9",
+         "imagine.image_prompt_weight.max = 1000000000.0: must be a number from"),
         # Sizes.
         ("[imagine]\nsizes = ['250x250']",
          "imagine.sizes = ['250x250']: must be a non-empty list; each entry \"WIDTHxHEIGHT\" "
@@ -210,6 +214,10 @@ def test_values_are_read_into_typed_objects() -> None:
         ("[models]\ncompile = 'yes'", "models.compile = 'yes': must be true or false"),
         ("[models]\ndeterministic = 1", "models.deterministic = 1: must be true or false"),
         ("models = 'tiny'", "models = 'tiny': must be a table ([models])"),
+        ("[models]\nvqgan_checkpoint = []",
+         "models.vqgan_checkpoint = []: must be a path or URL, or a non-empty list of them"),
+        ("[models]\nvqgan_config = ['a.yaml', 3]",
+         "models.vqgan_config = ['a.yaml', 3]: must be a path or URL, or a non-empty list"),
     ],
 )
 def test_each_mistake_is_one_line_naming_key_value_and_what_is_allowed(
@@ -218,6 +226,16 @@ def test_each_mistake_is_one_line_naming_key_value_and_what_is_allowed(
     problems = problems_of(text)
     assert len(problems) == 1, problems
     assert problems[0].startswith(expected), problems[0]
+
+
+def test_the_vqgan_files_may_each_name_several_sources_tried_in_order() -> None:
+    config = parse_config(
+        "[models]\nvqgan_config = ['https://a.example/model.yaml', '/srv/model.yaml']\n"
+        "vqgan_checkpoint = 'https://a.example/last.ckpt'\n"
+    )
+    assert config.models.vqgan_config == ("https://a.example/model.yaml", "/srv/model.yaml")
+    assert config.models.vqgan_checkpoint == "https://a.example/last.ckpt"
+    hash(config.models)  # the per-process model caches key on it
 
 
 def test_every_problem_is_reported_not_just_the_first() -> None:

@@ -114,9 +114,10 @@ async def test_a_signal_while_the_models_load_stops_start_up_without_waiting_for
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from bot.__main__ import run
-    from bot.config import parse_config
+    from bot.config import load_config
     from bot.stand_in import StandInSource
 
+    standin_module = pytest.importorskip("tests.e2e.standin")
     loading, release = threading.Event(), threading.Event()
 
     def slow_preload(self: StandInSource, kinds: object) -> None:  # a first download, say
@@ -125,17 +126,26 @@ async def test_a_signal_while_the_models_load_stops_start_up_without_waiting_for
 
     monkeypatch.setattr(StandInSource, "preload", slow_preload)
     data = tmp_path / "data"
-    config = parse_config(f'[scheduler]\npipeline = "stand-in"\n[storage]\ndata_dir = '
-                          f'"{data.as_posix()}"\n')
+    standin = standin_module.DiscordStandin()
+    await standin.start()
     switch_interval = sys.getswitchinterval()
-    running = asyncio.create_task(run(config, "never-sent-because-start-up-stops-first"))
     try:
+        # The bot connects while its models load, so it gets a Discord to connect to.
+        config = load_config(standin_module.write_bot_config(
+            tmp_path / "config.toml", standin, base=REPO / "config.toml",
+            overrides={"models": {"preset": "tiny"},
+                       "scheduler": {"pipeline": "stand-in"},
+                       "storage": {"data_dir": str(data)}},
+        ))
+        running = asyncio.create_task(run(config, standin.token))
         assert await asyncio.to_thread(loading.wait, 60), "the models never started loading"
+        await standin.wait_until_connected()  # online before the models are ready
         os.kill(os.getpid(), signal.SIGINT)  # run() handles it on this loop
         assert await asyncio.wait_for(running, 60) == 0
     finally:
         release.set()
         sys.setswitchinterval(switch_interval)
+        await standin.stop()
     # The store was closed: SQLite removes the write-ahead log when its last connection closes.
     assert (data / "faraday.sqlite3").is_file()
     assert not (data / "faraday.sqlite3-wal").exists()
@@ -212,3 +222,37 @@ async def test_sigterm_stops_the_running_job_requeues_it_and_exits_cleanly(
         assert "Paused" in standin.message(progress.id).content
     finally:
         await standin.stop()
+
+
+async def test_a_model_that_fails_to_load_after_connecting_stops_the_bot_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    from bot.__main__ import run
+    from bot.config import load_config
+
+    standin_module = pytest.importorskip("tests.e2e.standin")
+    with socket.socket() as s:  # a port nobody listens on: a model host that is down
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    standin = standin_module.DiscordStandin()
+    await standin.start()
+    switch_interval = sys.getswitchinterval()
+    try:
+        config = load_config(standin_module.write_bot_config(
+            tmp_path / "config.toml", standin, base=REPO / "config.toml",
+            overrides={"models": {"preset": "default", "device": "cpu",
+                                  "cache_dir": str(tmp_path / "models"),
+                                  "vqgan_config": f"{dead}/model.yaml",
+                                  "vqgan_checkpoint": f"{dead}/last.ckpt"},
+                       "storage": {"data_dir": str(tmp_path / "data")}},
+        ))
+        assert await asyncio.wait_for(run(config, standin.token), 120) == 2
+    finally:
+        sys.setswitchinterval(switch_interval)
+        await standin.stop()
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert errors == [f"error: cannot load the models: models.vqgan_config: could not reach "
+                      f"{dead}/model.yaml ([Errno 111] Connection refused); on a machine without "
+                      "internet, fetch the file elsewhere and set a local path in config.toml"]

@@ -58,6 +58,15 @@ async def test_an_imagine_keeps_its_frames_and_its_timelapse_mp4_has_them_all(
     assert made.frames == 12
     assert decoded_frame_count(made.file.data) == 12
     assert made.note == ""
+    # Made once: a second press is served from the job's folder, identical.
+    videos = list(store.paths.frames_dir(job_id).glob("timelapse-*.mp4"))
+    assert len(videos) == 1
+    again = await timelapse_file(store, job_id, TEN_MIB, TimelapseConfig())
+    assert again == made
+    videos[0].write_bytes(b"not the video it was")
+    assert (await timelapse_file(store, job_id, TEN_MIB, TimelapseConfig())).file.data == (
+        b"not the video it was"
+    )
 
 
 async def test_frames_are_one_per_preview_and_capped(store: Store, run_job: Any) -> None:

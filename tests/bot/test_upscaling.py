@@ -76,6 +76,38 @@ async def test_an_upscale_job_runs_through_the_scheduler_and_its_file_is_posted(
     assert len(sink.of("react")) == grid_reactions
 
 
+async def test_the_real_pipeline_source_runs_the_stored_upscale_request(
+    store: Store, make_scheduler: Any
+) -> None:
+    # The stand-in source above routes upscales to the tiny upscaler itself; production goes
+    # through RegistrySource, which builds UpscaleRequest from the stored params.
+    from bot.pipeline_source import RegistrySource
+    from pipelines.settings import ModelSettings
+
+    sink = FakeSink()
+    _, _, _, source_job = await finished_result(make_scheduler, store, sink, 16)
+    job_request = await upscale(store, source_job, tile_size=16)
+    source = RegistrySource(ModelSettings(preset="tiny", device="cpu"))
+    prepared = source.prepare(job_request)
+    result = prepared.pipeline(prepared.request)
+    assert result.images[0].image.size == (64, 64)
+    assert result.settings["source_job_id"] == source_job and result.settings["source_rank"] == 1
+
+
+async def test_progress_and_etas_count_tiles(store: Store, make_scheduler: Any) -> None:
+    sink = FakeSink()
+    scheduler, _, log, source_job = await finished_result(make_scheduler, store, sink, 20)
+    job_request = await upscale(store, source_job, tile_size=16, tile_overlap=2)
+    assert job_request.params["steps"] == 4  # 20×20 in 16-pixel tiles: 2 × 2
+    assert scheduler.eta.job_seconds(JobKind.UPSCALE, job_request.params) is None
+    submitted = await scheduler.submit(job_request)
+    await scheduler.wait_idle()
+    [finished] = [e for e in log.of(JobFinished) if e.job.job_id == submitted.job_id]
+    assert finished.status is JobStatus.DONE and finished.total == 4
+    # Once one upscale has run, the next one waiting has an ETA, and so do jobs behind it.
+    assert scheduler.eta.job_seconds(JobKind.UPSCALE, job_request.params) is not None
+
+
 async def test_an_upscaled_png_over_the_upload_limit_goes_out_as_a_smaller_jpeg_and_says_so(
     store: Store, make_scheduler: Any
 ) -> None:

@@ -24,6 +24,7 @@ NARROW = {
         "max_prompt_chars": 120,
         "steps": {"default": 3, "min": 2, "max": 7},
         "cutn": {"default": 2, "min": 1, "max": 6},
+        "image_prompt_weight": {"default": 0.5, "min": -1.0, "max": 1.5},
     },
     "edit": {
         "backgrounds": ["none", "paste"],
@@ -48,11 +49,14 @@ def test_imagine_bounds_and_sizes_come_from_config() -> None:
     options = options_of(build_imagine_command(SimpleNamespace(), config.imagine), config)
     assert list(options) == [
         "prompt", "seed", "steps", "size", "cutn", "init_image", "mask", "mask_text",
-        "image_prompt",
+        "image_prompt", "image_prompt_weight",
     ]
     assert options["prompt"]["required"] and options["prompt"]["max_length"] == 120
     assert (options["steps"]["min_value"], options["steps"]["max_value"]) == (2, 7)
     assert (options["cutn"]["min_value"], options["cutn"]["max_value"]) == (1, 6)
+    weight = options["image_prompt_weight"]
+    assert weight["type"] == discord.AppCommandOptionType.number.value
+    assert (weight["min_value"], weight["max_value"]) == (-1.0, 1.5)
     assert [c["value"] for c in options["size"]["choices"]] == ["64x64", "128x64", "64x128"]
     assert options["init_image"]["type"] == discord.AppCommandOptionType.attachment.value
     assert not any(options[name].get("required") for name in list(options)[1:])

@@ -89,14 +89,27 @@ def write_test_config(
 
 
 @contextlib.asynccontextmanager
-async def running_bot(standin: DiscordStandin, config_path: Path) -> AsyncIterator[FaradayBot]:
-    """FaradayBot started as ``python -m bot`` starts it, in this event loop; closed after."""
+async def running_bot(
+    standin: DiscordStandin,
+    config_path: Path,
+    *,
+    wait_for_models: bool = True,
+    prepare: Callable[[FaradayBot], None] | None = None,
+) -> AsyncIterator[FaradayBot]:
+    """FaradayBot started as ``python -m bot`` starts it, in this event loop; closed after.
+
+    By default the models are loaded before it connects, so scenarios start from a ready bot;
+    ``wait_for_models=False`` connects while they load, as ``python -m bot`` does. ``prepare``
+    may change the bot before anything starts (a test slowing the model loading down, say).
+    """
     config: Config = load_config(config_path)
     with discord_py_pointed_at(standin):
         bot = await FaradayBot.create(config)
+        if prepare is not None:
+            prepare(bot)
         client: asyncio.Task | None = None
         try:
-            await bot.start_services()
+            await bot.start_services(wait_for_models=wait_for_models)
             client = asyncio.create_task(bot.start(standin.token), name="faraday-under-test")
             await standin.wait_until_connected()
             # To the configured guilds, or globally (None) when there are none.

@@ -541,3 +541,99 @@ async def test_a_bot_subprocess_survives_sigkill_and_a_restart(standin: DiscordS
         second.terminate()
         _, stderr = await second.communicate()
     assert standin.unknown_requests == [], stderr.decode()[-2000:]
+
+
+class Knob(discord.ui.DynamicItem[discord.ui.Button], template=r"knob:(?P<n>\d+)"):
+    """A persistent button as discord.py resolves it: from the custom_id alone."""
+
+    def __init__(self, n: int, seen: list) -> None:
+        super().__init__(discord.ui.Button(label=f"knob {n}", custom_id=f"knob:{n}"))
+        self.n = n
+        self.seen = seen
+
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match):  # type: ignore[no-untyped-def]
+        return cls(int(match["n"]), interaction.client.knob_presses)
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        self.seen.append((self.n, interaction.message.id if interaction.message else None,
+                          interaction.data.get("custom_id") if interaction.data else None))
+        if self.n == 9:
+            await asyncio.sleep(0.5)  # too late for the deadline
+            try:
+                await interaction.response.defer()
+            except discord.HTTPException as exc:
+                interaction.client.seen.errors.append(exc)
+            return
+        if self.n == 2:
+            await interaction.response.send_modal(NameModal())
+            return
+        await interaction.response.send_message(f"knob {self.n}", ephemeral=True)
+
+
+class NameModal(discord.ui.Modal, title="Name it"):
+    name = discord.ui.TextInput(label="Name", custom_id="name", max_length=8)
+    note = discord.ui.TextInput(label="Note", custom_id="note", required=False)
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        interaction.client.modal_values.append((self.name.value, self.note.value))
+        try:
+            await interaction.response.send_modal(NameModal())  # Discord refuses this
+        except discord.HTTPException as exc:
+            interaction.client.seen.errors.append(exc)
+        await interaction.response.send_message(f"named {self.name.value}", ephemeral=True)
+
+
+async def test_buttons_and_modals_reach_discord_py_as_discord_sends_them(
+    standin: DiscordStandin, bot: ThrowawayBot, run_client: RunClient
+) -> None:
+    bot.knob_presses = []  # type: ignore[attr-defined]
+    bot.modal_values = []  # type: ignore[attr-defined]
+    bot.add_dynamic_items(Knob)
+    standin.ack_deadline = 0.3
+    async with run_client(bot):
+        view = discord.ui.View(timeout=None)
+        for n in (1, 2, 9):
+            view.add_item(Knob(n, []))
+        message = await bot.channel(standin.channel_id).send("knobs", view=view)
+        stored = standin.message(message.id)
+        assert [b["custom_id"] for b in stored.buttons()] == ["knob:1", "knob:2", "knob:9"]
+        with pytest.raises(InvalidInvocation):
+            await standin.press_button(message.id, "knob:7")
+
+        pressed = await standin.press_button(message.id, "knob:1", "bob")
+        reply = await pressed.wait_for_reply()
+        assert reply.ephemeral and reply.content == "knob 1"
+        assert bot.knob_presses == [(1, message.id, "knob:1")]
+        assert pressed.interaction_type == 3
+
+        opened = await standin.press_button(message.id, "knob:2", "bob")
+        await opened.wait_for_callback()
+        assert opened.callback.type == 9 and opened.modal["title"] == "Name it"
+        with pytest.raises(InvalidInvocation):  # over max_length, as Discord's client refuses
+            await standin.submit_modal(opened, {"name": "far too long"})
+        with pytest.raises(InvalidInvocation):  # a required input left empty
+            await standin.submit_modal(opened, {"note": "x"})
+        submitted = await standin.submit_modal(opened, {"name": "kit", "note": "hi"})
+        reply = await submitted.wait_for_reply()
+        assert bot.modal_values == [("kit", "hi")]
+        assert reply.content == "named kit" and submitted.interaction_type == 5
+        (refused,) = bot.seen.errors
+        assert isinstance(refused, discord.HTTPException) and refused.status == 400
+
+        late = await standin.press_button(message.id, "knob:9")
+        await standin.wait_for(lambda: len(bot.seen.errors) == 2, timeout=5,
+                               description="the late acknowledgement refused")
+        assert isinstance(bot.seen.errors[1], discord.NotFound)
+        assert bot.seen.errors[1].code == 10062
+        assert late.callback is None and late.late_callback is not None
+
+        # Editing with no view removes the buttons; a thread can be created and posted in.
+        await message.edit(view=None)
+        assert standin.message(message.id).components == []
+        thread = await bot.channel(standin.channel_id).create_thread(
+            name="a thread", type=discord.ChannelType.public_thread
+        )
+        assert standin.threads_of(standin.channel_id)[0].id == thread.id
+        await thread.send("inside")
+        assert [m.content for m in standin.bot_messages(thread.id)] == ["inside"]

@@ -265,3 +265,98 @@ def test_a_cached_file_that_fails_its_check_is_fetched_again(host: FakeHost, tmp
     assert fetch(url, tmp_path, what="x", progress=False, check=must_be_yaml) == cached
     assert cached.read_bytes() == YAML_BYTES
     assert host.hits["/configs/model.yaml"] == 1
+
+
+def dead_url(path: str) -> str:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}{path}"
+
+
+def test_a_vqgan_listed_under_several_sources_comes_from_the_first_that_works(
+    host: FakeHost, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    import torch
+
+    from pipelines import presets
+    from pipelines.settings import ModelSettings
+    from pipelines.vqgan import VqganConfig
+    from tests.pipelines.test_vqgan_loading import (
+        assert_same_weights,
+        lightning_checkpoint,
+        random_vqgan,
+        save_with_fake_module,
+        yaml_for,
+    )
+
+    model = random_vqgan(VqganConfig.tiny(), seed=77)
+    ckpt = tmp_path / "upload.ckpt"
+    save_with_fake_module(lightning_checkpoint(model, pickled_class=True), ckpt)
+    # Mirror 1 answers with a "Link does not exist" page, mirror 2 is down, mirror 3 has the files.
+    host.routes["/m1/model.yaml"] = (200, "text/html", HTML_BYTES)
+    host.routes["/m1/last.ckpt"] = (200, "application/octet-stream", HTML_BYTES)
+    host.routes["/m3/model.yaml"] = (200, "text/plain", yaml_for(model.config).encode())
+    host.routes["/m3/last.ckpt"] = (200, "application/octet-stream", ckpt.read_bytes())
+    settings = ModelSettings.from_mapping({
+        "preset": "default",
+        "cache_dir": str(tmp_path / "models"),
+        "vqgan_config": [host.url("/m1/model.yaml"), dead_url("/m2/model.yaml"),
+                         host.url("/m3/model.yaml")],
+        "vqgan_checkpoint": [host.url("/m1/last.ckpt"), dead_url("/m2/last.ckpt"),
+                             host.url("/m3/last.ckpt")],
+        "vqgan_checkpoint_sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest(),
+    })
+    presets.clear_caches()
+    try:
+        with caplog.at_level("INFO", logger="pipelines.downloads"):
+            assert_same_weights(presets.load_vqgan(settings, torch.device("cpu")), model)
+        used = [r.getMessage() for r in caplog.records if "using source" in r.getMessage()]
+        assert used == [
+            f"models.vqgan_config: using source 3 of 3: {host.url('/m3/model.yaml')}",
+            f"models.vqgan_checkpoint: using source 3 of 3: {host.url('/m3/last.ckpt')}",
+        ]
+        assert host.hits["/m1/model.yaml"] == 1 and host.hits["/m1/last.ckpt"] == 1
+        # Nothing from the bad mirrors was kept.
+        assert not cached_path_for_url(host.url("/m1/last.ckpt"), settings.cache_dir).exists()
+
+        # A later load reads the cache of the mirror that worked, without asking any mirror.
+        presets.clear_caches()
+        assert_same_weights(presets.load_vqgan(settings, torch.device("cpu")), model)
+        assert host.hits["/m3/last.ckpt"] == 1 and host.hits["/m1/last.ckpt"] == 1
+    finally:
+        presets.clear_caches()
+
+
+def test_a_source_with_the_wrong_content_is_passed_over_for_the_next(
+    host: FakeHost, tmp_path: Path
+):
+    from pipelines.downloads import fetch_first
+
+    host.routes["/a/last.ckpt"] = (200, "application/octet-stream", b"an older upload")
+    host.routes["/b/last.ckpt"] = (200, "application/octet-stream", CHECKPOINT_BYTES)
+    path, used = fetch_first(
+        [host.url("/a/last.ckpt"), host.url("/b/last.ckpt")], tmp_path,
+        what="models.vqgan_checkpoint", sha256=hashlib.sha256(CHECKPOINT_BYTES).hexdigest(),
+        progress=False,
+    )
+    assert used == host.url("/b/last.ckpt")
+    assert path.read_bytes() == CHECKPOINT_BYTES
+    assert leftovers(tmp_path) == [path.name]
+
+
+def test_when_every_source_fails_the_error_names_each_failure(host: FakeHost, tmp_path: Path):
+    from pipelines.downloads import fetch_first
+
+    host.routes["/a/model.yaml"] = (200, "text/html", HTML_BYTES)
+    dead = dead_url("/b/model.yaml")
+    with pytest.raises(ModelFileError) as failed:
+        fetch_first([host.url("/a/model.yaml"), dead, str(tmp_path / "missing.yaml")], tmp_path,
+                    what="models.vqgan_config", timeout=5, progress=False)
+    message = str(failed.value)
+    assert message.startswith("models.vqgan_config: none of the 3 sources worked: ")
+    assert "source 1 (" in message and "HTML page" in message
+    assert f"source 2 (could not reach {dead}" in message
+    assert f"source 3 (local file {tmp_path / 'missing.yaml'} does not exist)" in message
+    assert "\n" not in message
+    assert leftovers(tmp_path) == []

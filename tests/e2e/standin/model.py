@@ -131,6 +131,7 @@ class TextChannel:
     @property
     def is_thread(self) -> bool:
         return self.type in THREAD_TYPES
+    nsfw: bool = False  # "age-restricted" in Discord's client
 
     def payload(self) -> dict[str, Any]:
         if self.is_thread:
@@ -163,7 +164,7 @@ class TextChannel:
             "name": self.name,
             "position": self.position,
             "permission_overwrites": [],
-            "nsfw": False,
+            "nsfw": self.nsfw,
             "parent_id": None,
             "topic": None,
             "last_message_id": None,
