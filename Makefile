@@ -10,7 +10,7 @@ CONFIG ?= config.toml
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --upgrade pip
-	$(VENV)/bin/python -m pip install -e '.[test]'
+	$(VENV)/bin/python -m pip install -e '.[test,cluster]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -20,6 +20,8 @@ run: $(STAMP)
 models: $(STAMP)
 	$(VENV)/bin/python -m pipelines.fetch_models --config $(CONFIG)
 
+# The cluster tests run against a private PostgreSQL that bot.cluster.private_pg starts in a
+# temporary folder (installing the server with apt-get if it is missing) and always stops.
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m ruff check .
-	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest
+	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m bot.cluster.private_pg -- $(VENV)/bin/python -m pytest

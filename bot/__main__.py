@@ -54,6 +54,7 @@ async def run(config: Config, token: str) -> int:
     import discord
 
     from bot.app import FaradayBot
+    from bot.executor import ClusterRefused
     from bot.store import StoreUnusable
 
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
@@ -90,6 +91,10 @@ async def run(config: Config, token: str) -> int:
             return 0
         try:
             starting.result()
+        except ClusterRefused as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            await bot.stop_services()
+            return EXIT_BAD_INPUT
         except Exception as exc:
             log.exception("start-up failed")
             print(f"error: start-up failed: {exc}", file=sys.stderr)

@@ -214,6 +214,27 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """GPU workers through PostgreSQL and procrastinate; empty ``database_url`` = local only."""
+
+    database_url: str = ""
+    queue: str = "faraday"
+    stall_timeout_seconds: float = 30.0
+    progress_interval_seconds: float = 1.0
+    poll_interval_seconds: float = 1.0
+    reconnect_max_seconds: float = 10.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.database_url)
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        # Several heartbeats fit in the stall timeout, so one late beat is not a death.
+        return self.stall_timeout_seconds / 4
+
+
+@dataclass(frozen=True)
 class Config:
     discord: DiscordConfig = DiscordConfig()
     models: ModelSettings = field(default_factory=ModelSettings)
@@ -226,6 +247,7 @@ class Config:
     upscale: UpscaleConfig = UpscaleConfig()
     timelapse: TimelapseConfig = TimelapseConfig()
     safety: SafetyConfig = SafetyConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
 
 def discord_token(environ: Mapping[str, str] | None = None) -> str | None:
@@ -265,7 +287,7 @@ def parse_config(text: str, source: str = "config.toml") -> Config:
 def config_from_mapping(document: Mapping[str, Any]) -> Config:
     problems: list[str] = []
     known_sections = ("discord", "models", "imagine", "edit", "scheduler", "storage", "logging",
-                      "upscale", "timelapse", "moderation", "safety")
+                      "upscale", "timelapse", "moderation", "safety", "cluster")
     for name in sorted(set(document) - set(known_sections)):
         problems.append(
             f"[{name}]: unknown section (allowed: {', '.join(f'[{s}]' for s in known_sections)})"
@@ -287,6 +309,7 @@ def config_from_mapping(document: Mapping[str, Any]) -> Config:
         upscale=_upscale(section("upscale")),
         timelapse=_timelapse(section("timelapse")),
         safety=_safety(section("safety")),
+        cluster=_cluster(section("cluster")),
     )
     if problems:
         raise ConfigError(problems)
@@ -854,6 +877,33 @@ def _timelapse(t: _Table) -> TimelapseConfig:
         keep_frames=t.boolean("keep_frames", d.keep_frames),
         max_frames=t.integer("max_frames", d.max_frames, 2, 400),
         fps=t.integer("fps", d.fps, 1, 60),
+    )
+    t.finish()
+    return out
+
+
+def _cluster(t: _Table) -> ClusterConfig:
+    d = ClusterConfig()
+
+    def postgres_url(value: str) -> str | None:
+        if value and urlparse(value).scheme not in ("postgresql", "postgres"):
+            return "must be empty or a postgresql:// URL, e.g. postgresql://faraday@db-host/faraday"
+        return None
+
+    def queue_name(value: str) -> str | None:
+        ok = value and len(value) <= 40 and all(c.isalnum() or c in "_-" for c in value)
+        return None if ok else "must be 1-40 letters, digits, '_' or '-'"
+
+    out = ClusterConfig(
+        database_url=t.string("database_url", d.database_url, postgres_url),
+        queue=t.string("queue", d.queue, queue_name),
+        stall_timeout_seconds=t.number("stall_timeout_seconds", d.stall_timeout_seconds, 1, 3600),
+        progress_interval_seconds=t.number("progress_interval_seconds",
+                                           d.progress_interval_seconds, 0.05, 60),
+        poll_interval_seconds=t.number("poll_interval_seconds", d.poll_interval_seconds, 0.05,
+                                       60),
+        reconnect_max_seconds=t.number("reconnect_max_seconds", d.reconnect_max_seconds, 0.1,
+                                       600),
     )
     t.finish()
     return out

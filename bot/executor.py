@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -24,6 +24,11 @@ from bot.jobs import JobKind
 from bot.store import NewResult, QueuedJob
 
 StopReason = Literal["cancel", "shutdown"]
+
+
+class ClusterRefused(RuntimeError):
+    """This bot must not use its executor as configured (e.g. a second bot on one queue);
+    ``str(exc)`` says why, in one line for the server owner."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,9 @@ class Outcome:
     step: int | None = None
     total: int | None = None
     seconds: float = 0.0
+    # Called once the scheduler has recorded the outcome in SQLite (a remote executor then drops
+    # its copy of the results); never before, so a crash in between loses nothing.
+    after_commit: Callable[[], Awaitable[None]] | None = None
 
 
 class Run:

@@ -7,24 +7,20 @@ interleave with a job's transaction.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import shutil
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from bot.blocklist import BlockedTerm, TermKind
 from bot.runtime_settings import Scope
-from bot.store import Store, _stored_inputs
+from bot.store import Store
 
 
 @dataclass(frozen=True)
 class PurgeReport:
     job_ids: list[int]
     messages: list[tuple[int, int]]  # (channel id, message id) to delete on Discord
-    files: int  # files removed from the data folder
 
 
 class OwnerStore:
@@ -46,8 +42,7 @@ class OwnerStore:
         rows = await self._rows("SELECT scope, scope_id, key, value_json FROM settings")
         return [(Scope(r[0]), int(r[1]), r[2], json.loads(r[3])) for r in rows]
 
-    async def set_setting(self, scope: Scope, scope_id: int, key: str, value: Any,
-                          by: int) -> None:
+    async def set_setting(self, scope: Scope, scope_id: int, key: str, value: Any, by: int) -> None:
         await self._write(
             "INSERT OR REPLACE INTO settings (scope, scope_id, key, value_json, updated_by,"
             " updated_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -56,8 +51,9 @@ class OwnerStore:
 
     async def delete_settings(self, scope: Scope, scope_id: int, key: str | None) -> int:
         if key is None:
-            return await self._write("DELETE FROM settings WHERE scope = ? AND scope_id = ?",
-                                     (scope.value, scope_id))
+            return await self._write(
+                "DELETE FROM settings WHERE scope = ? AND scope_id = ?", (scope.value, scope_id)
+            )
         return await self._write(
             "DELETE FROM settings WHERE scope = ? AND scope_id = ? AND key = ?",
             (scope.value, scope_id, key),
@@ -121,45 +117,20 @@ class OwnerStore:
         Jobs still queued or running are left alone: the caller cancels them and waits first,
         so a worker never writes results for a row that is gone.
         """
-        jobs = await self._rows(
-            "SELECT id, preview_path FROM jobs WHERE user_id = ? AND status IN"
-            " ('done', 'failed', 'cancelled')",
+        rows = await self._rows(
+            "SELECT id FROM jobs WHERE user_id = ? AND status IN ('done', 'failed', 'cancelled')",
             (user_id,),
         )
-        if not jobs:
-            return PurgeReport([], [], 0)
-        ids = [int(r["id"]) for r in jobs]
+        ids = [int(r[0]) for r in rows]
+        if not ids:
+            return PurgeReport([], [])
         marks = ",".join("?" * len(ids))
-        files = [r["path"] for r in await self._rows(
-            f"SELECT path FROM results WHERE job_id IN ({marks})", ids)]
-        files += [r["preview_path"] for r in jobs if r["preview_path"]]
-        inputs = {
-            stored
-            for r in await self._rows(f"SELECT request_json FROM jobs WHERE id IN ({marks})", ids)
-            for stored in _stored_inputs(json.loads(r[0]).get("images", {}))
-        }
-        messages = [(int(r[0]), int(r[1])) for r in await self._rows(
-            f"SELECT channel_id, message_id FROM messages WHERE job_id IN ({marks})", ids)]
-        await self._write(f"DELETE FROM jobs WHERE id IN ({marks})", ids)
-        # Inputs are shared by content: keep those another job still names.
-        still_used = {
-            stored
-            for r in await self._rows("SELECT request_json FROM jobs")
-            for stored in _stored_inputs(json.loads(r[0]).get("images", {}))
-        }
-        removed = await asyncio.to_thread(self._delete, files, inputs - still_used, ids)
-        return PurgeReport(ids, messages, removed)
-
-    def _delete(self, files: Iterable[str], inputs: Iterable[str], job_ids: list[int]) -> int:
-        removed = 0
-        for stored in [*files, *inputs]:
-            path = self.store.paths.absolute(stored)
-            if path.exists():
-                path.unlink()
-                removed += 1
-        for job_id in job_ids:  # a timelapse's kept preview frames
-            frames = self.store.paths.frames_dir(job_id)
-            if frames.exists():
-                removed += sum(1 for _ in frames.iterdir())
-                shutil.rmtree(frames, ignore_errors=True)
-        return removed
+        messages = [
+            (int(r[0]), int(r[1]))
+            for r in await self._rows(
+                f"SELECT channel_id, message_id FROM messages WHERE job_id IN ({marks})", ids
+            )
+        ]
+        # The same deletion as retention and the 🗑 button: rows, results, frames, unused inputs.
+        await self.store.delete_jobs(ids)
+        return PurgeReport(ids, messages)

@@ -20,6 +20,7 @@ import contextlib
 import heapq
 import logging
 import random
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -514,8 +515,13 @@ class Scheduler:
             if poll is None:
                 await self._wakeup.wait()
             else:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), poll)
+                # asyncio.wait, not wait_for: on Python 3.11 wait_for can swallow the
+                # cancellation that shutdown() sends when the wait ends at the same moment.
+                waiter = asyncio.ensure_future(self._wakeup.wait())
+                try:
+                    await asyncio.wait({waiter}, timeout=poll)
+                finally:
+                    waiter.cancel()
             self._wakeup.clear()
             if self.models_loading:
                 continue  # models_ready() wakes this loop again
@@ -581,6 +587,14 @@ class Scheduler:
                                progress.preview_step, eta, running.started_monotonic))
 
     async def _finish(self, job: QueuedJob, running: _Running, outcome: Outcome) -> None:
+        await self._record(job, running, outcome)
+        if outcome.after_commit is not None:
+            try:
+                await outcome.after_commit()
+            except Exception:
+                log.exception("job %d: cleaning up after its outcome failed", job.id)
+
+    async def _record(self, job: QueuedJob, running: _Running, outcome: Outcome) -> None:
         info = running.info
         status_now = await self.store.job_status(info.job_id)
         if status_now is None or status_now.finished:
@@ -590,10 +604,17 @@ class Scheduler:
             return
         results: list[ResultRecord] = []
         withheld = 0
+        hide_preview = False
         safety = self.image_safety
         if outcome.status == "done" and safety is not None and safety.wanted(info.channel_id):
             # Checked off the loop, before anything is recorded or posted.
-            outcome.results, withheld = await safety.screen_results(outcome.results)
+            outcome.results, withheld = await safety.screen_results(
+                outcome.results, lambda rank: self.store.paths.result_path(info.job_id, rank))
+            hide_preview = withheld > 0 or any(r.flagged for r in outcome.results)
+            if hide_preview:
+                # The previews and the timelapse frames show the flagged image forming.
+                await asyncio.to_thread(shutil.rmtree, self.store.paths.frames_dir(info.job_id),
+                                        True)
             if not outcome.results:
                 outcome.status, outcome.error = "failed", ALL_WITHHELD
         if outcome.status == "done":
@@ -636,7 +657,8 @@ class Scheduler:
         self._running.pop(info.job_id, None)
         log.info("job %d %s", info.job_id, status.value)
         self._emit(JobFinished(info, status, outcome.error, results, outcome.preview,
-                               outcome.step, outcome.total, running.started_monotonic))
+                               outcome.step, outcome.total, running.started_monotonic,
+                               hide_preview=hide_preview))
         # No QueueMoved here: the next job starts at once and reports the new positions then.
 
     def _requeue_in_line(self, job: QueuedJob) -> None:
@@ -665,7 +687,12 @@ def make_source(kind: str, models: Any, stand_in: Any, *, private: bool = False)
 
 
 def make_executor(store: Store, config: Any) -> Executor:
-    """Local worker threads, one per ``[models] devices`` entry (the only kind so far)."""
+    """GPU workers through PostgreSQL when ``[cluster] database_url`` is set; otherwise local
+    worker threads, one per ``[models] devices`` entry."""
+    if config.cluster.enabled:
+        from bot.cluster.executor import PostgresExecutor
+
+        return PostgresExecutor(store, config.cluster)
     from bot.local_executor import LocalExecutor
 
     return LocalExecutor.from_config(store, config)

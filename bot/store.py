@@ -128,6 +128,16 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE results ADD COLUMN flagged INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE jobs ADD COLUMN withheld INTEGER NOT NULL DEFAULT 0;
     """,
+    # /prefs: a user's preferred defaults (kept within each channel's bounds when used) and
+    # whether to get a copy of their results by direct message.
+    """
+    ALTER TABLE user_prefs ADD COLUMN imagine_steps INTEGER;
+    ALTER TABLE user_prefs ADD COLUMN imagine_candidates INTEGER;
+    ALTER TABLE user_prefs ADD COLUMN imagine_size TEXT;
+    ALTER TABLE user_prefs ADD COLUMN edit_steps INTEGER;
+    ALTER TABLE user_prefs ADD COLUMN edit_candidates INTEGER;
+    ALTER TABLE user_prefs ADD COLUMN dm INTEGER CHECK (dm IN (0, 1));
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -210,6 +220,25 @@ class UserPrefs:
     """
 
     ping: bool | None = None
+    # Preferred defaults, used within the channel's bounds (bot.runtime_settings.apply_prefs).
+    imagine_steps: int | None = None
+    imagine_candidates: int | None = None
+    imagine_size: str | None = None  # "WIDTHxHEIGHT"
+    edit_steps: int | None = None
+    edit_candidates: int | None = None
+    # A copy of each finished job's results by direct message (bot.dm_copies).
+    dm: bool | None = None
+
+    def option_prefs(self) -> dict[str, Any]:
+        """The preferred defaults that are set, keyed "command.option"."""
+        chosen = {
+            "imagine.steps": self.imagine_steps,
+            "imagine.candidates": self.imagine_candidates,
+            "imagine.size": self.imagine_size,
+            "edit.steps": self.edit_steps,
+            "edit.candidates": self.edit_candidates,
+        }
+        return {key: value for key, value in chosen.items() if value is not None}
 
     def pings(self) -> bool:
         """Whether to ping this user when their job ends (on unless they turned it off)."""

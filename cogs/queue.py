@@ -42,7 +42,9 @@ as the image. Options: `candidates`, `steps`, `blend_start`, `guidance`, `seed`,
 • {RERUN_EMOJI}: the same job with a new seed · ✏️ **Remix**: change the prompt first · ℹ️: \
 settings and a command to copy · 🎞️: the timelapse · 🗑️: delete it (requester or admin).
 • **Cancel** or {CANCEL_EMOJI} under a progress message: cancel it (the requester or an admin).
-**/prefs** `ping:False` — no ping when your job ends.
+**/prefs** `ping:False` — no ping when your job ends; `dm:True` — your results by DM too; \
+`imagine_steps`, `size`, `edit_steps`, … — your own defaults (within the channel's bounds).
+**/history** — your recent jobs with links, seeds and rerun buttons.
 
 **/queue** — your jobs, the running job and the queue length. **/cancel** `[job]` — cancel your \
 job (admins: any job).

@@ -47,6 +47,7 @@ from PIL import Image
 from torch import nn
 
 from pipelines import image_io
+from pipelines.candidate_chunks import CandidateChunks
 from pipelines.clip_models import ClipBundle
 from pipelines.diffusion_models import DiffusionComponents, load_diffusion
 from pipelines.interface import (
@@ -301,6 +302,8 @@ class _PrivateDecoder(nn.Module):
         post_quant_conv = getattr(vae, "post_quant_conv", None)
         self.post_quant_conv = copy.deepcopy(post_quant_conv) if post_quant_conv else None
         self.decoder = copy.deepcopy(vae.decoder)
+        # A compiled decoder (``[models] compile``) is copied without its compiled call (torch
+        # drops it on deepcopy), so the fine-tuned copy runs eagerly on its own weights.
         self.float()
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -403,9 +406,13 @@ class BlendedLatentDiffusionPipeline:
         finetune_lr: float = FINETUNE_LR,
         finetune_background_weight: float = FINETUNE_BACKGROUND_WEIGHT,
         paste_feather: int = PASTE_FEATHER_PIXELS,
+        candidate_batch: int | str = "auto",
     ) -> None:
         self.components = components
         self.ranker = ranker
+        # [models] candidate_batch: how many candidates the VAE decodes and CLIP ranks at once.
+        self.decode_chunks = CandidateChunks(candidate_batch, components.device)
+        self.rank_chunks = CandidateChunks(candidate_batch, ranker.device)
         self.finetune_steps = finetune_steps
         self.finetune_lr = finetune_lr
         self.finetune_background_weight = finetune_background_weight
@@ -426,7 +433,11 @@ class BlendedLatentDiffusionPipeline:
         from pipelines.presets import load_ranker_clip
 
         components = load_diffusion(settings)
-        return cls(components, load_ranker_clip(settings, components.device))
+        return cls(
+            components,
+            load_ranker_clip(settings, components.device),
+            candidate_batch=settings.candidate_batch,
+        )
 
     # -- the steps of one edit -----------------------------------------------------------------
 
@@ -491,27 +502,30 @@ class BlendedLatentDiffusionPipeline:
         return embedding
 
     def encode_image(self, source: torch.Tensor) -> torch.Tensor:
-        """z_init = E(x): the mean of the VAE posterior, scaled as the UNet expects."""
+        """z_init = E(x): the mean of the VAE posterior, scaled as the UNet expects.
+
+        The VAE runs in its own dtype (float32 under ``force_upcast``), the latent in the UNet's.
+        """
         c = self.components
-        pixels = (source * 2 - 1).to(c.device, c.dtype)
-        return c.vae.encode(pixels).latent_dist.mean * c.latent_scaling
+        pixels = (source * 2 - 1).to(c.device, c.vae.dtype)
+        return (c.vae.encode(pixels).latent_dist.mean * c.latent_scaling).to(c.dtype)
 
     def decode(
         self, latents: torch.Tensor, should_cancel: Callable[[], None] | None = None
     ) -> torch.Tensor:
         """D(z) for each latent, (N, 3, H, W) in [-1, 1], float32.
 
-        One image at a time: peak memory stays that of a single decode (a 512² decode needs
-        several GB), it measured no slower than a batch on the CPU, and a cancel can land
-        between images (``should_cancel`` is called before each and may raise).
+        In chunks of ``[models] candidate_batch`` candidates (one at a time on a CPU under
+        "auto": a 512² decode needs several GB, and a batch measured no faster there), so a
+        cancel can land between chunks (``should_cancel`` is called before each and may raise).
         """
         c = self.components
-        images = []
-        for latent in latents:
-            if should_cancel is not None:
-                should_cancel()
-            images.append(c.vae.decode(latent[None] / c.latent_scaling).sample.float())
-        return torch.cat(images)
+
+        def decode_chunk(start: int, stop: int) -> torch.Tensor:
+            scaled = (latents[start:stop] / c.latent_scaling).to(c.vae.dtype)
+            return c.vae.decode(scaled).sample.float()
+
+        return self.decode_chunks.run(len(latents), decode_chunk, should_cancel)
 
     def predict_noise(
         self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor
@@ -679,7 +693,7 @@ class BlendedLatentDiffusionPipeline:
             results = out_source + alpha * (results - out_source)
         # Ranked on exactly the 8-bit images the user receives, so anyone can recompute a score.
         results = _quantize(results)
-        scores = clip_similarities(self.ranker, results, out_mask, request.prompt)
+        scores = clip_similarities(self.ranker, results, out_mask, request.prompt, self.rank_chunks)
         order = order_best_first(scores)
         lap("ranking")
 
@@ -743,6 +757,8 @@ class BlendedLatentDiffusionPipeline:
             model=c.name,
             device=str(c.device),
             dtype=str(c.dtype).removeprefix("torch."),
+            vae_dtype=str(c.vae.dtype).removeprefix("torch."),
+            decode_chunk=self.decode_chunks.chosen,
             ranker=asdict(self.ranker.spec),
             shrink_kernels=list(SHRINK_KERNELS) if request.shrink else [],
         )

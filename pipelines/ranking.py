@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from pipelines.candidate_chunks import CandidateChunks
 from pipelines.clip_models import ClipBundle
 
 
@@ -30,13 +31,28 @@ def masked_for_clip(images: torch.Tensor, mask: torch.Tensor, size: int) -> torc
 
 @torch.no_grad()
 def clip_similarities(
-    clip: ClipBundle, images: torch.Tensor, mask: torch.Tensor, prompt: str
+    clip: ClipBundle,
+    images: torch.Tensor,
+    mask: torch.Tensor,
+    prompt: str,
+    chunks: CandidateChunks | None = None,
 ) -> torch.Tensor:
-    """Cosine similarity between each masked image's CLIP embedding and the prompt's, (N,)."""
+    """Cosine similarity between each masked image's CLIP embedding and the prompt's, (N,).
+
+    ``chunks`` splits the images into batches for CLIP (``[models] candidate_batch``); without
+    it they go through in one batch. The scores are the same either way.
+    """
     pixels = masked_for_clip(
         images.to(clip.device, torch.float32), mask.to(clip.device), clip.input_size
     )
-    image_embeddings = F.normalize(clip.encode_image(pixels), dim=-1)
+
+    def embed(start: int, stop: int) -> torch.Tensor:
+        return clip.encode_image(pixels[start:stop])
+
+    if chunks is None:
+        image_embeddings = F.normalize(embed(0, len(pixels)), dim=-1)
+    else:
+        image_embeddings = F.normalize(chunks.run(len(pixels), embed), dim=-1)
     text_embedding = F.normalize(clip.encode_text([prompt]), dim=-1)
     return (image_embeddings @ text_embedding.T).squeeze(1).cpu()
 

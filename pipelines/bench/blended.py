@@ -37,20 +37,51 @@ PROMPT = "a bowl of ripe oranges on a wooden table"
 # Peak fp32 throughput measured here (FACTS.md): about 150 GFLOP/s for 3×3 convolutions and
 # 200 GFLOP/s for matmuls. The floor uses both ends.
 PEAK_GFLOPS = (150.0, 200.0)
+# The CPU figures in docs/benchmarks.md were taken at 256² with 10 steps (a 50-step 512² edit
+# takes over half an hour on 2 cores); on CUDA the bench runs an /edit at its defaults.
+CPU_DEFAULTS = {"size": 256, "steps": 10}
+GPU_DEFAULTS = {"size": 512, "steps": 50}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("blended", help="time one Blended Latent Diffusion edit")
     parser.add_argument("--preset", choices=("tiny", "random-full"), default="tiny")
-    parser.add_argument("--size", type=int, default=256, help="image side in pixels")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16")
+    parser.add_argument(
+        "--size",
+        type=int,
+        help=f"image side in pixels (default: {CPU_DEFAULTS['size']} on a CPU, the /edit "
+        f"default {GPU_DEFAULTS['size']} on CUDA)",
+    )
     parser.add_argument("--candidates", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument(
+        "--steps",
+        type=int,
+        help=f"DDIM steps (default: {CPU_DEFAULTS['steps']} on a CPU, the /edit default "
+        f"{GPU_DEFAULTS['steps']} on CUDA)",
+    )
     parser.add_argument("--blend-start", type=float, default=0.25)
     parser.add_argument("--background", choices=BACKGROUND_MODES, default="none")
     parser.add_argument("--repeats", type=int, default=1, help="timed edits (median reported)")
     parser.add_argument(
         "--no-reference", action="store_true", help="skip the reference loop (halves the time)"
     )
+    parser.add_argument(
+        "--no-batch-1",
+        action="store_true",
+        help="skip the second run with candidate_batch = 1",
+    )
+    parser.add_argument(
+        "--candidate-batch", default="auto", help='"auto" or N ([models] candidate_batch)'
+    )
+    parser.add_argument(
+        "--channels-last",
+        choices=("auto", "true", "false"),
+        default="auto",
+        help="[models] channels_last",
+    )
+    parser.add_argument("--compile", action="store_true", help="[models] compile = true")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(run=run)
@@ -123,10 +154,16 @@ def reference_edit(
 
 def reference_gflop(c: DiffusionComponents, size: int, candidates: int, denoising: int) -> float:
     """FLOPs of the reference work: one encode, the UNet steps, one decode per candidate."""
+    flops = stage_gflop(c, size, candidates)
+    return denoising * flops["unet_step"] + candidates * flops["decode"] + flops["encode"]
+
+
+def stage_gflop(c: DiffusionComponents, size: int, candidates: int) -> dict[str, float]:
+    """GFLOP of one UNet step (batch 2 × candidates), one decode and one encode at ``size``²,
+    counted by FlopCounterMode on shape-only "meta" copies of the models (no arithmetic)."""
     unet = _meta_copy(c.unet)
     vae = _meta_copy(c.vae)
-    factor = c.vae_scale_factor
-    latent = size // factor
+    latent = size // c.vae_scale_factor
     hidden = c.text_encoder.config.hidden_size
     with torch.device("meta"):
         sample = torch.empty(2 * candidates, 4, latent, latent)
@@ -134,16 +171,16 @@ def reference_gflop(c: DiffusionComponents, size: int, candidates: int, denoisin
         image = torch.empty(1, 3, size, size)
         one_latent = torch.empty(1, 4, latent, latent)
         timestep = torch.tensor(500)
-    with FlopCounterMode(display=False) as counter:
-        unet(sample, timestep, encoder_hidden_states=context)
-    unet_flops = counter.get_total_flops()
-    with FlopCounterMode(display=False) as counter:
-        vae.decode(one_latent)
-    decode_flops = counter.get_total_flops()
-    with FlopCounterMode(display=False) as counter:
-        vae.encode(image)
-    encode_flops = counter.get_total_flops()
-    return (denoising * unet_flops + candidates * decode_flops + encode_flops) / 1e9
+    counts = {}
+    for name, call in (
+        ("unet_step", lambda: unet(sample, timestep, encoder_hidden_states=context)),
+        ("decode", lambda: vae.decode(one_latent)),
+        ("encode", lambda: vae.encode(image)),
+    ):
+        with FlopCounterMode(display=False) as counter:
+            call()
+        counts[name] = counter.get_total_flops() / 1e9
+    return counts
 
 
 def _meta_copy(module: torch.nn.Module) -> Any:
@@ -157,62 +194,122 @@ def _peak_rss_mb() -> float:
     return round(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024, 1)
 
 
+def _timed_edits(
+    pipeline: BlendedLatentDiffusionPipeline, request: EditRequest, repeats: int
+) -> dict[str, Any]:
+    """Median seconds per edit and per denoising step, the split, peak GPU memory, chunk."""
+    device = pipeline.components.device
+    cuda = device.type == "cuda"
+    for chunks in (pipeline.decode_chunks, pipeline.rank_chunks):
+        chunks.prior_peak_bytes = 0
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds: list[float] = []
+    splits: list[dict[str, float]] = []
+    denoising = 0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = pipeline(request)
+        if cuda:
+            torch.cuda.synchronize(device)
+        seconds.append(time.perf_counter() - start)
+        splits.append(dict(pipeline.last_timings))
+        denoising = int(result.settings["denoising_steps_run"])
+    peak: float | None = None
+    if cuda:
+        peak_bytes = max(
+            torch.cuda.max_memory_allocated(device),
+            pipeline.decode_chunks.prior_peak_bytes,
+            pipeline.rank_chunks.prior_peak_bytes,
+        )
+        peak = round(peak_bytes / 2**20, 1)
+    split = {
+        stage: round(statistics.median(s.get(stage, 0.0) for s in splits), 3)
+        for stage in ("encode", "denoise", "decode", "ranking", "finetune")
+    }
+    return {
+        "seconds_per_edit": round(statistics.median(seconds), 3),
+        "runs_s": [round(x, 3) for x in seconds],
+        "seconds_per_step": round(split["denoise"] / max(denoising, 1), 4),
+        "split": split,
+        "peak_gpu_memory_mb": peak,
+        "decode_chunk": pipeline.decode_chunks.chosen,
+        "rank_chunk": pipeline.rank_chunks.chosen,
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = ModelSettings(preset=args.preset)
-    pipeline = BlendedLatentDiffusionPipeline.from_settings(settings)
+    try:
+        batch = args.candidate_batch
+        settings = ModelSettings(
+            preset=args.preset,
+            device=args.device,
+            dtype=args.dtype,
+            candidate_batch=int(batch) if batch.isdigit() else batch,
+            channels_last={"true": True, "false": False}.get(args.channels_last, "auto"),
+            compile=args.compile,
+        )
+        pipeline = BlendedLatentDiffusionPipeline.from_settings(settings)
+    except (ValueError, RuntimeError, OSError) as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
     c = pipeline.components
-    image, mask = bench_inputs(args.size)
+    cuda = c.device.type == "cuda"
+    defaults = GPU_DEFAULTS if cuda else CPU_DEFAULTS
+    size = args.size or defaults["size"]
+    steps = args.steps or defaults["steps"]
+    image, mask = bench_inputs(size)
     request = EditRequest(
         PROMPT,
         image,
         mask,
         candidates=args.candidates,
-        steps=args.steps,
+        steps=steps,
         blend_start=args.blend_start,
         seed=args.seed,
         background=args.background,
-        max_side=max(args.size, 64),
-        preview_every=args.steps + 1,
+        max_side=max(size, 64),
+        preview_every=steps + 1,
     )
     request.validate()
     warm_image, warm_mask = bench_inputs(64)
     warm = EditRequest(PROMPT, warm_image, warm_mask, candidates=1, steps=2, seed=0)
     pipeline(warm)
 
-    seconds: list[float] = []
-    splits: list[dict[str, float]] = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        pipeline(request)
-        seconds.append(time.perf_counter() - start)
-        splits.append(dict(pipeline.last_timings))
-    ours = statistics.median(seconds)
-    split = {
-        stage: round(statistics.median(s.get(stage, 0.0) for s in splits), 3)
-        for stage in ("encode", "denoise", "decode", "ranking", "finetune")
-    }
-    denoising = args.steps - int(args.steps * args.blend_start)
-    gflop = reference_gflop(c, args.size, args.candidates, denoising)
-    floor = [gflop / peak for peak in PEAK_GFLOPS]
+    ours = _timed_edits(pipeline, request, args.repeats)
+    denoising = steps - int(steps * args.blend_start)
+    stages = stage_gflop(c, size, args.candidates)
+    gflop = denoising * stages["unet_step"] + args.candidates * stages["decode"] + stages["encode"]
     report: dict[str, Any] = {
         "bench": "blended",
         "preset": args.preset,
-        "size": args.size,
+        "size": size,
         "candidates": args.candidates,
-        "steps": args.steps,
+        "steps": steps,
         "denoising_steps": denoising,
         "background": args.background,
         "device": str(c.device),
         "dtype": str(c.dtype).removeprefix("torch."),
+        "vae_dtype": str(c.vae.dtype).removeprefix("torch."),
+        "channels_last": list(c.channels_last),
+        "compiled": list(c.compiled),
         "threads": torch.get_num_threads(),
-        "seconds_per_edit": round(ours, 3),
-        "split": split,
+        "candidate_batch": settings.candidate_batch,
+        **ours,
         "reference_gflop": round(gflop, 1),
-        "floor_seconds": [round(f, 3) for f in floor],
-        "ratio_to_floor": [round(ours / f, 3) for f in floor],
+        "gflop_per_step": round(stages["unet_step"], 1),
     }
+    if not cuda:
+        # The floor uses this CPU's measured peaks; a GPU's are in docs/benchmarks.md.
+        floor = [gflop / peak for peak in PEAK_GFLOPS]
+        report["floor_seconds"] = [round(f, 3) for f in floor]
+        report["ratio_to_floor"] = [round(ours["seconds_per_edit"] / f, 3) for f in floor]
+    if not args.no_batch_1:
+        one_at_a_time = BlendedLatentDiffusionPipeline(c, pipeline.ranker, candidate_batch=1)
+        report["candidate_batch_1"] = _timed_edits(one_at_a_time, request, args.repeats)
     if not args.no_reference:
         reference_edit(c, warm_image, warm_mask, PROMPT, 1, 2, 0.25, 7.5, 0)
         reference_seconds = []
@@ -224,7 +321,7 @@ def run(args: argparse.Namespace) -> int:
                 mask,
                 PROMPT,
                 args.candidates,
-                args.steps,
+                steps,
                 args.blend_start,
                 request.guidance,
                 args.seed,
@@ -232,7 +329,10 @@ def run(args: argparse.Namespace) -> int:
             reference_seconds.append(time.perf_counter() - start)
         reference = statistics.median(reference_seconds)
         report["reference_seconds"] = round(reference, 3)
-        report["ratio_to_reference"] = round(ours / reference, 3)
+        report["ratio_to_reference"] = round(ours["seconds_per_edit"] / reference, 3)
     report["peak_rss_mb"] = _peak_rss_mb()
+    report["gpu"] = torch.cuda.get_device_name(c.device) if cuda else None
+    report["torch"] = torch.__version__
+    report["cuda"] = torch.version.cuda
     print(json.dumps(report))
     return 0

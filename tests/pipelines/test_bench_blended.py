@@ -25,7 +25,14 @@ def test_the_benchmark_prints_one_json_line_with_its_split(
     assert len(lines) == 1
     report = json.loads(lines[0])
     assert report["denoising_steps"] == 3
+    assert report["size"] == 64 and report["device"] == "cpu"
     assert set(report["split"]) == {"encode", "denoise", "decode", "ranking", "finetune"}
+    split = report["split"]
+    assert report["seconds_per_step"] * 3 == pytest.approx(split["denoise"], abs=2e-3)
+    assert report["peak_gpu_memory_mb"] is None and report["gpu"] is None
+    assert report["decode_chunk"] == 1 and report["rank_chunk"] == 1
+    batch_1 = report["candidate_batch_1"]
+    assert batch_1["seconds_per_edit"] > 0 and batch_1["decode_chunk"] == 1
     assert report["seconds_per_edit"] >= sum(report["split"].values()) * 0.9
     assert report["reference_seconds"] > 0 and report["ratio_to_reference"] > 0
     assert report["reference_gflop"] > 0 and len(report["floor_seconds"]) == 2

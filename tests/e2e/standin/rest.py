@@ -98,6 +98,7 @@ class RestApi:
         route = self._add
         route("GET", r"/users/@me", self.get_me)
         route("GET", r"/users/(?P<user>\d+)", self.get_user)
+        route("POST", r"/users/@me/channels", self.create_dm)
         route("GET", r"/oauth2/applications/@me", self.get_application)
         route("GET", r"/applications/@me", self.get_application)
         route("GET", r"/gateway", self.get_gateway)
@@ -304,6 +305,15 @@ class RestApi:
 
     # ---- guild and channels --------------------------------------------------------------
 
+    async def create_direct_message(self, call: Call) -> web.Response:
+        """A message in a DM channel: no guild permissions apply, and no gateway echo."""
+        channel_id = int(call.params["channel"])
+        content, embeds, attachments = self._compose(call, channel_id, call.body)
+        message = self.s.new_message(channel_id=channel_id, author=self.s.bot_user,
+                                     content=content, attachments=attachments, embeds=embeds,
+                                     flags=0)
+        return json_response(self.s.message_payload(message))
+
     def _channel(self, call: Call) -> int:
         channel_id = int(call.params["channel"])
         if channel_id not in self.s.guild.channels:
@@ -374,7 +384,17 @@ class RestApi:
         newest_first = list(reversed(visible))[:limit]
         return json_response([self.s.message_payload(m) for m in newest_first])
 
+    async def create_dm(self, call: Call) -> web.Response:
+        user = self.s.find_user(int(call.body.get("recipient_id") or 0))
+        if user is None:
+            raise ApiError(400, errors.INVALID_FORM_BODY, "recipient_id: unknown user")
+        channel_id = self.s.open_dm(user)
+        return json_response({"id": str(channel_id), "type": 1, "last_message_id": None,
+                              "recipients": [user.payload()]})
+
     async def create_message(self, call: Call) -> web.Response:
+        if int(call.params["channel"]) in self.s.dm_channels:
+            return await self.create_direct_message(call)
         channel_id = self._channel(call)
         self._require("send_messages")
         if call.record.files:

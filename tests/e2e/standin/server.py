@@ -127,6 +127,8 @@ class DiscordStandin:
         self.requests: list[RecordedRequest] = []
         self.unknown_requests: list[RecordedRequest] = []
         self.messages: dict[int, StoredMessage] = {}
+        # Direct-message channels the bot opened: channel id -> the user at the other end.
+        self.dm_channels: dict[int, StandinUser] = {}
         self.cdn_files: dict[int, StoredAttachment] = {}
         self.interactions: list[InteractionHandle] = []
         self.interactions_by_token: dict[str, InteractionHandle] = {}
@@ -277,6 +279,21 @@ class DiscordStandin:
 
     def find_user(self, user_id: int) -> StandinUser | None:
         return self.guild.members.get(user_id)
+
+    def open_dm(self, user: StandinUser) -> int:
+        """The DM channel between the bot and ``user`` (one per user, as on Discord)."""
+        for channel_id, other in self.dm_channels.items():
+            if other.id == user.id:
+                return channel_id
+        channel_id = self._ids.next()
+        self.dm_channels[channel_id] = user
+        return channel_id
+
+    def direct_messages(self, user: StandinUser | str) -> list[StoredMessage]:
+        """What the bot sent ``user`` by DM, oldest first."""
+        target = self._user(user)
+        channels = {c for c, other in self.dm_channels.items() if other.id == target.id}
+        return [m for m in self.messages.values() if m.channel_id in channels]
 
     @property
     def bot_permissions(self) -> discord.Permissions:

@@ -1,0 +1,597 @@
+"""The bot's side of the cluster: hand jobs to GPU workers through procrastinate on PostgreSQL.
+
+The scheduler still decides the order; this executor offers one slot per live worker on its
+queue, enqueues a job with ``priority = -fair_round`` (a safety net for that order) once its
+input images are in Postgres, and turns the workers' rows into :class:`bot.executor.Run` events:
+progress by LISTEN/NOTIFY, outcomes by NOTIFY plus a poll as a backstop. Result PNGs are written
+to ``data/`` here; the rows are deleted only after the scheduler has committed the outcome to
+SQLite, so a crash in between loses nothing (the restart collects them again, once).
+
+If the database goes away, no slot is offered (jobs wait in SQLite), submitters are told why, and
+the executor reconnects with backoff. A worker whose heartbeat is older than
+``stall_timeout_seconds`` has died: its job comes back as ``interrupted``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import io
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from PIL import Image
+from procrastinate import App, PsycopgConnector
+
+from bot.cluster import tables
+from bot.config import ClusterConfig
+from bot.executor import ClusterRefused, Outcome, Progress, Recovered, Run, RunningRef, StopReason
+from bot.files import write_atomic
+from bot.jobs import JobKind
+from bot.store import NewResult, QueuedJob, Store
+
+log = logging.getLogger(__name__)
+
+UNREACHABLE = (
+    "The GPU workers cannot be reached right now (their job database is down); your "
+    "job is saved and waits until they are back."
+)
+NO_WORKER = "No GPU worker is running right now; jobs wait until one starts."
+
+
+@dataclass
+class _Remote:
+    job: QueuedJob
+    run: Run
+    pj_id: int | None = None
+    stop_reason: StopReason | None = None
+    progress_sent_at: float = 0.0
+    collecting: bool = False
+
+
+class PostgresExecutor:
+    def __init__(self, store: Store, cluster: ClusterConfig, *, owner: str | None = None) -> None:
+        self.store = store
+        self.cluster = cluster
+        self.poll_interval_seconds = cluster.poll_interval_seconds
+        # Who owns the queue: the same bot restarting (same host and database file) may take it
+        # back at once; any other bot is refused while the owner's heartbeat is fresh.
+        self.owner = owner or f"{socket.gethostname()}:{store.paths.root.resolve()}"
+        self._runs: dict[int, _Remote] = {}
+        self._by_pj: dict[int, int] = {}
+        self._app: App | None = None
+        self._conn: _PoolDb | None = None
+        self._listen: psycopg.AsyncConnection | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._poller: asyncio.Task | None = None
+        self._listener: asyncio.Task | None = None
+        self._wake: Callable[[], None] = lambda: None
+        self._alive_workers = 0
+        self.reachable = False
+        self._closing = False
+        # When (Unix time, the worker's clock) each job's newest progress was written, so a
+        # benchmark can time the path from a worker's write to the bot's listeners.
+        self.progress_sent_at: dict[int, float] = {}
+
+    # -- the Executor interface --------------------------------------------------------------
+
+    def unavailable_reason(self) -> str | None:
+        if not self.reachable:
+            return UNREACHABLE
+        if self._alive_workers == 0:
+            return NO_WORKER
+        return None
+
+    async def preload(self, kinds: Iterable[JobKind]) -> None:
+        """The workers load their own models."""
+
+    async def connect(self, wake: Callable[[], None]) -> None:
+        """Connect, claim the queue and start listening. Refuses (raises) a second bot."""
+        self._wake = wake
+        try:
+            await self._open()
+        except ClusterRefused:
+            await self._close_connections()
+            raise
+        except (psycopg.OperationalError, OSError) as exc:
+            log.warning(
+                "the job database is unreachable at start (%s); jobs wait in SQLite "
+                "until it is back",
+                exc,
+            )
+            await self._close_connections()
+        self._poller = asyncio.create_task(self._poll_loop(), name="faraday-cluster-poll")
+
+    def free_slots(self) -> int:
+        if not self.reachable:
+            return 0
+        return max(0, self._alive_workers - len(self._runs))
+
+    def launch(self, job: QueuedJob) -> Run:
+        run = Run(job.id)
+        remote = _Remote(job, run)
+        self._runs[job.id] = remote
+        self._spawn(self._enqueue(remote), f"faraday-enqueue-{job.id}")
+        return run
+
+    async def cancel(self, job_id: int, reason: StopReason) -> bool:
+        remote = self._runs.get(job_id)
+        if remote is None:
+            return False
+        remote.stop_reason = remote.stop_reason or reason
+        if remote.pj_id is None or self._app is None:
+            return True  # the enqueue checks stop_reason; the poll retries otherwise
+        try:
+            await self._app.job_manager.cancel_job_by_id_async(remote.pj_id, abort=True)
+        except Exception as exc:
+            log.warning(
+                "job %d: could not ask its worker to stop (%s); retrying on the next poll",
+                job_id,
+                exc,
+            )
+        return True
+
+    async def recover(self, refs: list[RunningRef]) -> list[Recovered]:
+        """Ask Postgres about each job that was running when the bot stopped."""
+        out: list[Recovered] = []
+        for ref in refs:
+            job = ref.job
+            latest = None
+            if self.reachable:
+                try:
+                    latest = await self._latest_attempt(job.id)
+                except psycopg.Error as exc:
+                    log.warning("job %d: cannot ask the database about it (%s)", job.id, exc)
+            if latest is None and self.reachable:
+                out.append(Recovered(job.id, None))  # unknown: one interruption
+                continue
+            run = Run(job.id)
+            remote = _Remote(job, run, pj_id=latest[0] if latest else None)
+            self._runs[job.id] = remote
+            if remote.pj_id is not None:
+                self._by_pj[remote.pj_id] = job.id
+            out.append(Recovered(job.id, run))
+        if out:
+            self._spawn(self._check_all(), "faraday-cluster-recover")
+        return out
+
+    async def close(self) -> None:
+        self._closing = True
+        tasks = [t for t in (self._poller, self._listener, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+        log.debug("cluster executor: background tasks stopped")
+        await asyncio.wait_for(self._release_queue(), 5)
+        await self._close_connections()
+        log.debug("cluster executor: closed")
+
+    # -- connections -------------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        url = self.cluster.database_url
+        self._app = App(connector=PsycopgConnector(conninfo=url, min_size=1, max_size=6, timeout=5))
+        await self._app.open_async()
+        self._conn = _PoolDb(self._app.connector.pool)  # type: ignore[attr-defined]
+        from bot.cluster.worker_side import ensure_schema
+
+        await ensure_schema(self._app)
+        await self._claim_queue()
+        self._listen = await psycopg.AsyncConnection.connect(
+            url, autocommit=True, connect_timeout=5
+        )
+        await self._listen.execute(tables.listen_sql(self.cluster.queue))  # type: ignore[arg-type]
+        self._listener = asyncio.create_task(
+            self._listen_loop(self._listen), name="faraday-cluster-listen"
+        )
+        self.reachable = True
+        await self._count_workers()
+        log.info(
+            "connected to the job database; %d GPU worker(s) alive on queue %r",
+            self._alive_workers,
+            self.cluster.queue,
+        )
+
+    async def _claim_queue(self) -> None:
+        assert self._conn is not None
+        fresh = max(3 * self.cluster.poll_interval_seconds, self.cluster.stall_timeout_seconds)
+        async with self._conn.transaction() as tx:
+            cursor = await tx.execute(
+                "SELECT owner, extract(epoch FROM now() - heartbeat) FROM faraday_bots"
+                " WHERE queue = %s FOR UPDATE",
+                (self.cluster.queue,),
+            )
+            row = await cursor.fetchone()
+            if row is not None and row[0] != self.owner and row[1] < fresh:
+                raise ClusterRefused(
+                    f"another bot ({row[0]}) already uses queue {self.cluster.queue!r} on this "
+                    "database; two bots may share a database only with distinct queues: set "
+                    "[cluster] queue to another name in this bot's config.toml"
+                )
+            await tx.execute(
+                "INSERT INTO faraday_bots (queue, owner, heartbeat) VALUES (%s, %s, now())"
+                " ON CONFLICT (queue) DO UPDATE SET owner = EXCLUDED.owner, heartbeat = now()",
+                (self.cluster.queue, self.owner),
+            )
+
+    async def _release_queue(self) -> None:
+        if self._conn is None or not self.reachable:
+            return
+        with contextlib.suppress(psycopg.Error):
+            await self._conn.execute(
+                "DELETE FROM faraday_bots WHERE queue = %s AND owner = %s",
+                (self.cluster.queue, self.owner),
+            )
+
+    async def _close_connections(self) -> None:
+        self.reachable = False
+        if self._listener is not None and not self._listener.done():
+            self._listener.cancel()
+        if self._listen is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._listen.close(), 5)
+        self._listen = None
+        self._conn = None
+        if self._app is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._app.close_async(), 5)
+            self._app = None
+
+    async def _lost(self, exc: BaseException) -> None:
+        if self.reachable:
+            log.warning("lost the job database (%s); dispatch paused, reconnecting", exc)
+        await self._close_connections()
+
+    # -- background loops --------------------------------------------------------------------
+
+    def _spawn(self, work: Any, name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _listen_loop(self, conn: psycopg.AsyncConnection) -> None:
+        try:
+            async for note in conn.notifies():
+                kind, _, number = note.payload.partition(":")
+                job_id = self._by_pj.get(int(number)) if number.isdigit() else None
+                remote = self._runs.get(job_id) if job_id is not None else None
+                if remote is None:
+                    continue
+                if kind == "p":
+                    self._spawn(self._read_progress(remote), f"faraday-progress-{job_id}")
+                elif kind == "o":
+                    self._spawn(self._collect(remote), f"faraday-collect-{job_id}")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not self._closing:
+                await self._lost(exc)
+
+    async def _poll_loop(self) -> None:
+        delay = self.cluster.poll_interval_seconds
+        while True:
+            if not self.reachable:
+                try:
+                    await self._open()
+                    delay = self.cluster.poll_interval_seconds
+                    self._wake()
+                except ClusterRefused as exc:
+                    log.error("%s", exc)
+                    await self._close_connections()
+                except (psycopg.Error, OSError) as exc:
+                    log.info("job database still unreachable (%s); next try in %.1f s", exc, delay)
+                    await self._close_connections()
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.cluster.reconnect_max_seconds)
+                    continue
+            try:
+                await self._check_all()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                await self._lost(exc)
+                continue
+            await asyncio.sleep(self.cluster.poll_interval_seconds)
+
+    async def _count_workers(self) -> None:
+        assert self._conn is not None
+        cursor = await self._conn.execute(
+            "SELECT count(*) FROM faraday_workers fw JOIN procrastinate_workers pw"
+            " ON pw.id = fw.worker_id WHERE fw.queue = %s"
+            " AND pw.last_heartbeat > now() - make_interval(secs => %s)",
+            (self.cluster.queue, self.cluster.stall_timeout_seconds),
+        )
+        row = await cursor.fetchone()
+        before = self._alive_workers
+        self._alive_workers = int(row[0]) if row else 0
+        if self._alive_workers > before:
+            self._wake()
+
+    async def _check_all(self) -> None:
+        """The backstop: heartbeat, live workers, and every run's outcome, progress and health."""
+        if self._conn is None:
+            return
+        await self._conn.execute(
+            "UPDATE faraday_bots SET heartbeat = now() WHERE queue = %s", (self.cluster.queue,)
+        )
+        await self._count_workers()
+        stalled: set[int] = set()
+        if self._runs and self._app is not None:
+            jobs = await self._app.job_manager.get_stalled_jobs(
+                queue=self.cluster.queue, seconds_since_heartbeat=self.cluster.stall_timeout_seconds
+            )
+            stalled = {job.id for job in jobs if job.id is not None}
+        for remote in list(self._runs.values()):
+            if remote.collecting:
+                continue
+            if remote.pj_id is None:
+                latest = await self._latest_attempt(remote.job.id)
+                if latest is None:
+                    continue  # still being enqueued
+                remote.pj_id = latest[0]
+                self._by_pj[remote.pj_id] = remote.job.id
+            if remote.stop_reason is not None and self._app is not None:
+                await self._app.job_manager.cancel_job_by_id_async(remote.pj_id, abort=True)
+            if await self._has_outcome(remote.pj_id):
+                await self._collect(remote)
+                continue
+            status = await self._status(remote.pj_id)
+            if remote.pj_id in stalled:
+                log.warning(
+                    "job %d: its worker stopped answering (no heartbeat for %.0f s)",
+                    remote.job.id,
+                    self.cluster.stall_timeout_seconds,
+                )
+                await self._give_up(remote, "interrupted")
+            elif status in ("failed", "aborted", "cancelled", "succeeded", None):
+                # Ended without an outcome row: the task itself broke, or it never ran.
+                if status == "cancelled" or (
+                    status == "aborted" and remote.stop_reason == "cancel"
+                ):
+                    await self._give_up(remote, "cancelled")
+                elif status == "failed":
+                    await self._give_up(remote, "failed")
+                else:
+                    await self._give_up(remote, "interrupted")
+            else:
+                await self._read_progress(remote)
+
+    # -- one run -----------------------------------------------------------------------------
+
+    async def _enqueue(self, remote: _Remote) -> None:
+        job = remote.job
+        try:
+            request = await asyncio.to_thread(self.store.load_request, job)
+        except OSError as exc:
+            log.error("job %d: its input images cannot be read: %s", job.id, exc)
+            self._end(
+                remote, Outcome("failed", error="its input images were lost from the bot's storage")
+            )
+            return
+        if remote.stop_reason is not None:
+            self._end(
+                remote,
+                Outcome("stopped" if remote.stop_reason == "shutdown" else "cancelled", step=0),
+            )
+            return
+        try:
+            assert self._conn is not None and self._app is not None
+            images: dict[str, Any] = {}
+            for name, value in request.images.items():
+                blobs = value if isinstance(value, list) else [value]
+                digests = []
+                for blob in blobs:
+                    digest = hashlib.sha256(blob).hexdigest()
+                    await self._conn.execute(
+                        "INSERT INTO faraday_inputs (digest, data) VALUES (%s, %s)"
+                        " ON CONFLICT (digest) DO NOTHING",
+                        (digest, blob),
+                    )
+                    digests.append(digest)
+                images[name] = digests if isinstance(value, list) else digests[0]
+            pj_id = await self._app.configure_task(
+                tables.TASK_NAME,
+                queue=self.cluster.queue,
+                priority=-job.fair_round,
+            ).defer_async(job_id=job.id, kind=job.kind.value, params=job.params, images=images)
+        except Exception as exc:
+            log.warning("job %d could not be handed to the workers (%s); back in line", job.id, exc)
+            self._end(remote, Outcome("stopped"))
+            if isinstance(exc, (psycopg.Error, OSError, AssertionError)):
+                await self._lost(exc)
+            return
+        remote.pj_id = pj_id
+        self._by_pj[pj_id] = job.id
+        log.info("job %d enqueued for the GPU workers as procrastinate job %d", job.id, pj_id)
+        if remote.stop_reason is not None:
+            await self.cancel(job.id, remote.stop_reason)
+
+    async def _latest_attempt(self, job_id: int) -> tuple[int, str] | None:
+        assert self._conn is not None
+        cursor = await self._conn.execute(
+            "SELECT id, status FROM procrastinate_jobs WHERE queue_name = %s AND task_name = %s"
+            " AND (args->>'job_id')::bigint = %s ORDER BY id DESC LIMIT 1",
+            (self.cluster.queue, tables.TASK_NAME, job_id),
+        )
+        row = await cursor.fetchone()
+        return (int(row[0]), str(row[1])) if row else None
+
+    async def _status(self, pj_id: int) -> str | None:
+        assert self._conn is not None
+        cursor = await self._conn.execute(
+            "SELECT status FROM procrastinate_jobs WHERE id = %s", (pj_id,)
+        )
+        row = await cursor.fetchone()
+        return str(row[0]) if row else None
+
+    async def _has_outcome(self, pj_id: int) -> bool:
+        assert self._conn is not None
+        cursor = await self._conn.execute(
+            "SELECT 1 FROM faraday_outcomes WHERE pj_id = %s", (pj_id,)
+        )
+        return await cursor.fetchone() is not None
+
+    async def _read_progress(self, remote: _Remote) -> None:
+        if remote.pj_id is None or self._conn is None or remote.run.finished:
+            return
+        try:
+            cursor = await self._conn.execute(
+                "SELECT step, total, preview, preview_step, sent_at FROM faraday_progress"
+                " WHERE pj_id = %s",
+                (remote.pj_id,),
+            )
+            row = await cursor.fetchone()
+        except psycopg.Error as exc:
+            log.debug("progress of job %d not read: %s", remote.job.id, exc)
+            return
+        if row is None or row[4] <= remote.progress_sent_at:
+            return
+        remote.progress_sent_at = row[4]
+        step, total, blob, preview_step, sent_at = row
+        preview = await asyncio.to_thread(_open_png, blob) if blob is not None else None
+        self.progress_sent_at[remote.job.id] = sent_at
+        remote.run.post(Progress(step, total, preview, preview_step, time.monotonic()))
+
+    async def _collect(self, remote: _Remote) -> None:
+        """An attempt's outcome: files to data/, then the scheduler commits, then rows go."""
+        if remote.collecting or remote.pj_id is None or self._conn is None:
+            return
+        remote.collecting = True
+        pj_id = remote.pj_id
+        try:
+            cursor = await self._conn.execute(
+                "SELECT status, error, step, total, seconds, preview FROM faraday_outcomes"
+                " WHERE pj_id = %s",
+                (pj_id,),
+            )
+            row = await cursor.fetchone()
+            if row is None:
+                remote.collecting = False
+                return
+            status, error, step, total, seconds, preview_blob = row
+            if status == "cancelled" and remote.stop_reason == "shutdown":
+                status = "stopped"  # the bot is stopping: the job runs again after the restart
+            results: list[NewResult] = []
+            preview = preview_path = None
+            if status == "done":
+                cursor = await self._conn.execute(
+                    "SELECT rank, score, seed, png FROM faraday_results WHERE pj_id = %s"
+                    " ORDER BY rank",
+                    (pj_id,),
+                )
+                rows = await cursor.fetchall()
+                results = await asyncio.to_thread(self._write_results, remote.job.id, rows)
+            elif status == "cancelled" and preview_blob is not None:
+                preview = await asyncio.to_thread(_open_png, preview_blob)
+                preview_path = self.store.paths.preview_path(remote.job.id)
+                await asyncio.to_thread(
+                    write_atomic, preview_path, bytes(preview_blob), durable=self.store.sync_commits
+                )
+        except psycopg.Error as exc:
+            remote.collecting = False
+            await self._lost(exc)
+            return
+        except OSError as exc:
+            log.exception("job %d: its results could not be saved", remote.job.id)
+            outcome = Outcome(
+                "failed",
+                error=f"the images were made but could not be saved "
+                f"({exc.strerror or type(exc).__name__}); please try again later.",
+            )
+            outcome.after_commit = lambda: self._delete_rows(pj_id)
+            self._end(remote, outcome)
+            return
+        outcome = Outcome(
+            status,
+            results=results,
+            error=error,
+            preview=preview,
+            preview_path=preview_path,
+            step=step,
+            total=total,
+            seconds=float(seconds or 0.0),
+        )
+        outcome.after_commit = lambda: self._delete_rows(pj_id)
+        self._end(remote, outcome)
+
+    def _write_results(self, job_id: int, rows: list[tuple]) -> list[NewResult]:
+        out = []
+        for rank, score, seed, png in rows:
+            path = self.store.paths.result_path(job_id, rank)
+            write_atomic(path, bytes(png), durable=self.store.sync_commits)
+            out.append(NewResult(int(rank), float(score), int(seed), path))
+        return out
+
+    async def _give_up(self, remote: _Remote, status: str) -> None:
+        """End a run that left no outcome; make sure its worker (if any) stops writing."""
+        if remote.pj_id is not None and self._app is not None:
+            with contextlib.suppress(Exception):
+                await self._app.job_manager.cancel_job_by_id_async(remote.pj_id, abort=True)
+        pj_id = remote.pj_id
+        outcome = Outcome(status, step=remote.run.latest.step if remote.run.latest else None)
+        if status == "failed":
+            outcome.error = "something went wrong on the GPU worker; the details are in its log."
+        if pj_id is not None:
+            outcome.after_commit = lambda: self._delete_rows(pj_id)
+        self._end(remote, outcome)
+
+    def _end(self, remote: _Remote, outcome: Outcome) -> None:
+        if self._runs.get(remote.job.id) is remote:
+            del self._runs[remote.job.id]
+        if remote.pj_id is not None:
+            self._by_pj.pop(remote.pj_id, None)
+        remote.run.finish(outcome)
+        self._wake()
+
+    async def _delete_rows(self, pj_id: int) -> None:
+        if self._conn is None:
+            return  # left for the next start's recovery or cleanup; harmless
+        try:
+            async with self._conn.transaction() as tx:
+                for table in ("faraday_progress", "faraday_results", "faraday_outcomes"):
+                    await tx.execute(f"DELETE FROM {table} WHERE pj_id = %s", (pj_id,))  # type: ignore[arg-type]
+        except psycopg.Error as exc:
+            log.warning("rows of procrastinate job %d not deleted yet: %s", pj_id, exc)
+
+
+class _Rows:
+    def __init__(self, rows: list[tuple]) -> None:
+        self.rows = rows
+
+    async def fetchone(self) -> tuple | None:
+        return self.rows[0] if self.rows else None
+
+    async def fetchall(self) -> list[tuple]:
+        return self.rows
+
+
+class _PoolDb:
+    """Queries on procrastinate's connection pool: safe from concurrent tasks, unlike one shared
+    connection, and a broken connection is replaced by the pool."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    async def execute(self, query: Any, params: Any = None) -> _Rows:
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(query, params)
+            rows = await cursor.fetchall() if cursor.description else []
+        return _Rows(rows)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> Any:
+        async with self.pool.connection() as conn, conn.transaction():
+            yield conn
+
+
+def _open_png(blob: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(bytes(blob)))
+    image.load()
+    return image

@@ -1,0 +1,296 @@
+"""Faults with GPU workers on a real PostgreSQL: each one loses nothing and posts nothing twice."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from bot.cluster.executor import NO_WORKER, UNREACHABLE, PostgresExecutor
+from bot.cluster.private_pg import create_cluster
+from bot.config import ClusterConfig
+from bot.events import JobFinished, JobProgress, JobQueued
+from bot.executor import ClusterRefused
+from bot.jobs import JobStatus
+from bot.scheduler import Scheduler
+from bot.stand_in import StandInPipeline
+from bot.store import INTERRUPTED_TWICE, Store
+from cogs.queue import describe_queue
+from tests.bot.conftest import EventLog, FakeSink, make_publisher, request, scheduler_config
+from tests.cluster.conftest import (
+    TEST_CLUSTER,
+    Workers,
+    fresh_database,
+    start_cluster_scheduler,
+    start_worker_process,
+    worker_config_text,
+)
+
+pytestmark = pytest.mark.cluster
+
+
+async def wait_for(predicate: Any, timeout: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+def test_the_gpu_worker_never_imports_discord() -> None:
+    code = (
+        "import sys, bot.gpu_worker, bot.cluster.worker_side, bot.cluster.executor\n"
+        "bad = sorted(m for m in sys.modules if m == 'discord' or m.startswith('discord.'))\n"
+        "print(','.join(bad))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                         check=True, env={"PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1"})
+    assert out.stdout.strip() == ""
+
+
+def test_a_worker_without_a_cluster_url_says_so(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[scheduler]\npipeline = "stand-in"\n')
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-m", "bot.gpu_worker", "--config", str(config)],
+                         cwd=root, capture_output=True, text=True,
+                         env={"PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"error: {config} has no [cluster] database_url: a GPU worker needs the PostgreSQL the "
+        "bot uses"
+    ]
+
+
+async def test_a_killed_worker_is_noticed_requeued_fairly_and_fails_after_two(
+    store: Store, cluster_config: ClusterConfig, tmp_path: Path, workers: Workers
+) -> None:
+    config_path = tmp_path / "worker.toml"
+    config_path.write_text(worker_config_text(cluster_config, step_seconds=0.05))
+    log = EventLog()
+    scheduler = await start_cluster_scheduler(store, cluster_config)
+    scheduler.add_listener(log)
+    procs: list[Any] = []
+    try:
+        doomed = await scheduler.submit(request(user=1, steps=400))
+        later = None
+        for attempt in (1, 2):
+            proc = start_worker_process(config_path, f"victim-{attempt}")
+            procs.append(proc)
+            seen = len([e for e in log.of(JobProgress) if e.job.job_id == doomed.job_id])
+            await wait_for(lambda s=seen: len([e for e in log.of(JobProgress)
+                                               if e.job.job_id == doomed.job_id]) > s + 2,
+                           90, "progress on the worker process")
+            queued_before = _times_queued(log, doomed.job_id)
+            killed_at = time.monotonic()
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            if attempt == 1:
+                await wait_for(lambda b=queued_before: _times_queued(log, doomed.job_id) > b,
+                               30, "the re-queue")
+                # Noticed through the stall timeout (plus a poll), not by luck.
+                noticed = time.monotonic() - killed_at
+                assert noticed < 3 * cluster_config.stall_timeout_seconds
+                record = await store.get_job(doomed.job_id)
+                assert record.status is JobStatus.QUEUED and record.interruptions == 1
+                # It keeps its fair round: ahead of a job submitted after it.
+                later = await scheduler.submit(request(user=2, steps=1))
+                assert [e.job_id for e in scheduler.snapshot().queued] == [
+                    doomed.job_id, later.job_id]
+        await wait_for(lambda: any(e.job.job_id == doomed.job_id for e in log.of(JobFinished)),
+                       30, "the second interruption")
+        record = await store.get_job(doomed.job_id)
+        assert record.status is JobStatus.FAILED and record.error == INTERRUPTED_TWICE
+        assert record.interruptions == 2
+        # Nothing else was lost: a new worker runs what is left.
+        workers.start(StandInPipeline(0.0, 16, "sleep"))
+        await asyncio.wait_for(scheduler.wait_idle(), 60)
+        assert later is not None and await store.job_status(later.job_id) is JobStatus.DONE
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(10)
+        await scheduler.shutdown(grace_seconds=5)
+
+
+def _times_queued(log: EventLog, job_id: int) -> int:
+    return sum(1 for e in log.of(JobQueued) if e.job.job_id == job_id)
+
+
+async def _crash(scheduler: Scheduler) -> None:
+    """What a SIGKILLed bot leaves behind: no clean shutdown, connections just gone."""
+    executor = scheduler.executor
+    assert isinstance(executor, PostgresExecutor)
+    tasks = [r.task for r in scheduler._running.values() if r.task is not None]
+    tasks += [scheduler._dispatcher, executor._poller, executor._listener, *executor._tasks]
+    for task in tasks:
+        if task is not None:
+            task.cancel()
+    await asyncio.gather(*(t for t in tasks if t is not None), return_exceptions=True)
+    await executor._close_connections()
+
+
+async def test_a_restarted_bot_reattaches_collects_and_posts_once(
+    tmp_path: Path, cluster_config: ClusterConfig, workers: Workers
+) -> None:
+    data = tmp_path / "data"
+    for _ in range(2):
+        workers.start(StandInPipeline(0.05, 16, "sleep"))
+    first_store = await Store.open(data / "faraday.sqlite3", data)
+    first = await start_cluster_scheduler(first_store, cluster_config)
+    log1 = EventLog()
+    first.add_listener(log1)
+    await wait_for(lambda: first.executor.free_slots() == 2, 30, "two workers")
+    long_job = await first.submit(request(user=1, steps=120))
+    short_job = await first.submit(request(user=2, steps=30))
+    # Both are on their workers (progress came back), not merely handed over.
+    await wait_for(lambda: {e.job.job_id for e in log1.of(JobProgress)}
+                   == {long_job.job_id, short_job.job_id}, 30, "both running")
+    await _crash(first)
+    await first_store.close()
+    # While the bot is down the short job finishes on its worker.
+    with psycopg.connect(cluster_config.database_url) as conn:
+        deadline = time.monotonic() + 30
+        while not conn.execute("SELECT 1 FROM faraday_outcomes WHERE job_id = %s AND queue = %s",
+                               (short_job.job_id, cluster_config.queue)).fetchone():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    store = await Store.open(data / "faraday.sqlite3", data)
+    sink = FakeSink()
+    publisher = make_publisher(store)
+    publisher.set_sink(sink)
+    log2 = EventLog()
+    restarted = Scheduler(store, None, scheduler_config(),
+                          executor=PostgresExecutor(store, cluster_config))
+    restarted.add_listener(publisher)
+    restarted.add_listener(log2)
+    try:
+        report = await restarted.start()
+        await publisher.announce_unposted()
+        assert report.requeued == [] and report.failed == []
+        await asyncio.wait_for(restarted.wait_idle(), 60)
+        await publisher.wait_settled()
+        # Still running: followed again (progress kept coming) and finished.
+        assert any(e.job.job_id == long_job.job_id for e in log2.of(JobProgress))
+        for job in (long_job, short_job):
+            record = await store.get_job(job.job_id)
+            assert record.status is JobStatus.DONE and record.interruptions == 0
+        finished = [e.job.job_id for e in log2.of(JobFinished)]
+        assert sorted(finished) == sorted([long_job.job_id, short_job.job_id])
+        # The job that finished while the bot was down is posted once, not twice.
+        for job in (long_job, short_job):
+            link = await store.message_for_job(job.job_id, "results")
+            assert link is not None
+        results_posts = [c for c in sink.of("send") if "· seed" in c.content and c.files]
+        per_user = {user: sum(f"<@{user}>" in c.content for c in results_posts) for user in (1, 2)}
+        assert per_user == {1: 1, 2: 1}
+        # Postgres holds nothing of finished jobs any more.
+        with psycopg.connect(cluster_config.database_url) as conn:
+            left = conn.execute("SELECT count(*) FROM faraday_outcomes WHERE queue = %s",
+                                (cluster_config.queue,)).fetchone()
+        assert left == (0,)
+    finally:
+        await restarted.shutdown(grace_seconds=5)
+        await publisher.close()
+        await store.close()
+
+
+async def test_an_unknown_running_job_counts_one_interruption(
+    store: Store, cluster_config: ClusterConfig
+) -> None:
+    record = await store.insert_job(request(user=1), 0)
+    await store.mark_running(record.id, 3)  # running when the bot died; Postgres never saw it
+    scheduler = await start_cluster_scheduler(store, cluster_config)
+    try:
+        job = await store.get_job(record.id)
+        assert job.status is JobStatus.QUEUED and job.interruptions == 1
+    finally:
+        await scheduler.shutdown(grace_seconds=5)
+
+
+async def test_no_worker_alive_means_jobs_wait_and_queue_says_so(
+    store: Store, cluster_config: ClusterConfig, workers: Workers
+) -> None:
+    scheduler = await start_cluster_scheduler(store, cluster_config)
+    try:
+        submitted = await scheduler.submit(request(user=1))
+        assert submitted.notice == NO_WORKER
+        await asyncio.sleep(3 * cluster_config.poll_interval_seconds)
+        assert await store.job_status(submitted.job_id) is JobStatus.QUEUED
+        text = describe_queue(scheduler.snapshot(), 1)
+        assert NO_WORKER in text and f"job #{submitted.job_id}" in text
+        workers.start()
+        await asyncio.wait_for(scheduler.wait_idle(), 30)
+        assert await store.job_status(submitted.job_id) is JobStatus.DONE
+        assert scheduler.snapshot().notice is None
+    finally:
+        await scheduler.shutdown(grace_seconds=5)
+
+
+async def test_a_second_bot_on_the_same_queue_refuses_to_start(
+    tmp_path: Path, cluster_config: ClusterConfig
+) -> None:
+    stores = [await Store.open(tmp_path / f"d{i}" / "f.sqlite3", tmp_path / f"d{i}")
+              for i in range(3)]
+    first = await start_cluster_scheduler(stores[0], cluster_config)
+    try:
+        second = Scheduler(stores[1], None, scheduler_config(),
+                           executor=PostgresExecutor(stores[1], cluster_config))
+        with pytest.raises(ClusterRefused) as refused:
+            await second.start()
+        assert f"already uses queue {cluster_config.queue!r}" in str(refused.value)
+        assert "set [cluster] queue to another name" in str(refused.value)
+        distinct = replace(cluster_config, queue=cluster_config.queue + "b")
+        third = await start_cluster_scheduler(stores[2], distinct)
+        await third.shutdown(grace_seconds=5)
+    finally:
+        await first.shutdown(grace_seconds=5)
+        for store in stores:
+            await store.close()
+
+
+async def test_postgres_down_for_ten_seconds_pauses_and_loses_nothing(
+    store: Store, tmp_path: Path
+) -> None:
+    server = create_cluster()  # a server of its own, to stop and start
+    worker_thread = None
+    scheduler = None
+    try:
+        cluster = replace(TEST_CLUSTER, database_url=fresh_database(server.url()), queue="outage")
+        workers = Workers(cluster)
+        workers.start(StandInPipeline(0.05, 16, "sleep"))
+        worker_thread = workers
+        log = EventLog()
+        scheduler = await start_cluster_scheduler(store, cluster)
+        scheduler.add_listener(log)
+        await wait_for(lambda: scheduler.executor.free_slots() == 1, 30, "the worker")
+        running = await scheduler.submit(request(user=1, steps=60))
+        await wait_for(lambda: bool(log.of(JobProgress)), 30, "progress")
+        await asyncio.to_thread(server.kill)
+        await wait_for(lambda: not scheduler.executor.reachable, 30, "the outage to be noticed")
+        waiting = await scheduler.submit(request(user=2, steps=5))
+        assert waiting.notice == UNREACHABLE
+        assert scheduler.snapshot().notice == UNREACHABLE
+        await asyncio.sleep(10)
+        assert await store.job_status(waiting.job_id) is JobStatus.QUEUED
+        await asyncio.to_thread(server.start)
+        await asyncio.wait_for(scheduler.wait_idle(), 120)
+        for job in (running, waiting):
+            assert await store.job_status(job.job_id) is JobStatus.DONE
+            assert len(await store.results_for_job(job.job_id)) == 1
+        finished = [e.job.job_id for e in log.of(JobFinished)]
+        assert sorted(finished) == sorted([running.job_id, waiting.job_id])  # once each
+    finally:
+        if scheduler is not None:
+            await scheduler.shutdown(grace_seconds=5)
+        if worker_thread is not None:
+            worker_thread.stop_all()
+        server.remove()
