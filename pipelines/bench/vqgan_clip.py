@@ -242,9 +242,10 @@ def device_facts(device: torch.device) -> dict[str, Any]:
     cuda = device.type == "cuda"
     return {
         "device": str(device),
-        "gpu_name": torch.cuda.get_device_name(device) if cuda else None,
-        "torch_version": torch.__version__,
-        "cuda_version": torch.version.cuda,
+        # The same keys as the blended and upscale benches' JSON.
+        "gpu": torch.cuda.get_device_name(device) if cuda else None,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
     }
 
 
@@ -294,7 +295,7 @@ def throughput(
         "s_per_step": per_step,
         # The job's steps at the median step time, plus its final decode and ranking.
         "s_per_job": round(per_step * DEFAULT_JOB_STEPS + finish, 2),
-        "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(device)
+        "peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
         if device.type == "cuda"
         else None,
     }

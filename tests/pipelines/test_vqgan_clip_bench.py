@@ -25,9 +25,9 @@ def test_prints_one_json_line_with_the_breakdown(capsys: pytest.CaptureFixture[s
     assert figures["ratio_to_reference"] > 0
     assert figures["gflop_per_step"] > 0
     assert figures["peak_rss_mb"] > 0
-    assert figures["device"] == "cpu" and figures["gpu_name"] is None
-    assert figures["torch_version"] == torch.__version__
-    assert "cuda_version" in figures
+    assert figures["device"] == "cpu" and figures["gpu"] is None
+    assert figures["torch"] == torch.__version__
+    assert "cuda" in figures
     batching = figures["throughput"]
     assert batching["candidates"] == 4 and batching["job_steps"] == 200
     # On a CPU "auto" is one candidate at a time, so both figures describe the same run.
@@ -36,7 +36,7 @@ def test_prints_one_json_line_with_the_breakdown(capsys: pytest.CaptureFixture[s
     for figures_of in (batching["auto"], batching["one_at_a_time"]):
         assert figures_of["s_per_step"] > 0
         assert figures_of["s_per_job"] > 200 * figures_of["s_per_step"] * 0.99
-        assert figures_of["peak_gpu_memory_bytes"] is None
+        assert figures_of["peak_gpu_memory_mb"] is None
 
 
 def test_a_fixed_candidate_batch_is_used_and_a_bad_one_refused(
