@@ -69,6 +69,7 @@ class PostgresExecutor:
         self._conn: _PoolDb | None = None
         self._listen: psycopg.AsyncConnection | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._enqueue_lock = asyncio.Lock()
         self._poller: asyncio.Task | None = None
         self._listener: asyncio.Task | None = None
         self._wake: Callable[[], None] = lambda: None
@@ -366,6 +367,12 @@ class PostgresExecutor:
     # -- one run -----------------------------------------------------------------------------
 
     async def _enqueue(self, remote: _Remote) -> None:
+        # One at a time, in launch order: procrastinate breaks priority ties by job id, so jobs
+        # handed out together (a worker count not yet refreshed, say) keep the fair order.
+        async with self._enqueue_lock:
+            await self._enqueue_one(remote)
+
+    async def _enqueue_one(self, remote: _Remote) -> None:
         job = remote.job
         try:
             request = await asyncio.to_thread(self.store.load_request, job)
