@@ -85,7 +85,8 @@ async def test_two_gpu_workers_share_two_users_jobs_fairly_and_survive_a_kill(
                         "imagine", {"prompt": f"{user} {index}", "steps": 20}, user=user)
                     jobs[await queued_job_id(handle)] = user
             records = [await finished_job(bot, job_id) for job_id in jobs]
-            assert all(r.status is JobStatus.DONE and r.interruptions == 0 for r in records)
+            assert all(r.status is JobStatus.DONE and r.interruptions == 0 for r in records), [
+                (r.id, r.status, r.interruptions, r.error) for r in records]
             for job_id in jobs:  # every result was posted
                 assert await message_of(bot, standin, job_id, "results")
             ran_on = worker_of_each_job(pg_url, queue)
