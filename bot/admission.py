@@ -24,8 +24,10 @@ QUOTA_WINDOW_SECONDS = 86_400.0
 
 BLOCKED_USER = "You cannot use this bot's commands in this server; ask its admins why."
 PAUSED = "The bot is paused by an admin and is not taking new jobs right now; try again later."
-BLOCKED_PROMPT = ("Your prompt contains a word or phrase this server does not allow, so nothing "
-                  "was queued. Please rephrase it.")
+BLOCKED_PROMPT = (
+    "Your prompt contains a word or phrase this server does not allow, so nothing "
+    "was queued. Please rephrase it."
+)
 
 
 def disabled_text(command: str) -> str:
@@ -50,18 +52,21 @@ class Gatekeeper:
 
     async def submit_refusal(self, request: JobRequest, *, admin: bool = False) -> str | None:
         command = request.kind.value
-        early = self.command_refusal(request.user_id, command, request.guild_id,
-                                     request.channel_id)
+        early = self.command_refusal(request.user_id, command, request.guild_id, request.channel_id)
         if early is not None:
             return early
         effective = self.settings.effective(request.guild_id, request.channel_id)
         params = request.params
-        term = effective.prompt_filter.blocked_term(params.get("prompt"),
-                                                    params.get("mask_text"))
+        term = effective.prompt_filter.blocked_term(params.get("prompt"), params.get("mask_text"))
         if term is not None:
-            log.warning("refused a %s prompt from user %d in channel %d: it matches the blocked "
-                        "%s %r", command, request.user_id, request.channel_id, term.kind.value,
-                        term.text)
+            log.warning(
+                "refused a %s prompt from user %d in channel %d: it matches the blocked %s %r",
+                command,
+                request.user_id,
+                request.channel_id,
+                term.kind.value,
+                term.text,
+            )
             return BLOCKED_PROMPT
         quota = effective.daily_job_quota
         if quota > 0 and not admin and self.owner_store is not None:
@@ -71,6 +76,8 @@ class Gatekeeper:
                 oldest = await self.owner_store.oldest_job_since(request.user_id, since)
                 wait = (oldest or time.time()) + QUOTA_WINDOW_SECONDS - time.time()
                 hours = max(1, math.ceil(wait / 3600))
-                return (f"You have used your {quota} job(s) for the last 24 hours here; you can "
-                        f"submit again in about {hours} h.")
+                return (
+                    f"You have used your {quota} job(s) for the last 24 hours here; you can "
+                    f"submit again in about {hours} h."
+                )
         return None

@@ -48,8 +48,9 @@ def compile_term(term: BlockedTerm) -> re.Pattern[str]:
     except re.error as exc:
         raise BadTerm(f"the regular expression does not compile: {exc}") from None
     if pattern.search(""):
-        raise BadTerm("the regular expression matches an empty prompt, so it would block "
-                      "everything")
+        raise BadTerm(
+            "the regular expression matches an empty prompt, so it would block everything"
+        )
     return pattern
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from bot.blocklist import BadTerm, BlockedTerm, TermKind, compile_term
+from pipelines.augmentation_sets import AUGMENTATION_SETS, DEFAULT_AUGMENTATIONS
 from pipelines.settings import SOURCE_LIST_KEYS, ModelSettings
 
 if sys.version_info >= (3, 11):
@@ -86,6 +87,8 @@ class ImagineConfig:
     max_prompt_chars: int = 500
     # Images made per /imagine, ranked by CLIP; each gets a number reaction to continue from.
     candidates: int = 4
+    # The cutouts' augmentation strengths, a name in pipelines.cutouts.AUGMENTATION_SETS.
+    augmentations: str = DEFAULT_AUGMENTATIONS
     # The weight of an attached image_prompt, as a text prompt's ":weight" (negative = away).
     image_prompt_weight: FloatOption = FloatOption(1.0, -2.0, 2.0)
 
@@ -681,6 +684,7 @@ def _imagine(t: _Table, limits: dict[str, Any]) -> ImagineConfig:
         preview_every=t.integer("preview_every", d.preview_every, 1, 1000),
         max_prompt_chars=t.integer("max_prompt_chars", d.max_prompt_chars, 1, 4000),
         candidates=t.integer("candidates", d.candidates, *limits["candidates"]),
+        augmentations=t.choice("augmentations", d.augmentations, tuple(AUGMENTATION_SETS)),
         image_prompt_weight=_float_option(
             t, "image_prompt_weight", d.image_prompt_weight, *limits["image_prompt_weight"]
         ),

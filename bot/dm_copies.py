@@ -39,9 +39,11 @@ def dm_text(event: JobFinished) -> str:
     prompt = " ".join(str(params.get("prompt", "")).split())
     prompt = prompt if len(prompt) <= 200 else prompt[:199] + "…"
     seed = params.get("seed")
-    return (f"Your /{event.job.kind.value} job #{event.job.job_id} is done: “{prompt}”"
-            f"{f', seed {seed}' if seed is not None else ''}. Its results are also in "
-            f"<#{event.job.channel_id}>. (/prefs dm turns these copies off.)")
+    return (
+        f"Your /{event.job.kind.value} job #{event.job.job_id} is done: “{prompt}”"
+        f"{f', seed {seed}' if seed is not None else ''}. Its results are also in "
+        f"<#{event.job.channel_id}>. (/prefs dm turns these copies off.)"
+    )
 
 
 class DmCopies:
@@ -74,5 +76,6 @@ class DmCopies:
             await self.send(user_id, dm_text(event), png, flagged)
             log.info("job %d: results copied to user %d by DM", event.job.job_id, user_id)
         except Exception as exc:  # a closed DM must never disturb the job or the channel
-            log.warning("job %d: could not send user %d a copy by DM: %s", event.job.job_id,
-                        user_id, exc)
+            log.warning(
+                "job %d: could not send user %d a copy by DM: %s", event.job.job_id, user_id, exc
+            )

@@ -70,6 +70,8 @@ class JobFinished:
     step: int | None
     total: int | None
     started_monotonic: float | None
+    # The image safety check flagged a result: the progress message drops its last preview.
+    hide_preview: bool = False
 
 
 @dataclass(frozen=True)

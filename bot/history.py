@@ -43,8 +43,9 @@ class HistoryPage:
 
 async def history_page(store: Store, user_id: int, page: int, per_page: int) -> HistoryPage:
     """The user's jobs, newest first; a page past the end shows the last one."""
-    async with store._db.execute("SELECT COUNT(*) FROM jobs WHERE user_id = ?",
-                                 (user_id,)) as cursor:
+    async with store._db.execute(
+        "SELECT COUNT(*) FROM jobs WHERE user_id = ?", (user_id,)
+    ) as cursor:
         row = await cursor.fetchone()
     total = int(row[0]) if row else 0
     pages = max(1, -(-total // per_page))
@@ -62,12 +63,19 @@ async def history_page(store: Store, user_id: int, page: int, per_page: int) -> 
         params = json.loads(r["request_json"]).get("params", {})
         shown = r["shown"]
         message = tuple(int(p) for p in shown.split(":")) if shown else None
-        entries.append(HistoryEntry(
-            job_id=r["id"], kind=JobKind(r["kind"]), status=JobStatus(r["status"]),
-            prompt=str(params.get("prompt", "")), seed=params.get("seed"),
-            created_at=r["created_at"], guild_id=r["guild_id"], channel_id=r["channel_id"],
-            message=message,  # type: ignore[arg-type]
-        ))
+        entries.append(
+            HistoryEntry(
+                job_id=r["id"],
+                kind=JobKind(r["kind"]),
+                status=JobStatus(r["status"]),
+                prompt=str(params.get("prompt", "")),
+                seed=params.get("seed"),
+                created_at=r["created_at"],
+                guild_id=r["guild_id"],
+                channel_id=r["channel_id"],
+                message=message,  # type: ignore[arg-type]
+            )
+        )
     return HistoryPage(entries, page, pages, total)
 
 
@@ -92,28 +100,35 @@ async def stats(store: Store, now: float | None = None) -> Stats:
     now = time.time() if now is None else now
     today = datetime.fromtimestamp(now, timezone.utc).date()
     first_day = today - timedelta(days=STATS_DAYS - 1)
-    since = datetime(first_day.year, first_day.month, first_day.day,
-                     tzinfo=timezone.utc).timestamp()
+    since = datetime(
+        first_day.year, first_day.month, first_day.day, tzinfo=timezone.utc
+    ).timestamp()
     db = store._db
 
     async def rows(sql: str, parameters: tuple = ()) -> list:
         async with db.execute(sql, parameters) as cursor:
             return list(await cursor.fetchall())
 
-    per_day = dict(await rows(
-        "SELECT date(created_at, 'unixepoch'), COUNT(*) FROM jobs WHERE created_at >= ?"
-        " GROUP BY 1", (since,)))
+    per_day = dict(
+        await rows(
+            "SELECT date(created_at, 'unixepoch'), COUNT(*) FROM jobs WHERE created_at >= ?"
+            " GROUP BY 1",
+            (since,),
+        )
+    )
     days = [
-        ((first_day + timedelta(days=i)).isoformat(),
-         int(per_day.get((first_day + timedelta(days=i)).isoformat(), 0)))
+        (
+            (first_day + timedelta(days=i)).isoformat(),
+            int(per_day.get((first_day + timedelta(days=i)).isoformat(), 0)),
+        )
         for i in range(STATS_DAYS)
     ]
     waits: dict[str, list[float]] = {}
     runs: dict[str, list[float]] = {}
     counts: dict[str, int] = {}
     for kind, created, started, finished, status in await rows(
-        "SELECT kind, created_at, started_at, finished_at, status FROM jobs"
-        " WHERE created_at >= ?", (since,)
+        "SELECT kind, created_at, started_at, finished_at, status FROM jobs WHERE created_at >= ?",
+        (since,),
     ):
         counts[kind] = counts.get(kind, 0) + 1
         if started is not None:
@@ -121,9 +136,12 @@ async def stats(store: Store, now: float | None = None) -> Stats:
             if finished is not None and status == JobStatus.DONE.value:
                 runs.setdefault(kind, []).append(finished - started)
     times = [
-        KindTimes(kind, counts[kind],
-                  statistics.median(waits[kind]) if waits.get(kind) else None,
-                  statistics.median(runs[kind]) if runs.get(kind) else None)
+        KindTimes(
+            kind,
+            counts[kind],
+            statistics.median(waits[kind]) if waits.get(kind) else None,
+            statistics.median(runs[kind]) if runs.get(kind) else None,
+        )
         for kind in sorted(counts)
     ]
     failures: dict[str, int] = {}
@@ -134,9 +152,14 @@ async def stats(store: Store, now: float | None = None) -> Stats:
         reason = reason if len(reason) <= REASON_CHARS else reason[: REASON_CHARS - 1] + "…"
         failures[reason] = failures.get(reason, 0) + 1
     queue = await rows("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')")
-    busiest = [(int(u), int(n)) for u, n in await rows(
-        "SELECT user_id, COUNT(*) AS n FROM jobs WHERE created_at >= ? GROUP BY user_id"
-        " ORDER BY n DESC, user_id LIMIT ?", (since, BUSIEST_USERS))]
+    busiest = [
+        (int(u), int(n))
+        for u, n in await rows(
+            "SELECT user_id, COUNT(*) AS n FROM jobs WHERE created_at >= ? GROUP BY user_id"
+            " ORDER BY n DESC, user_id LIMIT ?",
+            (since, BUSIEST_USERS),
+        )
+    ]
     return Stats(
         days=days,
         times=times,

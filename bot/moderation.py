@@ -41,17 +41,26 @@ async def purge_user(
             if status is None or status.finished:
                 break
             if time.monotonic() > deadline:
-                log.warning("purge of user %d: job %d did not stop within %.0f s; it is kept",
-                            user_id, job_id, timeout)
+                log.warning(
+                    "purge of user %d: job %d did not stop within %.0f s; it is kept",
+                    user_id,
+                    job_id,
+                    timeout,
+                )
                 break
             await asyncio.sleep(0.1)
     # The cancelled jobs' last message edits, so none lands after its message was deleted.
     try:
-        await asyncio.wait_for(publisher.wait_settled(), timeout=max(1.0, deadline -
-                                                                        time.monotonic()))
+        await asyncio.wait_for(
+            publisher.wait_settled(), timeout=max(1.0, deadline - time.monotonic())
+        )
     except asyncio.TimeoutError:
         log.warning("purge of user %d: messages still being posted; deleting anyway", user_id)
     report = await owner_store.purge_user(user_id)
-    log.info("purged user %d: %d job(s), %d message(s) to delete", user_id,
-             len(report.job_ids), len(report.messages))
+    log.info(
+        "purged user %d: %d job(s), %d message(s) to delete",
+        user_id,
+        len(report.job_ids),
+        len(report.messages),
+    )
     return report

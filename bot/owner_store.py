@@ -42,8 +42,7 @@ class OwnerStore:
         rows = await self._rows("SELECT scope, scope_id, key, value_json FROM settings")
         return [(Scope(r[0]), int(r[1]), r[2], json.loads(r[3])) for r in rows]
 
-    async def set_setting(self, scope: Scope, scope_id: int, key: str, value: Any,
-                          by: int) -> None:
+    async def set_setting(self, scope: Scope, scope_id: int, key: str, value: Any, by: int) -> None:
         await self._write(
             "INSERT OR REPLACE INTO settings (scope, scope_id, key, value_json, updated_by,"
             " updated_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -52,8 +51,9 @@ class OwnerStore:
 
     async def delete_settings(self, scope: Scope, scope_id: int, key: str | None) -> int:
         if key is None:
-            return await self._write("DELETE FROM settings WHERE scope = ? AND scope_id = ?",
-                                     (scope.value, scope_id))
+            return await self._write(
+                "DELETE FROM settings WHERE scope = ? AND scope_id = ?", (scope.value, scope_id)
+            )
         return await self._write(
             "DELETE FROM settings WHERE scope = ? AND scope_id = ? AND key = ?",
             (scope.value, scope_id, key),
@@ -125,8 +125,12 @@ class OwnerStore:
         if not ids:
             return PurgeReport([], [])
         marks = ",".join("?" * len(ids))
-        messages = [(int(r[0]), int(r[1])) for r in await self._rows(
-            f"SELECT channel_id, message_id FROM messages WHERE job_id IN ({marks})", ids)]
+        messages = [
+            (int(r[0]), int(r[1]))
+            for r in await self._rows(
+                f"SELECT channel_id, message_id FROM messages WHERE job_id IN ({marks})", ids
+            )
+        ]
         # The same deletion as retention and the 🗑 button: rows, results, frames, unused inputs.
         await self.store.delete_jobs(ids)
         return PurgeReport(ids, messages)

@@ -40,8 +40,10 @@ def _value(spec: SettingSpec, effective: Effective) -> str:
 
 def settings_text(effective: Effective, specs: dict[str, SettingSpec], paused: bool) -> str:
     """Every setting in force in this channel, and where each comes from when not config.toml."""
-    lines = ["**Settings in this channel** (a value without a note comes from config.toml; "
-             "(server) or (channel) marks an override made with /settings set)"]
+    lines = [
+        "**Settings in this channel** (a value without a note comes from config.toml; "
+        "(server) or (channel) marks an override made with /settings set)"
+    ]
     if paused:
         lines.append("⏸ **Paused**: no new jobs are taken (/resume).")
     grouped = {f"{section}.{name}" for section, name, _ in BOUNDED_OPTIONS}
@@ -57,8 +59,9 @@ def settings_text(effective: Effective, specs: dict[str, SettingSpec], paused: b
         lines.append(f"• `{key}`: {_value(spec, effective)}")
     if effective.terms:
         lines.append(f"**Blocked terms** ({len(effective.terms)}):")
-        lines.extend(f"• {term.kind.value} `{term.text}` ({source})"
-                     for term, source in effective.terms)
+        lines.extend(
+            f"• {term.kind.value} `{term.text}` ({source})" for term, source in effective.terms
+        )
     else:
         lines.append("**Blocked terms**: none.")
     return "\n".join(lines)
@@ -80,7 +83,9 @@ def history_text(page: HistoryPage, whose: str) -> str:
     for entry in page.entries:
         where = (
             f"https://discord.com/channels/{entry.guild_id or '@me'}/{entry.message[0]}/"
-            f"{entry.message[1]}" if entry.message else "no message"
+            f"{entry.message[1]}"
+            if entry.message
+            else "no message"
         )
         seed = "?" if entry.seed is None else str(entry.seed)
         lines.append(
@@ -97,12 +102,17 @@ def _seconds(value: float | None) -> str:
 
 
 def stats_text(stats: Stats) -> str:
-    lines = ["**Jobs per day** (UTC, last 7 days): "
-             + ", ".join(f"{day[5:]}: {count}" for day, count in stats.days)]
+    lines = [
+        "**Jobs per day** (UTC, last 7 days): "
+        + ", ".join(f"{day[5:]}: {count}" for day, count in stats.days)
+    ]
     lines.append("**Median time waiting / running** (last 7 days):")
     if stats.times:
-        lines.extend(f"• {t.kind}: {_seconds(t.median_wait_seconds)} / "
-                     f"{_seconds(t.median_run_seconds)} ({t.jobs} jobs)" for t in stats.times)
+        lines.extend(
+            f"• {t.kind}: {_seconds(t.median_wait_seconds)} / "
+            f"{_seconds(t.median_run_seconds)} ({t.jobs} jobs)"
+            for t in stats.times
+        )
     else:
         lines.append("• no jobs yet")
     lines.append("**Failures by reason** (last 7 days):")
@@ -112,8 +122,10 @@ def stats_text(stats: Stats) -> str:
         lines.append("• none")
     lines.append(f"**Queue now**: {stats.queue_length} job(s) waiting or running.")
     if stats.busiest:
-        lines.append("**Busiest users** (last 7 days): "
-                     + ", ".join(f"<@{user}> {count}" for user, count in stats.busiest))
+        lines.append(
+            "**Busiest users** (last 7 days): "
+            + ", ".join(f"<@{user}> {count}" for user, count in stats.busiest)
+        )
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines.append(f"_(from the store, {generated})_")
     return "\n".join(lines)

@@ -131,6 +131,7 @@ class _Wanted:
     preview_key: object = None  # changes whenever ``preview`` shows something new
     error: str | None = None
     results: list[ResultRecord] = field(default_factory=list)
+    hide_preview: bool = False  # take the shown preview off (a flagged result's near-twin)
 
     @property
     def final(self) -> bool:
@@ -246,6 +247,7 @@ class Publisher:
                 preview_key=key if event.status is JobStatus.CANCELLED else previous.preview_key,
                 error=event.error,
                 results=list(event.results),
+                hide_preview=event.hide_preview,
             ))
         elif isinstance(event, JobRequeued):
             self._want(view, replace(view.wanted, phase="requeued"))
@@ -442,6 +444,8 @@ class Publisher:
         info = view.info
         content = self._content(view, wanted)
         new_preview = wanted.preview is not None and wanted.preview_key != view.shown_preview_key
+        if wanted.hide_preview:
+            new_preview = False
         encoded: list[OutgoingFile] = []
 
         async def preview_files() -> list[OutgoingFile]:
@@ -457,8 +461,10 @@ class Publisher:
                 # A job that has ended cannot be cancelled: its Cancel button goes.
                 drop_controls = wanted.final and view.has_controls
                 try:
-                    await sink.edit(info.channel_id, view.message_id, content,
-                                    await preview_files() if new_preview else None,
+                    files = await preview_files() if new_preview else None
+                    if wanted.hide_preview:
+                        files = []  # an empty list takes the attachments off
+                    await sink.edit(info.channel_id, view.message_id, content, files,
                                     controls=() if drop_controls else None)
                     if drop_controls:
                         view.has_controls = False
@@ -468,8 +474,9 @@ class Publisher:
                     view.message_id = None
             if view.message_id is None:
                 controls = () if wanted.final else progress_controls(info.job_id)
-                view.message_id = await sink.send(info.channel_id, content,
-                                                  await preview_files(), controls=controls)
+                view.message_id = await sink.send(
+                    info.channel_id, content,
+                    [] if wanted.hide_preview else await preview_files(), controls=controls)
                 view.has_controls = bool(controls)
                 await self.store.link_message(view.message_id, info.channel_id, info.job_id,
                                               PROGRESS)
@@ -477,7 +484,8 @@ class Publisher:
                 if self.progress_reactions and not wanted.final:
                     await self._offer_progress_reactions(info, view.message_id)
             view.shown_version = version
-            view.shown_preview_key = wanted.preview_key if wanted.preview is not None else None
+            shown = wanted.preview is not None and not wanted.hide_preview
+            view.shown_preview_key = wanted.preview_key if shown else None
             view.failures = 0
         except NoPermission:
             log.warning("job %d: no permission to post progress in channel %d; the job goes on "

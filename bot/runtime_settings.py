@@ -130,36 +130,80 @@ def build_specs(config: Config) -> dict[str, SettingSpec]:
     for section, name, kind in BOUNDED_OPTIONS:
         lo, hi = limits[section][name]
         for part in ("default", "min", "max"):
-            specs.append(SettingSpec(
-                f"{section}.{name}.{part}", kind, f"/{section} {name}: {part}",
-                lambda c, s=section, n=name, p=part: getattr(getattr(getattr(c, s), n), p),
-                lo, hi,
-            ))
+            specs.append(
+                SettingSpec(
+                    f"{section}.{name}.{part}",
+                    kind,
+                    f"/{section} {name}: {part}",
+                    lambda c, s=section, n=name, p=part: getattr(getattr(getattr(c, s), n), p),
+                    lo,
+                    hi,
+                )
+            )
     sizes = tuple(size_text(s) for s in config.imagine.sizes)
     largest = max(sizes, key=_area)
     specs += [
-        SettingSpec("imagine.candidates", int, "/imagine: images made and ranked (the most a "
-                    "user may prefer)", lambda c: c.imagine.candidates,
-                    *imagine_limits["candidates"]),
-        SettingSpec("imagine.default_size", str, "/imagine: size when none is picked",
-                    lambda c: size_text(c.imagine.default_size), choices=sizes),
-        SettingSpec("imagine.max_size", str, "/imagine: the largest size allowed (by pixels)",
-                    lambda c, largest=largest: largest, choices=sizes),
-        SettingSpec("edit.background", str, "/edit: background handling when none is picked",
-                    lambda c: c.edit.default_background, choices=config.edit.backgrounds),
-        SettingSpec("edit.shrink", bool, "/edit: progressive mask shrinking by default",
-                    lambda c: c.edit.shrink),
+        SettingSpec(
+            "imagine.candidates",
+            int,
+            "/imagine: images made and ranked (the most a user may prefer)",
+            lambda c: c.imagine.candidates,
+            *imagine_limits["candidates"],
+        ),
+        SettingSpec(
+            "imagine.default_size",
+            str,
+            "/imagine: size when none is picked",
+            lambda c: size_text(c.imagine.default_size),
+            choices=sizes,
+        ),
+        SettingSpec(
+            "imagine.max_size",
+            str,
+            "/imagine: the largest size allowed (by pixels)",
+            lambda c, largest=largest: largest,
+            choices=sizes,
+        ),
+        SettingSpec(
+            "edit.background",
+            str,
+            "/edit: background handling when none is picked",
+            lambda c: c.edit.default_background,
+            choices=config.edit.backgrounds,
+        ),
+        SettingSpec(
+            "edit.shrink",
+            bool,
+            "/edit: progressive mask shrinking by default",
+            lambda c: c.edit.shrink,
+        ),
     ]
     for command in JOB_COMMANDS:
-        specs.append(SettingSpec(
-            f"enabled.{command}", bool, f"whether /{command} takes jobs",
-            lambda c, command=command: command not in c.moderation.disabled_commands,
-        ))
+        specs.append(
+            SettingSpec(
+                f"enabled.{command}",
+                bool,
+                f"whether /{command} takes jobs",
+                lambda c, command=command: command not in c.moderation.disabled_commands,
+            )
+        )
     specs += [
-        SettingSpec("cooldown_seconds", float, "seconds a user waits between two submissions",
-                    lambda c: c.discord.submit_cooldown_seconds, 0, 3600),
-        SettingSpec("daily_job_quota", int, "jobs a user may submit per 24 h (0: no limit; "
-                    "admins are not limited)", lambda c: c.moderation.daily_job_quota, 0, 100_000),
+        SettingSpec(
+            "cooldown_seconds",
+            float,
+            "seconds a user waits between two submissions",
+            lambda c: c.discord.submit_cooldown_seconds,
+            0,
+            3600,
+        ),
+        SettingSpec(
+            "daily_job_quota",
+            int,
+            "jobs a user may submit per 24 h (0: no limit; admins are not limited)",
+            lambda c: c.moderation.daily_job_quota,
+            0,
+            100_000,
+        ),
     ]
     return {spec.key: spec for spec in specs}
 
@@ -190,8 +234,9 @@ class Effective:
 
     def notes_for(self, command: str, given: set[str]) -> tuple[str, ...]:
         """Notes on preferences adjusted for ``command``, except for options the user gave."""
-        return tuple(text for cmd, option, text in self.notes
-                     if cmd == command and option not in given)
+        return tuple(
+            text for cmd, option, text in self.notes if cmd == command and option not in given
+        )
 
 
 @dataclass
@@ -231,16 +276,24 @@ class SettingsService:
                     raise BadSetting("unknown")
                 spec.parse(spec.show(value))
             except BadSetting:
-                log.warning("ignoring stored setting %s=%r for %s %d: no longer valid", key,
-                            value, scope.value, scope_id)
+                log.warning(
+                    "ignoring stored setting %s=%r for %s %d: no longer valid",
+                    key,
+                    value,
+                    scope.value,
+                    scope_id,
+                )
                 continue
             cache.overrides.setdefault((scope, scope_id), {})[key] = value
         for scope, scope_id, term in await self.store.all_terms():
             try:
                 compile_term(term)
             except BadTerm:
-                log.warning("ignoring stored block-list term for %s %d: no longer valid",
-                            scope.value, scope_id)
+                log.warning(
+                    "ignoring stored block-list term for %s %d: no longer valid",
+                    scope.value,
+                    scope_id,
+                )
                 continue
             cache.terms.setdefault((scope, scope_id), []).append(term)
         cache.blocked_users = set(await self.store.blocked_users())
@@ -309,8 +362,9 @@ class SettingsService:
         channel's together (a block list only ever grows toward the channel)."""
         moderation = self.config.moderation
         out = [(BlockedTerm(TermKind.WORD, w), CONFIG_SOURCE) for w in moderation.blocked_words]
-        out += [(BlockedTerm(TermKind.PATTERN, p), CONFIG_SOURCE)
-                for p in moderation.blocked_patterns]
+        out += [
+            (BlockedTerm(TermKind.PATTERN, p), CONFIG_SOURCE) for p in moderation.blocked_patterns
+        ]
         for name, scope, scope_id in reversed(self._layers(guild_id, channel_id)):
             out += [(term, name) for term in self._cache.terms.get((scope, scope_id), [])]
         return out
@@ -363,7 +417,13 @@ class SettingsService:
         return self.store
 
     async def set(
-        self, scope: Scope, key: str, text: str, by: int, *, guild_id: int | None,
+        self,
+        scope: Scope,
+        key: str,
+        text: str,
+        by: int,
+        *,
+        guild_id: int | None,
         channel_id: int | None,
     ) -> tuple[SettingSpec, Any]:
         """Parse, check and store one override at the channel's or its server's scope.
@@ -379,8 +439,7 @@ class SettingsService:
             raise BadSetting(f"there is no {scope.value} here to change settings for")
         value = spec.parse(text)
         # Checked as the channel sees it; a server-wide change is checked as the server sees it.
-        self._check_consistent(key, value, guild_id,
-                               channel_id if scope is Scope.CHANNEL else None)
+        self._check_consistent(key, value, guild_id, channel_id if scope is Scope.CHANNEL else None)
         await self._require_store().set_setting(scope, scope_id, key, value, by)
         self._cache.overrides.setdefault((scope, scope_id), {})[key] = value
         return spec, value
@@ -395,23 +454,30 @@ class SettingsService:
                 continue
             lo, hi, default = (values[prefix + p] for p in ("min", "max", "default"))
             if lo > hi:
-                raise BadSetting(f"`{prefix}min` ({lo:g}) would exceed `{prefix}max` ({hi:g}) "
-                                 "here; change the other bound first")
+                raise BadSetting(
+                    f"`{prefix}min` ({lo:g}) would exceed `{prefix}max` ({hi:g}) "
+                    "here; change the other bound first"
+                )
             if not lo <= default <= hi:
-                raise BadSetting(f"`{prefix}default` ({default:g}) would fall outside "
-                                 f"{lo:g}..{hi:g} here; change the default first")
+                raise BadSetting(
+                    f"`{prefix}default` ({default:g}) would fall outside "
+                    f"{lo:g}..{hi:g} here; change the default first"
+                )
         if key in ("imagine.default_size", "imagine.max_size") and _area(
             values["imagine.default_size"]
         ) > _area(values["imagine.max_size"]):
-            raise BadSetting(f"the default size {values['imagine.default_size']} would be larger "
-                             f"than the largest allowed, {values['imagine.max_size']}")
+            raise BadSetting(
+                f"the default size {values['imagine.default_size']} would be larger "
+                f"than the largest allowed, {values['imagine.max_size']}"
+            )
 
     async def reset(self, scope: Scope, scope_id: int, key: str) -> bool:
         """Drop one override (``key`` "all": every one at that scope). True if any was there."""
         if key != "all" and key not in self.specs:
             raise BadSetting(f"there is no setting `{key}`; `/settings show` lists them all")
-        removed = await self._require_store().delete_settings(scope, scope_id,
-                                                              None if key == "all" else key)
+        removed = await self._require_store().delete_settings(
+            scope, scope_id, None if key == "all" else key
+        )
         layer = self._cache.overrides.get((scope, scope_id), {})
         if key == "all":
             layer.clear()
@@ -449,6 +515,7 @@ class SettingsService:
 
 # -- user preferences ------------------------------------------------------------------------
 
+
 def apply_prefs(
     imagine: ImagineConfig, edit: EditConfig, prefs: dict[str, Any]
 ) -> tuple[ImagineConfig, EditConfig, list[tuple[str, str, str]]]:
@@ -459,22 +526,42 @@ def apply_prefs(
     def within(label: str, wanted: int, lo: int, hi: int) -> int:
         command, option = label.lstrip("/").split()
         if wanted > hi:
-            notes.append((command, option, f"Your preferred {label} ({wanted}) is above this "
-                          f"channel's limit, so {hi} is used."))
+            notes.append(
+                (
+                    command,
+                    option,
+                    f"Your preferred {label} ({wanted}) is above this "
+                    f"channel's limit, so {hi} is used.",
+                )
+            )
             return hi
         if wanted < lo:
-            notes.append((command, option, f"Your preferred {label} ({wanted}) is below this "
-                          f"channel's minimum, so {lo} is used."))
+            notes.append(
+                (
+                    command,
+                    option,
+                    f"Your preferred {label} ({wanted}) is below this "
+                    f"channel's minimum, so {lo} is used.",
+                )
+            )
             return lo
         return wanted
 
     if "imagine.steps" in prefs:
         o = imagine.steps
-        imagine = replace(imagine, steps=IntOption(
-            within("/imagine steps", int(prefs["imagine.steps"]), o.min, o.max), o.min, o.max))
+        imagine = replace(
+            imagine,
+            steps=IntOption(
+                within("/imagine steps", int(prefs["imagine.steps"]), o.min, o.max), o.min, o.max
+            ),
+        )
     if "imagine.candidates" in prefs:
-        imagine = replace(imagine, candidates=within(
-            "/imagine candidates", int(prefs["imagine.candidates"]), 1, imagine.candidates))
+        imagine = replace(
+            imagine,
+            candidates=within(
+                "/imagine candidates", int(prefs["imagine.candidates"]), 1, imagine.candidates
+            ),
+        )
     if "imagine.size" in prefs:
         wanted = tuple(int(p) for p in str(prefs["imagine.size"]).split("x"))
         if wanted in imagine.sizes:
@@ -482,16 +569,31 @@ def apply_prefs(
         else:
             fitting = [s for s in imagine.sizes if s[0] * s[1] <= wanted[0] * wanted[1]]
             chosen = max(fitting or imagine.sizes, key=lambda s: s[0] * s[1])
-            notes.append(("imagine", "size", f"Your preferred size ({prefs['imagine.size']}) is "
-                          f"not allowed in this channel, so {size_text(chosen)} is used."))
+            notes.append(
+                (
+                    "imagine",
+                    "size",
+                    f"Your preferred size ({prefs['imagine.size']}) is "
+                    f"not allowed in this channel, so {size_text(chosen)} is used.",
+                )
+            )
             imagine = replace(imagine, default_size=chosen)
     if "edit.steps" in prefs:
         o = edit.steps
-        edit = replace(edit, steps=IntOption(
-            within("/edit steps", int(prefs["edit.steps"]), o.min, o.max), o.min, o.max))
+        edit = replace(
+            edit,
+            steps=IntOption(
+                within("/edit steps", int(prefs["edit.steps"]), o.min, o.max), o.min, o.max
+            ),
+        )
     if "edit.candidates" in prefs:
         o = edit.candidates
-        edit = replace(edit, candidates=IntOption(
-            within("/edit candidates", int(prefs["edit.candidates"]), o.min, o.max), o.min,
-            o.max))
+        edit = replace(
+            edit,
+            candidates=IntOption(
+                within("/edit candidates", int(prefs["edit.candidates"]), o.min, o.max),
+                o.min,
+                o.max,
+            ),
+        )
     return imagine, edit, notes

@@ -14,6 +14,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from bot.config import SafetyConfig
@@ -67,12 +68,17 @@ class ImageSafety:
         name = self.models.safety_checker if self.models.preset == "default" else "random"
         return ModelStep(f"{self.models.preset}:safety:{name}", "safety checker", self.checker)
 
-    async def screen_results(self, results: Sequence[NewResult]) -> tuple[list[NewResult], int]:
+    async def screen_results(
+        self, results: Sequence[NewResult], path_for: Callable[[int], Path]
+    ) -> tuple[list[NewResult], int]:
         """Check a finished job's results off the loop; returns those to record, and how many
-        were withheld. Flagged files are blurred in place, or deleted and the rest renumbered."""
-        return await self.run(lambda: self._screen(list(results)))
+        were withheld. Flagged files are blurred in place, or deleted and the rest renumbered
+        (``path_for(rank)`` is where the result of that rank is kept)."""
+        return await self.run(lambda: self._screen(list(results), path_for))
 
-    def _screen(self, results: list[NewResult]) -> tuple[list[NewResult], int]:
+    def _screen(
+        self, results: list[NewResult], path_for: Callable[[int], Path]
+    ) -> tuple[list[NewResult], int]:
         from PIL import Image
 
         from pipelines.safety import blurred
@@ -99,9 +105,7 @@ class ImageSafety:
             # reactions match what is shown.
             renumbered = []
             for rank, result in enumerate(kept, start=1):
-                path = result.path.with_name(
-                    result.path.name.replace(f"-{result.rank}.", f"-{rank}.", 1)
-                )
+                path = path_for(rank)
                 if path != result.path:
                     os.replace(result.path, path)
                 renumbered.append(replace(result, rank=rank, path=path))

@@ -20,6 +20,7 @@ import contextlib
 import heapq
 import logging
 import random
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -603,10 +604,17 @@ class Scheduler:
             return
         results: list[ResultRecord] = []
         withheld = 0
+        hide_preview = False
         safety = self.image_safety
         if outcome.status == "done" and safety is not None and safety.wanted(info.channel_id):
             # Checked off the loop, before anything is recorded or posted.
-            outcome.results, withheld = await safety.screen_results(outcome.results)
+            outcome.results, withheld = await safety.screen_results(
+                outcome.results, lambda rank: self.store.paths.result_path(info.job_id, rank))
+            hide_preview = withheld > 0 or any(r.flagged for r in outcome.results)
+            if hide_preview:
+                # The previews and the timelapse frames show the flagged image forming.
+                await asyncio.to_thread(shutil.rmtree, self.store.paths.frames_dir(info.job_id),
+                                        True)
             if not outcome.results:
                 outcome.status, outcome.error = "failed", ALL_WITHHELD
         if outcome.status == "done":
@@ -649,7 +657,8 @@ class Scheduler:
         self._running.pop(info.job_id, None)
         log.info("job %d %s", info.job_id, status.value)
         self._emit(JobFinished(info, status, outcome.error, results, outcome.preview,
-                               outcome.step, outcome.total, running.started_monotonic))
+                               outcome.step, outcome.total, running.started_monotonic,
+                               hide_preview=hide_preview))
         # No QueueMoved here: the next job starts at once and reports the new positions then.
 
     def _requeue_in_line(self, job: QueuedJob) -> None:

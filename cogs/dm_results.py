@@ -19,8 +19,9 @@ if TYPE_CHECKING:
 async def setup(bot: FaradayBot) -> None:
     async def send(user_id: int, text: str, png: bytes, spoiler: bool) -> None:
         user = bot.get_user(user_id) or await bot.fetch_user(user_id)
-        await user.send(text, file=discord.File(io.BytesIO(png), filename="results.png",
-                                                spoiler=spoiler))
+        await user.send(
+            text, file=discord.File(io.BytesIO(png), filename="results.png", spoiler=spoiler)
+        )
 
     copies = DmCopies(bot.store, send)
     bot.dm_copies = copies

@@ -41,10 +41,15 @@ def rerun_id(job_id: int) -> str:
 
 class PageButton(discord.ui.DynamicItem[discord.ui.Button], template=PAGE_TEMPLATE):
     def __init__(self, user_id: int, page: int, label: str = "", disabled: bool = False) -> None:
-        super().__init__(discord.ui.Button(
-            label=label or f"page {page + 1}", style=discord.ButtonStyle.secondary,
-            custom_id=page_id(user_id, page), disabled=disabled, row=1,
-        ))
+        super().__init__(
+            discord.ui.Button(
+                label=label or f"page {page + 1}",
+                style=discord.ButtonStyle.secondary,
+                custom_id=page_id(user_id, page),
+                disabled=disabled,
+                row=1,
+            )
+        )
         self.user_id = user_id
         self.page = page
 
@@ -57,11 +62,13 @@ class PageButton(discord.ui.DynamicItem[discord.ui.Button], template=PAGE_TEMPLA
     async def callback(self, interaction: discord.Interaction) -> None:
         bot: Any = interaction.client
         if interaction.user.id != self.user_id and not interaction_is_admin(bot, interaction):
-            await interaction.response.send_message("Those are someone else's jobs; /history "
-                                                    "shows yours.", ephemeral=True)
+            await interaction.response.send_message(
+                "Those are someone else's jobs; /history shows yours.", ephemeral=True
+            )
             return
-        content, view = await render(bot, self.user_id, self.page,
-                                     mine=interaction.user.id == self.user_id)
+        content, view = await render(
+            bot, self.user_id, self.page, mine=interaction.user.id == self.user_id
+        )
         await interaction.response.edit_message(content=content, view=view)
 
 
@@ -74,14 +81,19 @@ async def render(
         return content, None
     view = discord.ui.View(timeout=None)
     for entry in shown.entries:
-        view.add_item(discord.ui.Button(
-            label=f"Rerun #{entry.job_id}", emoji="🔁", style=discord.ButtonStyle.secondary,
-            custom_id=rerun_id(entry.job_id), row=0,
-        ))
-    view.add_item(PageButton(user_id, max(shown.page - 1, 0), "◀ Newer",
-                             disabled=shown.page == 0))
-    view.add_item(PageButton(user_id, shown.page + 1, "Older ▶",
-                             disabled=shown.page >= shown.pages - 1))
+        view.add_item(
+            discord.ui.Button(
+                label=f"Rerun #{entry.job_id}",
+                emoji="🔁",
+                style=discord.ButtonStyle.secondary,
+                custom_id=rerun_id(entry.job_id),
+                row=0,
+            )
+        )
+    view.add_item(PageButton(user_id, max(shown.page - 1, 0), "◀ Newer", disabled=shown.page == 0))
+    view.add_item(
+        PageButton(user_id, shown.page + 1, "Older ▶", disabled=shown.page >= shown.pages - 1)
+    )
     # Answered by the registered dynamic items, never by this view: discord.py must not keep it.
     view.stop()
     return content, view
@@ -91,16 +103,18 @@ class HistoryCog(commands.Cog):
     def __init__(self, bot: FaradayBot) -> None:
         self.bot = bot
 
-    @app_commands.command(name="history", description="Your recent jobs, with links, seeds and "
-                          "rerun buttons")
+    @app_commands.command(
+        name="history", description="Your recent jobs, with links, seeds and rerun buttons"
+    )
     @app_commands.describe(user="Admins: whose jobs to show (default: yours)")
     async def history(
         self, interaction: discord.Interaction, user: discord.User | None = None
     ) -> None:
         target = user.id if user is not None else interaction.user.id
         if target != interaction.user.id and not interaction_is_admin(self.bot, interaction):
-            await interaction.response.send_message("Only admins can see someone else's "
-                                                    "history.", ephemeral=True)
+            await interaction.response.send_message(
+                "Only admins can see someone else's history.", ephemeral=True
+            )
             return
         content, view = await render(self.bot, target, 0, mine=target == interaction.user.id)
         if view is None:
@@ -108,8 +122,11 @@ class HistoryCog(commands.Cog):
         else:
             await interaction.response.send_message(content, view=view, ephemeral=True)
 
-    @app_commands.command(name="stats", description="Admins: jobs per day, waiting and running "
-                          "times, failures, the queue, the busiest users")
+    @app_commands.command(
+        name="stats",
+        description="Admins: jobs per day, waiting and running "
+        "times, failures, the queue, the busiest users",
+    )
     async def stats(self, interaction: discord.Interaction) -> None:
         if await refuse_unless_admin(self.bot, interaction):
             return

@@ -133,6 +133,7 @@ class ImagineCog(JobCommandCog[ImagineOptions]):
             "height": height,
             "cutn": options.cutn if options.cutn is not None else config.cutn.default,
             "candidates": config.candidates,
+            "augmentations": config.augmentations,
             "preview_every": config.preview_every,
         }
         if options.mask_text:

@@ -40,7 +40,8 @@ class ModerationCog(commands.Cog):
         log.info("user %d blocked by admin %d", user.id, interaction.user.id)
         await interaction.response.send_message(
             f"{user.mention} is blocked: their commands and reactions are refused. Their queued "
-            "jobs still run; /purge removes them. /unblock undoes this.", ephemeral=True,
+            "jobs still run; /purge removes them. /unblock undoes this.",
+            ephemeral=True,
         )
 
     @app_commands.command(name="unblock", description="Admins: let a blocked user back in")
@@ -53,8 +54,9 @@ class ModerationCog(commands.Cog):
         text = f"{user.mention} is unblocked." if removed else f"{user.mention} was not blocked."
         await interaction.response.send_message(text, ephemeral=True)
 
-    @app_commands.command(name="pause", description="Admins: stop taking new jobs (the queue "
-                          "still runs)")
+    @app_commands.command(
+        name="pause", description="Admins: stop taking new jobs (the queue still runs)"
+    )
     async def pause(self, interaction: discord.Interaction) -> None:
         if await refuse_unless_admin(self.bot, interaction):
             return
@@ -62,7 +64,8 @@ class ModerationCog(commands.Cog):
         log.info("new jobs paused by admin %d", interaction.user.id)
         await interaction.response.send_message(
             "Paused: new jobs are refused until /resume. The running job finishes and jobs "
-            "already queued still run.", ephemeral=True,
+            "already queued still run.",
+            ephemeral=True,
         )
 
     @app_commands.command(name="resume", description="Admins: take new jobs again")
@@ -71,11 +74,13 @@ class ModerationCog(commands.Cog):
             return
         await self.bot.settings.set_paused(False, interaction.user.id)
         log.info("new jobs resumed by admin %d", interaction.user.id)
-        await interaction.response.send_message("Resumed: new jobs are taken again.",
-                                                ephemeral=True)
+        await interaction.response.send_message(
+            "Resumed: new jobs are taken again.", ephemeral=True
+        )
 
-    @app_commands.command(name="purge", description="Admins: delete a user's jobs, messages and "
-                          "files")
+    @app_commands.command(
+        name="purge", description="Admins: delete a user's jobs, messages and files"
+    )
     @app_commands.describe(user="Whose jobs to delete")
     async def purge(self, interaction: discord.Interaction, user: discord.User) -> None:
         if await refuse_unless_admin(self.bot, interaction):
@@ -83,8 +88,12 @@ class ModerationCog(commands.Cog):
         await interaction.response.defer(ephemeral=True, thinking=True)
         bot = self.bot
         report = await purge_user(
-            user.id, scheduler=bot.scheduler, publisher=bot.publisher, store=bot.store,
-            owner_store=bot.owner_store, timeout=bot.config.scheduler.shutdown_grace_seconds,
+            user.id,
+            scheduler=bot.scheduler,
+            publisher=bot.publisher,
+            store=bot.store,
+            owner_store=bot.owner_store,
+            timeout=bot.config.scheduler.shutdown_grace_seconds,
         )
         deleted = failed = 0
         for channel_id, message_id in report.messages:
@@ -97,11 +106,15 @@ class ModerationCog(commands.Cog):
             except discord.HTTPException as exc:
                 failed += 1
                 log.warning("purge: could not delete message %d: %s", message_id, exc)
-        text = (f"Purged {user.mention}: {len(report.job_ids)} job(s) with their files, and "
-                f"{deleted} message(s), deleted.")
+        text = (
+            f"Purged {user.mention}: {len(report.job_ids)} job(s) with their files, and "
+            f"{deleted} message(s), deleted."
+        )
         if failed:
-            text += (f" {failed} message(s) could not be deleted (the bot needs Manage Messages "
-                     "there, or the message is too old); see the log.")
+            text += (
+                f" {failed} message(s) could not be deleted (the bot needs Manage Messages "
+                "there, or the message is too old); see the log."
+            )
         await interaction.edit_original_response(content=text)
 
 

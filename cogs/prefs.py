@@ -47,10 +47,16 @@ def describe_prefs(prefs: UserPrefs) -> str:
         "Change it with `/prefs ping:False` or `/prefs ping:True`.",
         f"Copy of your results by DM: **{'on' if prefs.dm else 'off'}** (`/prefs dm:`).",
     ]
-    chosen = [f"{words} **{getattr(prefs, name)}**" for name, words in DEFAULTS.values()
-              if getattr(prefs, name) is not None]
-    lines.append("Your defaults: " + (", ".join(chosen) if chosen else "none (the channel's)")
-                 + ". `/prefs forget:` drops them.")
+    chosen = [
+        f"{words} **{getattr(prefs, name)}**"
+        for name, words in DEFAULTS.values()
+        if getattr(prefs, name) is not None
+    ]
+    lines.append(
+        "Your defaults: "
+        + (", ".join(chosen) if chosen else "none (the channel's)")
+        + ". `/prefs forget:` drops them."
+    )
     return "\n".join(lines)
 
 
@@ -82,8 +88,9 @@ class PrefsCog(commands.Cog):
         try:
             prefs = await self.bot.store.set_user_prefs(user_id, **changes)
             # What this channel makes of them, so a capped preference is pointed out at once.
-            effective = await self.bot.settings.for_user(interaction.guild_id,
-                                                         interaction.channel_id, user_id)
+            effective = await self.bot.settings.for_user(
+                interaction.guild_id, interaction.channel_id, user_id
+            )
         except Exception:
             log.exception("could not store the preferences of user %d", user_id)
             await interaction.response.send_message(
@@ -95,8 +102,9 @@ class PrefsCog(commands.Cog):
         saved = "Saved. " if changes else ""
         notes = [text for _, _, text in effective.notes]
         here = ("\nIn this channel: " + " ".join(notes)) if notes else ""
-        await interaction.response.send_message(saved + describe_prefs(prefs) + here,
-                                                ephemeral=True)
+        await interaction.response.send_message(
+            saved + describe_prefs(prefs) + here, ephemeral=True
+        )
 
 
 def build_prefs_command(cog: PrefsCog) -> app_commands.Command:
@@ -113,21 +121,30 @@ def build_prefs_command(cog: PrefsCog) -> app_commands.Command:
         edit_candidates: int | None = None,
         forget: str | None = None,
     ) -> None:
-        given = {"ping": ping, "dm": dm, "imagine_steps": imagine_steps,
-                 "imagine_candidates": imagine_candidates, "imagine_size": size,
-                 "edit_steps": edit_steps, "edit_candidates": edit_candidates}
+        given = {
+            "ping": ping,
+            "dm": dm,
+            "imagine_steps": imagine_steps,
+            "imagine_candidates": imagine_candidates,
+            "imagine_size": size,
+            "edit_steps": edit_steps,
+            "edit_candidates": edit_candidates,
+        }
         await cog.handle(interaction, {k: v for k, v in given.items() if v is not None}, forget)
 
     # The pipelines' hard limits: each channel's own bounds apply when a preference is used.
     annotate(
         prefs,
-        imagine_steps=app_commands.Range[int, imagine_limits["steps"][0],
-                                         imagine_limits["steps"][1]],
-        imagine_candidates=app_commands.Range[int, imagine_limits["candidates"][0],
-                                              imagine_limits["candidates"][1]],
+        imagine_steps=app_commands.Range[
+            int, imagine_limits["steps"][0], imagine_limits["steps"][1]
+        ],
+        imagine_candidates=app_commands.Range[
+            int, imagine_limits["candidates"][0], imagine_limits["candidates"][1]
+        ],
         edit_steps=app_commands.Range[int, edit_limits["steps"][0], edit_limits["steps"][1]],
-        edit_candidates=app_commands.Range[int, edit_limits["candidates"][0],
-                                           edit_limits["candidates"][1]],
+        edit_candidates=app_commands.Range[
+            int, edit_limits["candidates"][0], edit_limits["candidates"][1]
+        ],
     )
     app_commands.describe(
         ping="Ping you when your job is done, fails, or is cancelled by someone",
@@ -140,11 +157,14 @@ def build_prefs_command(cog: PrefsCog) -> app_commands.Command:
         forget="Drop one of your defaults, or all of them",
     )(prefs)
     app_commands.choices(
-        size=[app_commands.Choice(name=size_text(s), value=size_text(s))
-              for s in cog.bot.config.imagine.sizes][:25],
+        size=[
+            app_commands.Choice(name=size_text(s), value=size_text(s))
+            for s in cog.bot.config.imagine.sizes
+        ][:25],
         forget=[app_commands.Choice(name="all my defaults", value=FORGET_ALL)]
-        + [app_commands.Choice(name=words, value=option)
-           for option, (_, words) in DEFAULTS.items()],
+        + [
+            app_commands.Choice(name=words, value=option) for option, (_, words) in DEFAULTS.items()
+        ],
     )(prefs)
     return app_commands.Command(
         name="prefs",

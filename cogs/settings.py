@@ -42,42 +42,58 @@ class SettingsCog(commands.Cog):
     def __init__(self, bot: FaradayBot) -> None:
         self.bot = bot
 
-    def _where(self, scope: str, interaction: discord.Interaction) -> tuple[Scope, str]:
+    @staticmethod
+    def _where(scope: str) -> tuple[Scope, str]:
         chosen = Scope(scope)
         label = "this channel" if chosen is Scope.CHANNEL else "this server"
         return chosen, label
 
-    @settings.command(name="show", description="The settings in force here and where each "
-                      "comes from")
+    @settings.command(
+        name="show", description="The settings in force here and where each comes from"
+    )
     async def show(self, interaction: discord.Interaction) -> None:
         if await refuse_unless_admin(self.bot, interaction):
             return
         service = self.bot.settings
         effective = service.effective(interaction.guild_id, interaction.channel_id)
-        await send_long(interaction, chunks(settings_text(effective, service.specs,
-                                                          service.paused)))
+        await send_long(
+            interaction, chunks(settings_text(effective, service.specs, service.paused))
+        )
 
     @settings.command(name="set", description="Change one setting for this channel or server")
-    @app_commands.describe(key="The setting, e.g. imagine.steps.max (see /settings show)",
-                           value="The new value (a number, on/off, or one of the choices)",
-                           scope="Where it applies (default: this channel)")
+    @app_commands.describe(
+        key="The setting, e.g. imagine.steps.max (see /settings show)",
+        value="The new value (a number, on/off, or one of the choices)",
+        scope="Where it applies (default: this channel)",
+    )
     @app_commands.choices(scope=SCOPE_CHOICES)
     async def set(
         self, interaction: discord.Interaction, key: str, value: str, scope: str = "channel"
     ) -> None:
         if await refuse_unless_admin(self.bot, interaction):
             return
-        chosen, label = self._where(scope, interaction)
+        chosen, label = self._where(scope)
         try:
             spec, parsed = await self.bot.settings.set(
-                chosen, key.strip(), value, interaction.user.id,
-                guild_id=interaction.guild_id, channel_id=interaction.channel_id,
+                chosen,
+                key.strip(),
+                value,
+                interaction.user.id,
+                guild_id=interaction.guild_id,
+                channel_id=interaction.channel_id,
             )
         except BadSetting as exc:
             await interaction.response.send_message(f"Not changed: {exc}.", ephemeral=True)
             return
-        log.info("setting %s = %r for %s (guild %s, channel %s) by admin %d", key, parsed,
-                 chosen.value, interaction.guild_id, interaction.channel_id, interaction.user.id)
+        log.info(
+            "setting %s = %r for %s (guild %s, channel %s) by admin %d",
+            key,
+            parsed,
+            chosen.value,
+            interaction.guild_id,
+            interaction.channel_id,
+            interaction.user.id,
+        )
         await interaction.response.send_message(
             f"`{spec.key}` is now `{spec.show(parsed)}` in {label}, from the next command on.",
             ephemeral=True,
@@ -87,70 +103,94 @@ class SettingsCog(commands.Cog):
     async def key_autocomplete(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        return [app_commands.Choice(name=k, value=k)
-                for k in self.bot.settings.specs if current.lower() in k][:25]
+        return [
+            app_commands.Choice(name=k, value=k)
+            for k in self.bot.settings.specs
+            if current.lower() in k
+        ][:25]
 
     @settings.command(name="reset", description="Go back to the server's or config.toml's value")
-    @app_commands.describe(key="The setting, or `all` for every one set at that scope",
-                           scope="Where to reset (default: this channel)")
+    @app_commands.describe(
+        key="The setting, or `all` for every one set at that scope",
+        scope="Where to reset (default: this channel)",
+    )
     @app_commands.choices(scope=SCOPE_CHOICES)
     async def reset(
         self, interaction: discord.Interaction, key: str, scope: str = "channel"
     ) -> None:
         if await refuse_unless_admin(self.bot, interaction):
             return
-        chosen, label = self._where(scope, interaction)
+        chosen, label = self._where(scope)
         scope_id = interaction.channel_id if chosen is Scope.CHANNEL else interaction.guild_id
         try:
             removed = await self.bot.settings.reset(chosen, scope_id or 0, key.strip())
         except BadSetting as exc:
             await interaction.response.send_message(f"Not changed: {exc}.", ephemeral=True)
             return
-        text = (f"`{key}` reset in {label}." if removed
-                else f"`{key}` was not set in {label}; nothing changed.")
+        text = (
+            f"`{key}` reset in {label}."
+            if removed
+            else f"`{key}` was not set in {label}; nothing changed."
+        )
         await interaction.response.send_message(text, ephemeral=True)
 
-    @settings.command(name="blocklist_add", description="Refuse prompts containing a word or "
-                      "matching a regular expression")
-    @app_commands.describe(term="The word, or the regular expression",
-                           kind="How to match it (default: whole word)",
-                           scope="Where it applies (default: this channel)")
+    @settings.command(
+        name="blocklist_add",
+        description="Refuse prompts containing a word or matching a regular expression",
+    )
+    @app_commands.describe(
+        term="The word, or the regular expression",
+        kind="How to match it (default: whole word)",
+        scope="Where it applies (default: this channel)",
+    )
     @app_commands.choices(kind=KIND_CHOICES, scope=SCOPE_CHOICES)
     async def blocklist_add(
-        self, interaction: discord.Interaction, term: str, kind: str = "word",
+        self,
+        interaction: discord.Interaction,
+        term: str,
+        kind: str = "word",
         scope: str = "channel",
     ) -> None:
         if await refuse_unless_admin(self.bot, interaction):
             return
-        chosen, label = self._where(scope, interaction)
+        chosen, label = self._where(scope)
         scope_id = interaction.channel_id if chosen is Scope.CHANNEL else interaction.guild_id
         blocked = BlockedTerm(TermKind(kind), term)
         try:
-            await self.bot.settings.add_term(chosen, scope_id or 0, blocked,
-                                             interaction.user.id)
+            await self.bot.settings.add_term(chosen, scope_id or 0, blocked, interaction.user.id)
         except BadTerm as exc:
             await interaction.response.send_message(f"Not added: {exc}.", ephemeral=True)
             return
-        log.info("blocked %s added for %s %s by admin %d", kind, chosen.value, scope_id,
-                 interaction.user.id)
+        log.info(
+            "blocked %s added for %s %s by admin %d",
+            kind,
+            chosen.value,
+            scope_id,
+            interaction.user.id,
+        )
         await interaction.response.send_message(
             f"Prompts matching that {kind} are now refused in {label}.", ephemeral=True
         )
 
     @settings.command(name="blocklist_remove", description="Take a term off the block list")
-    @app_commands.describe(term="The word or expression exactly as added",
-                           scope="Where it was added (default: this channel)")
+    @app_commands.describe(
+        term="The word or expression exactly as added",
+        scope="Where it was added (default: this channel)",
+    )
     @app_commands.choices(scope=SCOPE_CHOICES)
     async def blocklist_remove(
         self, interaction: discord.Interaction, term: str, scope: str = "channel"
     ) -> None:
         if await refuse_unless_admin(self.bot, interaction):
             return
-        chosen, label = self._where(scope, interaction)
+        chosen, label = self._where(scope)
         scope_id = interaction.channel_id if chosen is Scope.CHANNEL else interaction.guild_id
         removed = await self.bot.settings.remove_term(chosen, scope_id or 0, term)
-        text = (f"Removed from {label}'s block list." if removed
-                else f"That term is not on {label}'s block list (config.toml's are edited there).")
+        text = (
+            f"Removed from {label}'s block list."
+            if removed
+            else f"That term is not on {label}'s block list (config.toml's are edited there)."
+        )
         await interaction.response.send_message(text, ephemeral=True)
 
 

@@ -53,6 +53,21 @@ def errors_in_one_line(parser: argparse.ArgumentParser, command: str) -> None:
     parser.error = one_line_error  # type: ignore[method-assign]
 
 
+def candidate_batch_argument(text: str) -> int | str:
+    """``--candidate-batch``: "auto" or a whole number of at least 1."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise InvalidRequest(
+            f"--candidate-batch must be auto or a whole number of at least 1, got {text!r}"
+        )
+    return value
+
+
 def model_settings(args: argparse.Namespace) -> ModelSettings:
     """``[models]`` from ``--config`` if given, then ``--preset``/``--device`` on top."""
     table: dict[str, Any] = {}
@@ -74,6 +89,9 @@ def model_settings(args: argparse.Namespace) -> ModelSettings:
         table["preset"] = args.preset
     if args.device is not None:
         table["device"] = args.device
+    batch = getattr(args, "candidate_batch", None)
+    if batch is not None:
+        table["candidate_batch"] = candidate_batch_argument(batch)
     try:
         return ModelSettings.from_mapping(table)
     except (TypeError, ValueError) as exc:

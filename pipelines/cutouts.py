@@ -4,8 +4,9 @@ CLIP sees a fixed, small input, so each step takes ``cutn`` random square crops 
 A crop's side is ``rand ** cut_pow`` of the way from the cut size (CLIP's input, or the image side
 if smaller) to the image's shorter side, so ``cut_pow > 1`` favours small crops (detail) and
 ``cut_pow < 1`` large ones (composition). Crops are resized to CLIP's input (area averaging when
-shrinking, bilinear when enlarging) and then augmented with kornia, with the paper's five
-augmentations. Without them CLIP is easily fooled by adversarial pixel patterns.
+shrinking, bilinear when enlarging) and then augmented with kornia, with the paper's
+augmentations at the strengths of a named set (:data:`AUGMENTATION_SETS`). Without them CLIP is
+easily fooled by adversarial pixel patterns.
 
 All randomness comes from torch's global CPU generator: kornia samples its parameters there, so
 the caller makes runs repeatable by seeding (and restoring) that generator around each call.
@@ -20,33 +21,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipelines.augmentation_sets import AUGMENTATION_SETS, DEFAULT_AUGMENTATIONS
 from pipelines.straight_through import clamp_with_grad
 
-# Strengths follow Crowson's notebook, the paper's code. ColorJiggle is kornia's old colour jitter
-# that the notebook used; kornia 0.9's ColorJitter switched to torchvision's formulas.
-FLIP_P = 0.5
-AFFINE_DEGREES, AFFINE_TRANSLATE, AFFINE_P = 15.0, 0.1, 0.7
-PERSPECTIVE_SCALE, PERSPECTIVE_P = 0.7, 0.7
-JITTER_SATURATION, JITTER_HUE, JITTER_P = 0.1, 0.1, 0.7
-# The notebook adds noise of a random strength in [0, 0.1] to every cutout; kornia's noise has
-# one strength, so half the cutouts get std 0.1 (about the same mean noise energy).
-NOISE_STD, NOISE_P = 0.1, 0.5
+__all__ = ["AUGMENTATION_SETS", "DEFAULT_AUGMENTATIONS", "MakeCutouts", "build_augmentations"]
 
 
-def build_augmentations() -> K.AugmentationSequential:
-    """Random horizontal flip, affine, perspective, colour jitter and gaussian noise."""
-    return K.AugmentationSequential(
-        K.RandomHorizontalFlip(p=FLIP_P),
+def build_augmentations(name: str = DEFAULT_AUGMENTATIONS) -> K.AugmentationSequential:
+    """Random flip, (sharpness,) affine, perspective, colour jitter and gaussian noise."""
+    a = AUGMENTATION_SETS[name]
+    steps: list[nn.Module] = [K.RandomHorizontalFlip(p=a.flip_p)]
+    if a.sharpness > 0:
+        steps.append(K.RandomSharpness(a.sharpness, p=a.sharpness_p))
+    steps += [
         K.RandomAffine(
-            degrees=AFFINE_DEGREES,
-            translate=(AFFINE_TRANSLATE, AFFINE_TRANSLATE),
+            degrees=a.affine_degrees,
+            translate=(a.affine_translate, a.affine_translate),
             padding_mode="border",
-            p=AFFINE_P,
+            p=a.affine_p,
         ),
-        K.RandomPerspective(distortion_scale=PERSPECTIVE_SCALE, p=PERSPECTIVE_P),
-        K.ColorJiggle(saturation=JITTER_SATURATION, hue=JITTER_HUE, p=JITTER_P),
-        K.RandomGaussianNoise(mean=0.0, std=NOISE_STD, p=NOISE_P),
-    )
+        K.RandomPerspective(distortion_scale=a.perspective_scale, p=a.perspective_p),
+        K.ColorJiggle(saturation=a.jitter_saturation, hue=a.jitter_hue, p=a.jitter_p),
+        K.RandomGaussianNoise(mean=0.0, std=a.noise_std, p=a.noise_p),
+    ]
+    return K.AugmentationSequential(*steps)
 
 
 def resize_square(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -68,12 +66,19 @@ class CropBox:
 class MakeCutouts(nn.Module):
     """``cutn`` random augmented square views of an image, each ``cut_size`` pixels wide."""
 
-    def __init__(self, cut_size: int, cutn: int, cut_pow: float = 1.0) -> None:
+    def __init__(
+        self,
+        cut_size: int,
+        cutn: int,
+        cut_pow: float = 1.0,
+        augmentations: str = DEFAULT_AUGMENTATIONS,
+    ) -> None:
         super().__init__()
         self.cut_size = cut_size
         self.cutn = cutn
         self.cut_pow = cut_pow
-        self.augment = build_augmentations()
+        self.augmentations = augmentations
+        self.augment = build_augmentations(augmentations)
 
     def sample_boxes(self, height: int, width: int) -> list[CropBox]:
         max_side = min(height, width)

@@ -49,7 +49,12 @@ from pipelines.candidate_batching import (
     memory_probe_for,
 )
 from pipelines.clip_models import ClipBundle
-from pipelines.cutouts import MakeCutouts, resize_square
+from pipelines.cutouts import (
+    AUGMENTATION_SETS,
+    DEFAULT_AUGMENTATIONS,
+    MakeCutouts,
+    resize_square,
+)
 from pipelines.image_io import mask_from_image, pil_to_tensor, tensor_to_pil, to_rgb
 from pipelines.image_prompts import embed_image_prompt
 from pipelines.interface import (
@@ -100,6 +105,13 @@ MIN_CANDIDATES, MAX_CANDIDATES = 1, 9  # one keycap reaction (1-9) per candidate
 MAX_IMAGE_PROMPTS = 8
 MAX_SEED = 2**32 - 1
 MAX_REGULARISER_WEIGHT = 100.0
+# Regularisers when the request leaves them unset (None). Generating from scratch, the paper's
+# α·mean(z²) sends low-information codes to zero; editing, that would drag the photo's codes to
+# zero, so with an init image it is off and z is pulled toward the photo's latent instead, at the
+# same strength the paper gives its own regulariser (Crowson's notebook offers the same pull,
+# off by default there).
+DEFAULT_Z_REG_WEIGHT = 0.1
+DEFAULT_INIT_WEIGHT_EDITING = 0.1
 # A mask may differ from the init image in size but not in shape (aspect ratio) beyond this.
 MASK_ASPECT_TOLERANCE = 0.01
 
@@ -123,8 +135,12 @@ class ImagineRequest:
       ``:weight:stop``; empty means weight 1 and no stop for every one.
     - ``init_weight``: pull of ``z`` toward the starting latent, ``init_weight * mean((z - z0)²)``
       (Crowson's meaning; nerdyrodent's "init_weight" is ``z_reg_weight`` here). 0 = off.
+      ``None``: ``DEFAULT_INIT_WEIGHT_EDITING`` with an init image, 0 without.
     - ``z_reg_weight``: α of the paper's section 2.4, ``α_t * mean(z²)`` with α decaying linearly
       from ``z_reg_weight`` at the first step toward 0 (``α / steps`` at the last).
+      ``None``: ``DEFAULT_Z_REG_WEIGHT`` without an init image, 0 with one.
+    - ``augmentations``: the named set of cutout augmentation strengths
+      (:data:`pipelines.cutouts.AUGMENTATION_SETS`).
     - ``structure_weight``: weight of the self-masking structure term (only with ``mask_text``).
     - ``preview_every``: a preview reaches ``on_progress`` every this many steps.
     """
@@ -144,10 +160,11 @@ class ImagineRequest:
     image_prompts: list[Image.Image] = field(default_factory=list)
     image_prompt_weights: list[float] = field(default_factory=list)
     image_prompt_stops: list[float | None] = field(default_factory=list)
-    init_weight: float = 0.0
-    z_reg_weight: float = 0.1
+    init_weight: float | None = None
+    z_reg_weight: float | None = None
     structure_weight: float = 0.5
     preview_every: int = 10
+    augmentations: str = DEFAULT_AUGMENTATIONS
 
     IMAGE_FIELDS: ClassVar[tuple[str, ...]] = ("init_image", "mask", "image_prompts")
 
@@ -156,6 +173,18 @@ class ImagineRequest:
         if not self.prompt.strip() and self.image_prompts:
             return []
         return parse_prompts(self.prompt)
+
+    def z_reg(self) -> float:
+        """α at the first step: as given, else the default for generating or editing."""
+        if self.z_reg_weight is not None:
+            return self.z_reg_weight
+        return 0.0 if self.init_image is not None else DEFAULT_Z_REG_WEIGHT
+
+    def init_pull(self) -> float:
+        """Weight of the pull toward the starting latent: as given, else the default."""
+        if self.init_weight is not None:
+            return self.init_weight
+        return DEFAULT_INIT_WEIGHT_EDITING if self.init_image is not None else 0.0
 
     def image_prompt_settings(self) -> tuple[list[float], list[float | None]]:
         """Each image prompt's weight and stop (1 and none unless given)."""
@@ -198,7 +227,13 @@ class ImagineRequest:
             _check_int("seed", self.seed, 0, MAX_SEED)
         _check_int("preview_every", self.preview_every, 1, MAX_STEPS)
         for name in ("init_weight", "z_reg_weight", "structure_weight"):
-            _check_float(name, getattr(self, name), 0.0, MAX_REGULARISER_WEIGHT)
+            if getattr(self, name) is not None or name == "structure_weight":
+                _check_float(name, getattr(self, name), 0.0, MAX_REGULARISER_WEIGHT)
+        if self.augmentations not in AUGMENTATION_SETS:
+            raise InvalidRequest(
+                f"augmentations must be one of {', '.join(AUGMENTATION_SETS)}, "
+                f"got {self.augmentations!r}"
+            )
         self._validate_editing()
 
     def _validate_image_prompts(self, prompts: list[Prompt]) -> None:
@@ -567,7 +602,9 @@ class VqganClipRun:
             cut_pow=request.cut_pow,
             seed=seed,
         )
-        self.cutouts = MakeCutouts(clip.input_size, request.cutn, request.cut_pow)
+        self.cutouts = MakeCutouts(
+            clip.input_size, request.cutn, request.cut_pow, request.augmentations
+        )
         self.streams = [RngStream(seed + i) for i in range(count)]
 
         self.original: torch.Tensor | None = None
@@ -680,7 +717,8 @@ class VqganClipRun:
         latent, so the sum of a chunk's losses has exactly each candidate's gradient.
         """
         request = self.request
-        alpha = z_regulariser_weight(request.z_reg_weight, self.steps_done, request.steps)
+        alpha = z_regulariser_weight(request.z_reg(), self.steps_done, request.steps)
+        init_weight = request.init_pull()
         self.optimizer.zero_grad(set_to_none=False)
         images, prompt_losses, total_losses = [], [], []
         for first in range(0, len(self.streams), chunk):
@@ -717,10 +755,8 @@ class VqganClipRun:
                     z_i = z[offset : offset + 1]
                     if alpha > 0:
                         loss = loss + alpha * z_i.pow(2).mean()
-                    if request.init_weight > 0:
-                        loss = loss + request.init_weight * F.mse_loss(
-                            z_i, self.z_init[index : index + 1]
-                        )
+                    if init_weight > 0:
+                        loss = loss + init_weight * F.mse_loss(z_i, self.z_init[index : index + 1])
                     losses.append(loss)
                     prompt_losses.append(loss_prompts.item())
                     total_losses.append(loss.item())
@@ -920,8 +956,9 @@ class VqganClipPipeline:
             "image_prompt_weights": request.image_prompt_settings()[0],
             "image_prompt_stops": request.image_prompt_settings()[1],
             "reading": request.reading(),
-            "init_weight": request.init_weight,
-            "z_reg_weight": request.z_reg_weight,
+            "init_weight": request.init_pull(),
+            "z_reg_weight": request.z_reg(),
+            "augmentations": request.augmentations,
             "structure_weight": request.structure_weight,
             "preview_every": request.preview_every,
             "device": str(self.device),

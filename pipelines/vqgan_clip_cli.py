@@ -29,6 +29,7 @@ from pipelines.cli_common import (
     model_settings,
     open_still_image,
 )
+from pipelines.cutouts import AUGMENTATION_SETS, DEFAULT_AUGMENTATIONS
 from pipelines.image_prompts import parse_image_prompt_argument
 from pipelines.interface import InvalidRequest
 from pipelines.timelapse import (
@@ -38,7 +39,12 @@ from pipelines.timelapse import (
     encode_timelapse,
     frame_files,
 )
-from pipelines.vqgan_clip import ImagineRequest, default_size_for
+from pipelines.vqgan_clip import (
+    DEFAULT_INIT_WEIGHT_EDITING,
+    DEFAULT_Z_REG_WEIGHT,
+    ImagineRequest,
+    default_size_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,13 +105,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--init-weight",
         type=float,
         default=defaults["init_weight"].default,
-        help="pull toward the starting latent: w * mean((z - z0)^2)",
+        help="pull toward the starting latent: w * mean((z - z0)^2) (default: "
+        f"{DEFAULT_INIT_WEIGHT_EDITING:g} with --init, else 0)",
     )
     parser.add_argument(
         "--z-reg-weight",
         type=float,
         default=defaults["z_reg_weight"].default,
-        help="alpha of alpha * mean(z^2), decaying linearly to 0 over the run",
+        help="alpha of alpha * mean(z^2), decaying linearly to 0 over the run (default: "
+        f"{DEFAULT_Z_REG_WEIGHT:g} without --init, 0 with it: it would pull the image's codes "
+        "to zero)",
     )
     parser.add_argument(
         "--structure-weight",
@@ -114,6 +123,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="with --mask-text: how strongly cutouts stay like the original's",
     )
 
+    parser.add_argument(
+        "--augmentations",
+        choices=tuple(AUGMENTATION_SETS),
+        default=DEFAULT_AUGMENTATIONS,
+        help="strengths of the cutouts' augmentations: crowson (the paper's notebook, mild) or "
+        "nerdyrodent (strong perspective and colour jitter)",
+    )
+    parser.add_argument(
+        "--candidate-batch",
+        help="candidates forwarded together: auto or a number (default: the config's, else "
+        "auto); the images are the same either way",
+    )
     parser.add_argument(
         "--video",
         type=Path,
@@ -170,6 +191,7 @@ def build_request(args: argparse.Namespace) -> ImagineRequest:
         image_prompt_stops=[arg.stop for arg in image_args],
         init_weight=args.init_weight,
         z_reg_weight=args.z_reg_weight,
+        augmentations=args.augmentations,
         structure_weight=args.structure_weight,
         # The bar moves every step; turning a decoded step into a PIL image costs milliseconds.
         preview_every=1,
@@ -209,9 +231,7 @@ def check_video_output(video: Path | None, fps: int) -> None:
 
 def write_video(frames_dir: Path, video: Path, fps: int) -> Path:
     """Encode the kept frames; returns the file written (``.webp`` if the MP4 fell back)."""
-    made = encode_timelapse(
-        frame_files(frames_dir), fps=fps, webp=video.suffix.lower() == ".webp"
-    )
+    made = encode_timelapse(frame_files(frames_dir), fps=fps, webp=video.suffix.lower() == ".webp")
     path = video.with_suffix(f".{made.extension}")
     path.write_bytes(made.data)
     if made.note:

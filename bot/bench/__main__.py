@@ -1,11 +1,11 @@
-"""``python -m bot.bench loop-lag|scheduler [...]``: prints one JSON line of figures."""
+"""``python -m bot.bench loop-lag|scheduler|cluster [...]``: prints one JSON line of figures."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from bot.bench import loop_lag, scheduler_overhead
+from bot.bench import cluster, loop_lag, scheduler_overhead
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -13,6 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     benches = parser.add_subparsers(dest="bench", required=True)
     loop_lag.add_parser(benches)
     scheduler_overhead.add_parser(benches)
+    cluster.add_parser(benches)
     args = parser.parse_args(argv)
     return int(args.run(args))
 

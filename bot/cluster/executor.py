@@ -75,8 +75,9 @@ class PostgresExecutor:
         self._alive_workers = 0
         self.reachable = False
         self._closing = False
-        # Progress latency samples (seconds from a worker's write to the run), for benchmarks.
-        self.progress_latencies: list[float] = []
+        # When (Unix time, the worker's clock) each job's newest progress was written, so a
+        # benchmark can time the path from a worker's write to the bot's listeners.
+        self.progress_sent_at: dict[int, float] = {}
 
     # -- the Executor interface --------------------------------------------------------------
 
@@ -455,7 +456,7 @@ class PostgresExecutor:
         remote.progress_sent_at = row[4]
         step, total, blob, preview_step, sent_at = row
         preview = await asyncio.to_thread(_open_png, blob) if blob is not None else None
-        self.progress_latencies.append(max(0.0, time.time() - sent_at))
+        self.progress_sent_at[remote.job.id] = sent_at
         remote.run.post(Progress(step, total, preview, preview_step, time.monotonic()))
 
     async def _collect(self, remote: _Remote) -> None:

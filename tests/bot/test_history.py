@@ -12,10 +12,12 @@ from bot.owner_text import chunks, history_text, stats_text
 from bot.store import NewResult, Store
 
 
-def job(user: int, prompt: str, kind: JobKind = JobKind.IMAGINE,
-        images: dict | None = None) -> JobRequest:
-    return JobRequest(kind, user, 500, 9, {"prompt": prompt, "seed": 1000 + user},
-                      images=images or {})
+def job(
+    user: int, prompt: str, kind: JobKind = JobKind.IMAGINE, images: dict | None = None
+) -> JobRequest:
+    return JobRequest(
+        kind, user, 500, 9, {"prompt": prompt, "seed": 1000 + user}, images=images or {}
+    )
 
 
 async def finish(store: Store, job_id: int, ok: bool = True, error: str = "") -> list:

@@ -39,9 +39,13 @@ async def service(store: Store, config: Config | None = None) -> SettingsService
 
 
 def test_words_match_whole_words_and_patterns_search_ignoring_case() -> None:
-    prompt_filter = PromptFilter([BlockedTerm(TermKind.WORD, "ogre"),
-                                  BlockedTerm(TermKind.WORD, "c++"),
-                                  BlockedTerm(TermKind.PATTERN, r"dr[a4]gons?\b")])
+    prompt_filter = PromptFilter(
+        [
+            BlockedTerm(TermKind.WORD, "ogre"),
+            BlockedTerm(TermKind.WORD, "c++"),
+            BlockedTerm(TermKind.PATTERN, r"dr[a4]gons?\b"),
+        ]
+    )
     assert prompt_filter.blocked_term("an OGRE, sleeping") == BlockedTerm(TermKind.WORD, "ogre")
     assert prompt_filter.blocked_term("ogres and ogreish things") is None
     assert prompt_filter.blocked_term("learn C++ today") is not None
@@ -49,12 +53,15 @@ def test_words_match_whole_words_and_patterns_search_ignoring_case() -> None:
     assert prompt_filter.blocked_term("a dragonfly") is None
 
 
-@pytest.mark.parametrize("text, why", [
-    ("([", "does not compile"),
-    ("a|", "matches an empty prompt"),
-    ("   ", "empty term"),
-    ("x" * 201, "at most 200 characters"),
-])
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        ("([", "does not compile"),
+        ("a|", "matches an empty prompt"),
+        ("   ", "empty term"),
+        ("x" * 201, "at most 200 characters"),
+    ],
+)
 def test_a_term_that_cannot_work_is_refused(text: str, why: str) -> None:
     with pytest.raises(BadTerm, match=why):
         compile_term(BlockedTerm(TermKind.PATTERN, text))
@@ -104,10 +111,12 @@ async def test_channel_beats_server_beats_config_and_show_says_where_from(store:
     assert base.imagine.steps == Config().imagine.steps
     assert base.sources["imagine.steps.max"] == "config.toml"
 
-    await settings.set(Scope.GUILD, "imagine.steps.max", "300", 1, guild_id=GUILD,
-                       channel_id=CHANNEL)
-    await settings.set(Scope.CHANNEL, "imagine.steps.max", "250", 1, guild_id=GUILD,
-                       channel_id=CHANNEL)
+    await settings.set(
+        Scope.GUILD, "imagine.steps.max", "300", 1, guild_id=GUILD, channel_id=CHANNEL
+    )
+    await settings.set(
+        Scope.CHANNEL, "imagine.steps.max", "250", 1, guild_id=GUILD, channel_id=CHANNEL
+    )
     here = settings.effective(GUILD, CHANNEL)
     there = settings.effective(GUILD, OTHER_CHANNEL)
     elsewhere = settings.effective(GUILD + 1, OTHER_CHANNEL)
@@ -130,7 +139,8 @@ async def test_values_are_typed_and_bounded_by_the_pipelines_hard_limits(store: 
     assert "takes a whole number, not 'ten'" in await refused("imagine.steps.max", "ten")
     assert "takes a number, not 'x'" in await refused("edit.guidance.max", "x")
     assert "between 1 and 2000 (the limits the pipeline accepts), not 2001" in await refused(
-        "imagine.steps.max", "2001")
+        "imagine.steps.max", "2001"
+    )
     assert "between 1 and 128" in await refused("imagine.cutn.max", "129")
     assert "between 0 and 0.99" in await refused("edit.blend_start.max", "1")
     assert "is on or off" in await refused("enabled.imagine", "perhaps")
@@ -138,35 +148,43 @@ async def test_values_are_typed_and_bounded_by_the_pipelines_hard_limits(store: 
     assert "would fall outside 1..100" in await refused("imagine.steps.max", "100")
     assert await settings.store.all_settings() == []
 
-    _spec, value = await settings.set(Scope.CHANNEL, "edit.shrink", "off", 1, guild_id=GUILD,
-                                     channel_id=CHANNEL)
+    _spec, value = await settings.set(
+        Scope.CHANNEL, "edit.shrink", "off", 1, guild_id=GUILD, channel_id=CHANNEL
+    )
     assert value is False and not settings.effective(GUILD, CHANNEL).edit.shrink
 
 
 async def test_bounds_set_at_different_scopes_never_cross(store: Store) -> None:
     settings = await service(store)
-    await settings.set(Scope.CHANNEL, "imagine.steps.default", "50", 1, guild_id=GUILD,
-                       channel_id=CHANNEL)
-    await settings.set(Scope.CHANNEL, "imagine.steps.min", "40", 1, guild_id=GUILD,
-                       channel_id=CHANNEL)
+    await settings.set(
+        Scope.CHANNEL, "imagine.steps.default", "50", 1, guild_id=GUILD, channel_id=CHANNEL
+    )
+    await settings.set(
+        Scope.CHANNEL, "imagine.steps.min", "40", 1, guild_id=GUILD, channel_id=CHANNEL
+    )
     # The server's max, set later and checked as the server sees it, is below the channel's min.
-    await settings.set(Scope.GUILD, "imagine.steps.default", "20", 1, guild_id=GUILD,
-                       channel_id=CHANNEL)
-    await settings.set(Scope.GUILD, "imagine.steps.max", "30", 1, guild_id=GUILD,
-                       channel_id=CHANNEL)
+    await settings.set(
+        Scope.GUILD, "imagine.steps.default", "20", 1, guild_id=GUILD, channel_id=CHANNEL
+    )
+    await settings.set(
+        Scope.GUILD, "imagine.steps.max", "30", 1, guild_id=GUILD, channel_id=CHANNEL
+    )
     steps = settings.effective(GUILD, CHANNEL).imagine.steps
     assert steps.min <= steps.default <= steps.max
 
 
 async def test_max_size_narrows_the_sizes_and_the_default_follows(store: Store) -> None:
     settings = await service(store)
-    await settings.set(Scope.GUILD, "imagine.default_size", "256x384", 1, guild_id=GUILD,
-                       channel_id=None)
+    await settings.set(
+        Scope.GUILD, "imagine.default_size", "256x384", 1, guild_id=GUILD, channel_id=None
+    )
     with pytest.raises(BadSetting, match="larger than the largest allowed"):
-        await settings.set(Scope.GUILD, "imagine.max_size", "256x256", 1, guild_id=GUILD,
-                           channel_id=None)
-    await settings.set(Scope.GUILD, "imagine.max_size", "384x256", 1, guild_id=GUILD,
-                       channel_id=None)
+        await settings.set(
+            Scope.GUILD, "imagine.max_size", "256x256", 1, guild_id=GUILD, channel_id=None
+        )
+    await settings.set(
+        Scope.GUILD, "imagine.max_size", "384x256", 1, guild_id=GUILD, channel_id=None
+    )
     imagine = settings.effective(GUILD, CHANNEL).imagine
     assert imagine.sizes == ((256, 256), (384, 256), (256, 384))
     assert imagine.default_size == (256, 384)
@@ -175,9 +193,15 @@ async def test_max_size_narrows_the_sizes_and_the_default_follows(store: Store) 
 def test_preferences_beat_the_default_and_are_capped_by_the_bounds_with_a_note() -> None:
     config = Config()
     imagine = replace(config.imagine, steps=IntOption(20, 5, 40), candidates=3)
-    imagine2, edit, notes = apply_prefs(imagine, config.edit, {
-        "imagine.steps": 30, "imagine.candidates": 9, "edit.steps": 5,
-    })
+    imagine2, edit, notes = apply_prefs(
+        imagine,
+        config.edit,
+        {
+            "imagine.steps": 30,
+            "imagine.candidates": 9,
+            "edit.steps": 5,
+        },
+    )
     assert imagine2.steps == IntOption(30, 5, 40)
     assert imagine2.candidates == 3
     assert edit.steps.default == config.edit.steps.min
@@ -198,8 +222,9 @@ def job(user: int, prompt: str = "a cat", **params: object) -> JobRequest:
 async def test_the_gate_refuses_blocked_prompts_paused_blocked_users_and_spent_quotas(
     store: Store,
 ) -> None:
-    config = replace(Config(), moderation=ModerationConfig(blocked_words=("ogre",),
-                                                           daily_job_quota=2))
+    config = replace(
+        Config(), moderation=ModerationConfig(blocked_words=("ogre",), daily_job_quota=2)
+    )
     settings = await service(store, config)
     gate = Gatekeeper(settings, settings.store)
     assert await gate.submit_refusal(job(1, "an Ogre")) == BLOCKED_PROMPT
@@ -216,15 +241,17 @@ async def test_the_gate_refuses_blocked_prompts_paused_blocked_users_and_spent_q
     await settings.set_paused(False, 99)
     await settings.block_user(2, 99)
     assert "cannot use" in (await gate.submit_refusal(job(2)) or "")
-    await settings.set(Scope.CHANNEL, "enabled.imagine", "off", 99, guild_id=GUILD,
-                       channel_id=CHANNEL)
+    await settings.set(
+        Scope.CHANNEL, "enabled.imagine", "off", 99, guild_id=GUILD, channel_id=CHANNEL
+    )
     assert "switched off" in (await gate.submit_refusal(job(3)) or "")
 
 
 async def test_everything_set_is_read_back_after_reopening(store: Store, data_dir: Path) -> None:
     settings = await service(store)
-    await settings.set(Scope.CHANNEL, "cooldown_seconds", "2.5", 1, guild_id=GUILD,
-                       channel_id=CHANNEL)
+    await settings.set(
+        Scope.CHANNEL, "cooldown_seconds", "2.5", 1, guild_id=GUILD, channel_id=CHANNEL
+    )
     await settings.add_term(Scope.GUILD, GUILD, BlockedTerm(TermKind.PATTERN, "og(re)?"), 1)
     await settings.block_user(7, 1)
     await settings.set_paused(True, 1)
@@ -271,8 +298,12 @@ WRITER = textwrap.dedent("""
 
 async def test_settings_survive_a_sigkill_of_the_process_that_wrote_them(data_dir: Path) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(data_dir)], cwd=REPO, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)}, text=True,
+        [sys.executable, "-c", WRITER, str(data_dir)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        text=True,
     )
     try:
         line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), 120)

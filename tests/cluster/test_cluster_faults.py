@@ -294,3 +294,33 @@ async def test_postgres_down_for_ten_seconds_pauses_and_loses_nothing(
         if worker_thread is not None:
             worker_thread.stop_all()
         server.remove()
+
+
+async def test_a_worker_stopped_with_sigterm_hands_its_job_back_without_an_interruption(
+    store: Store, cluster_config: ClusterConfig, tmp_path: Path, workers: Workers
+) -> None:
+    config_path = tmp_path / "worker.toml"
+    config_path.write_text(worker_config_text(cluster_config, step_seconds=0.05))
+    log = EventLog()
+    scheduler = await start_cluster_scheduler(store, cluster_config)
+    scheduler.add_listener(log)
+    proc = start_worker_process(config_path, "leaving")
+    try:
+        job = await scheduler.submit(request(user=1, steps=400))
+        await wait_for(lambda: len(log.of(JobProgress)) > 2, 90, "progress on the worker")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0  # it stops at the job's next step and exits cleanly
+        await wait_for(lambda: _times_queued(log, job.job_id) > 1, 30, "the job back in line")
+        record = await store.get_job(job.job_id)
+        # Back in line, or already handed out again (the worker count is refreshed by the poll);
+        # either way not counted as an interruption.
+        assert record.status in (JobStatus.QUEUED, JobStatus.RUNNING)
+        assert record.interruptions == 0
+        workers.start(StandInPipeline(0.0, 16, "sleep"))
+        await asyncio.wait_for(scheduler.wait_idle(), 60)
+        record = await store.get_job(job.job_id)
+        assert record.status is JobStatus.DONE and record.interruptions == 0
+    finally:
+        proc.kill()
+        proc.wait(10)
+        await scheduler.shutdown(grace_seconds=5)

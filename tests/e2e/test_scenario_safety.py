@@ -76,6 +76,19 @@ async def test_a_flagged_result_is_posted_blurred_behind_a_spoiler(
         assert "flagged result(s) 1, 2: they are blurred" in message.content
         grid = Image.open(io.BytesIO(message.files[name]))
         assert grid.width >= 2 * Image.open(flagged[0].path).width
+        # The progress message's last preview (all but the result itself) is taken off, and the
+        # timelapse frames, which show the image forming, are deleted.
+        progress = await message_of(bot, standin, flagged_id, "progress")
+        await standin.wait_for(
+            lambda: not progress.files,
+            timeout=WAIT,
+            description="the flagged job's preview to be taken off",
+        )
+        plain_progress = await message_of(bot, standin, plain_id, "progress")
+        assert plain_progress.files, "an unflagged job keeps its last preview"
+        frames = tmp_path / "data" / "frames"
+        assert (frames / f"job-{plain_id}").is_dir()
+        assert not (frames / f"job-{flagged_id}").exists()
 
 
 async def test_withhold_holds_flagged_results_back_and_says_so(

@@ -18,12 +18,15 @@ async def test_history_pages_with_buttons_and_reruns_from_a_page(standin, tmp_pa
     async with running_bot(standin, config) as bot:
         ids = []
         for i in range(7):
-            ids.append(await queued_job_id(
-                await standin.send_slash_command("imagine", {"prompt": f"cat number {i}"})
-            ))
+            ids.append(
+                await queued_job_id(
+                    await standin.send_slash_command("imagine", {"prompt": f"cat number {i}"})
+                )
+            )
         await results_with_reactions(bot, standin, ids[-1])
-        await queued_job_id(await standin.send_slash_command("imagine", {"prompt": "b"},
-                                                             user="bob"))
+        await queued_job_id(
+            await standin.send_slash_command("imagine", {"prompt": "b"}, user="bob")
+        )
         handle = await standin.send_slash_command("history")
         page = await handle.wait_for_reply(timeout=WAIT)
         assert handle.ephemeral and page.ephemeral
@@ -34,18 +37,26 @@ async def test_history_pages_with_buttons_and_reruns_from_a_page(standin, tmp_pa
         seed = (await bot.store.get_job(ids[-1])).request.params["seed"]
         assert f"seed `{seed}`" in page.content
         buttons = [b["custom_id"] for b in page.buttons()]
-        assert buttons == [*(f"fd:reroll:{i}:0" for i in ids[:1:-1]), f"fh:{alice_id(standin)}:0",
-                           f"fh:{alice_id(standin)}:1"]
+        assert buttons == [
+            *(f"fd:reroll:{i}:0" for i in ids[:1:-1]),
+            f"fh:{alice_id(standin)}:0",
+            f"fh:{alice_id(standin)}:1",
+        ]
         assert page.button(f"fh:{alice_id(standin)}:0").get("disabled")
 
         older = await standin.press_button(page.id, f"fh:{alice_id(standin)}:1")
-        await standin.wait_for(lambda: "page 2 of 2" in standin.message(page.id).content,
-                               timeout=WAIT, description="the second page")
+        await standin.wait_for(
+            lambda: "page 2 of 2" in standin.message(page.id).content,
+            timeout=WAIT,
+            description="the second page",
+        )
         assert older.callback is not None and older.callback.type == 7, older.describe()
         second = standin.message(page.id)
         assert "cat number 1" in second.content and "cat number 6" not in second.content
-        assert [b["custom_id"] for b in second.buttons()][:2] == [f"fd:reroll:{ids[1]}:0",
-                                                                 f"fd:reroll:{ids[0]}:0"]
+        assert [b["custom_id"] for b in second.buttons()][:2] == [
+            f"fd:reroll:{ids[1]}:0",
+            f"fd:reroll:{ids[0]}:0",
+        ]
 
         rerun = await standin.press_button(page.id, f"fd:reroll:{ids[0]}:0")
         text = (await rerun.wait_for_reply(timeout=WAIT)).content
@@ -63,11 +74,11 @@ async def test_prefs_beat_the_channel_default_and_are_capped_with_a_notice(
     standin, tmp_path
 ) -> None:
     async with running_bot(standin, write_test_config(tmp_path, standin)) as bot:
-        answer = await ask(standin, "prefs", {"imagine_steps": 8, "imagine_candidates": 1},
-                           user="alice")
+        answer = await ask(
+            standin, "prefs", {"imagine_steps": 8, "imagine_candidates": 1}, user="alice"
+        )
         assert "Saved" in answer
-        first = await queued_job_id(await standin.send_slash_command("imagine",
-                                                                     {"prompt": "a"}))
+        first = await queued_job_id(await standin.send_slash_command("imagine", {"prompt": "a"}))
         params = (await bot.store.get_job(first)).request.params
         assert (params["steps"], params["candidates"]) == (8, 1)
 
@@ -77,22 +88,25 @@ async def test_prefs_beat_the_channel_default_and_are_capped_with_a_notice(
         second = await queued_job_id(handle)
         assert (await bot.store.get_job(second)).request.params["steps"] == 5
         reply = handle.replies[-1].content
-        assert "Your preferred /imagine steps (8) is above this channel's limit, so 5 is used" \
-            in reply
+        assert (
+            "Your preferred /imagine steps (8) is above this channel's limit, so 5 is used" in reply
+        )
         # An explicit option beats the preference, and then no notice is needed.
         handle = await standin.send_slash_command("imagine", {"prompt": "c", "steps": 3})
         third = await queued_job_id(handle)
         assert (await bot.store.get_job(third)).request.params["steps"] == 3
         assert "preferred" not in handle.replies[-1].content
         # Bob has no preferences: the channel's default.
-        fourth = await queued_job_id(await standin.send_slash_command("imagine", {"prompt": "d"},
-                                                                      user="bob"))
+        fourth = await queued_job_id(
+            await standin.send_slash_command("imagine", {"prompt": "d"}, user="bob")
+        )
         assert (await bot.store.get_job(fourth)).request.params["steps"] == 2
         # /prefs itself says at once what this channel makes of a preference.
         answer = await ask(standin, "prefs", {"edit_steps": 100}, user="alice")
         here = answer.split("In this channel: ")[1]
-        assert "Your preferred /edit steps (100) is above this channel's limit, so 10 is used." \
-            in here
+        assert (
+            "Your preferred /edit steps (100) is above this channel's limit, so 10 is used." in here
+        )
         assert "Your preferred /imagine steps (8) is above this channel's limit" in here
 
         # dm: a copy of the results by direct message, besides the channel's results message.
@@ -102,8 +116,9 @@ async def test_prefs_beat_the_channel_default_and_are_capped_with_a_notice(
         await ask(standin, "prefs", {"dm": True}, user="alice")
         fifth = await queued_job_id(await standin.send_slash_command("imagine", {"prompt": "e"}))
         await results_with_reactions(bot, standin, fifth)
-        await standin.wait_for(lambda: standin.direct_messages("alice"), timeout=WAIT,
-                               description="a DM to alice")
+        await standin.wait_for(
+            lambda: standin.direct_messages("alice"), timeout=WAIT, description="a DM to alice"
+        )
         dms = standin.direct_messages("alice")
         assert len(dms) == 1, [(m.content, m.channel_id) for m in dms]
         (copy,) = dms

@@ -22,8 +22,9 @@ from tests.e2e.bot_harness import (
 from tests.e2e.standin import DiscordStandin
 
 
-async def ask(standin: DiscordStandin, command: str, options: dict | None = None,
-              user: str = "root", **kwargs) -> str:
+async def ask(
+    standin: DiscordStandin, command: str, options: dict | None = None, user: str = "root", **kwargs
+) -> str:
     """The text of the bot's (ephemeral) answer to one command."""
     handle = await standin.send_slash_command(command, options or {}, user=user, **kwargs)
     reply = await handle.wait_for_reply(timeout=WAIT)
@@ -41,16 +42,16 @@ async def test_settings_change_a_bound_and_the_next_command_obeys_without_restar
         )
         assert (await bot.store.get_job(first)).request.params["steps"] == 30
 
-        answer = await ask(standin, "settings set", {"key": "imagine.steps.default",
-                                                     "value": "4"})
+        answer = await ask(standin, "settings set", {"key": "imagine.steps.default", "value": "4"})
         assert "`imagine.steps.default` is now `4` in this channel" in answer
         answer = await ask(standin, "settings set", {"key": "imagine.steps.max", "value": "5"})
         assert "is now `5`" in answer
 
         refused = await ask(standin, "imagine", {"prompt": "a cat", "steps": 30}, user="alice")
         assert "Nothing was queued" in refused and "between 1 and 5, not 30" in refused
-        second = await queued_job_id(await standin.send_slash_command("imagine",
-                                                                      {"prompt": "a dog"}))
+        second = await queued_job_id(
+            await standin.send_slash_command("imagine", {"prompt": "a dog"})
+        )
         assert (await bot.store.get_job(second)).request.params["steps"] == 4
 
         shown = await ask(standin, "settings show")
@@ -58,13 +59,20 @@ async def test_settings_change_a_bound_and_the_next_command_obeys_without_restar
         assert "`imagine.cutn`: default `2`, min `1`, max `4`" in shown
 
         # A server-wide value applies wherever no channel overrides it.
-        answer = await ask(standin, "settings set",
-                           {"key": "enabled.edit", "value": "off", "scope": "server"})
+        answer = await ask(
+            standin, "settings set", {"key": "enabled.edit", "value": "off", "scope": "server"}
+        )
         assert "in this server" in answer
-        refused = await ask(standin, "edit", {
-            "prompt": "a door", "image": standin.add_cdn_file("photo.png", picture()),
-            "mask": standin.add_cdn_file("mask.png", box_mask()),
-        }, user="alice")
+        refused = await ask(
+            standin,
+            "edit",
+            {
+                "prompt": "a door",
+                "image": standin.add_cdn_file("photo.png", picture()),
+                "mask": standin.add_cdn_file("mask.png", box_mask()),
+            },
+            user="alice",
+        )
         assert "/edit is switched off" in refused
 
         answer = await ask(standin, "settings reset", {"key": "imagine.steps.max"})
@@ -90,11 +98,11 @@ async def test_settings_refuse_wrong_types_out_of_bounds_and_non_admins(standin,
         ):
             answer = await ask(standin, "settings set", {"key": key, "value": value})
             assert answer.startswith("Not changed:") and expected in answer, (key, answer)
-        answer = await ask(standin, "settings set", {"key": "imagine.steps.max", "value": "5"},
-                           user="alice")
+        answer = await ask(
+            standin, "settings set", {"key": "imagine.steps.max", "value": "5"}, user="alice"
+        )
         assert "Only the server's admins" in answer
-        assert bot.settings.effective(standin.guild_id, standin.channel_id).imagine.steps.max \
-            == 40
+        assert bot.settings.effective(standin.guild_id, standin.channel_id).imagine.steps.max == 40
         assert await bot.owner_store.all_settings() == []
 
 
@@ -108,13 +116,16 @@ async def test_a_blocked_prompt_is_refused_ephemerally_without_naming_the_term(
         )
         grid, _ = await results_with_reactions(bot, standin, parent)
 
-        answer = await ask(standin, "settings blocklist_add",
-                           {"term": r"cast(le|ing)\b", "kind": "pattern"})
+        answer = await ask(
+            standin, "settings blocklist_add", {"term": r"cast(le|ing)\b", "kind": "pattern"}
+        )
         assert "now refused in this channel" in answer
         bad = await ask(standin, "settings blocklist_add", {"term": "([", "kind": "pattern"})
         assert bad.startswith("Not added:") and "does not compile" in bad
-        assert [t.text for t, _ in bot.settings.terms(standin.guild_id, standin.channel_id)] \
-            == ["ogre", r"cast(le|ing)\b"]
+        assert [t.text for t, _ in bot.settings.terms(standin.guild_id, standin.channel_id)] == [
+            "ogre",
+            r"cast(le|ing)\b",
+        ]
 
         caplog.set_level(logging.WARNING, logger="bot.admission")
         for prompt in ("an OGRE in the woods", "a Castle in the sky"):
@@ -127,15 +138,21 @@ async def test_a_blocked_prompt_is_refused_ephemerally_without_naming_the_term(
         alice = standin.users["alice"].id
         await standin.add_reaction(grid.id, "1️⃣", "alice")
         await standin.wait_for(
-            lambda: any(f"<@{alice}>" in m.content and "does not allow" in m.content
-                        for m in standin.bot_messages()),
-            timeout=WAIT, description="a refusal of the continuation",
+            lambda: any(
+                f"<@{alice}>" in m.content and "does not allow" in m.content
+                for m in standin.bot_messages()
+            ),
+            timeout=WAIT,
+            description="a refusal of the continuation",
         )
         assert await bot.store.get_job(parent + 1) is None
         # Prompts without a blocked term still go through.
-        assert await queued_job_id(
-            await standin.send_slash_command("imagine", {"prompt": "a fishing net"}, user="bob")
-        ) == parent + 1
+        assert (
+            await queued_job_id(
+                await standin.send_slash_command("imagine", {"prompt": "a fishing net"}, user="bob")
+            )
+            == parent + 1
+        )
 
 
 async def test_block_and_pause_refuse_new_work_until_lifted(standin, tmp_path) -> None:
@@ -145,8 +162,9 @@ async def test_block_and_pause_refuse_new_work_until_lifted(standin, tmp_path) -
         for command, options in (("imagine", {"prompt": "a cat"}), ("queue", {})):
             answer = await ask(standin, command, options, user="alice")
             assert "cannot use this bot's commands" in answer
-        assert "Admins cannot be blocked" in await ask(standin, "block",
-                                                       {"user": standin.users["root"]})
+        assert "Admins cannot be blocked" in await ask(
+            standin, "block", {"user": standin.users["root"]}
+        )
         assert "is unblocked" in await ask(standin, "unblock", {"user": alice})
 
         assert "Paused" in await ask(standin, "pause")
@@ -154,9 +172,12 @@ async def test_block_and_pause_refuse_new_work_until_lifted(standin, tmp_path) -
         assert "paused by an admin" in answer
         assert await bot.store.get_job(1) is None
         assert "Resumed" in await ask(standin, "resume")
-        assert await queued_job_id(
-            await standin.send_slash_command("imagine", {"prompt": "a cat"}, user="alice")
-        ) == 1
+        assert (
+            await queued_job_id(
+                await standin.send_slash_command("imagine", {"prompt": "a cat"}, user="alice")
+            )
+            == 1
+        )
 
 
 async def test_purge_removes_a_users_jobs_messages_and_files(standin, tmp_path) -> None:
@@ -182,8 +203,9 @@ async def test_purge_removes_a_users_jobs_messages_and_files(standin, tmp_path) 
         # Bob's job is untouched.
         assert (await bot.store.get_job(theirs)).status is JobStatus.DONE
         assert all(r.path.exists() for r in bobs)
-        assert not standin.message((await bot.store.message_for_job(theirs,
-                                                                    "results")).message_id).deleted
+        assert not standin.message(
+            (await bot.store.message_for_job(theirs, "results")).message_id
+        ).deleted
 
 
 async def test_stats_reads_the_figures_from_the_store(standin, tmp_path) -> None:

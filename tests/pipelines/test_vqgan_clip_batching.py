@@ -231,3 +231,17 @@ def test_the_pipeline_takes_the_options_from_settings() -> None:
     finally:
         # The cached tiny VQGAN was converted to channels-last; later tests get a fresh one.
         presets.clear_caches()
+
+
+def test_deterministic_mode_repeats_a_seed_bit_for_bit_on_the_cpu(vqgan: VQGAN) -> None:
+    from pipelines.precision import apply_determinism
+
+    pipeline = make_pipeline(vqgan, candidate_batch=2)
+    try:
+        apply_determinism(True)
+        assert torch.are_deterministic_algorithms_enabled()
+        first = run_steps(pipeline.start(request(steps=2), 5), 2)
+        second = run_steps(pipeline.start(request(steps=2), 5), 2)
+    finally:
+        apply_determinism(False)
+    assert torch.equal(first, second)
