@@ -163,7 +163,7 @@ class EditRequest:
         (iw, ih), (mw, mh) = self.image.size, self.mask.size
         if min(iw, ih, mw, mh) < 1:
             raise InvalidRequest("the image or the mask is empty (zero pixels)")
-        if abs((mw / mh) / (iw / ih) - 1.0) > MAX_ASPECT_MISMATCH:
+        if not _same_shape(iw, ih, mw, mh):
             raise InvalidRequest(
                 f"the mask is {mw}×{mh} but the image is {iw}×{ih}: their shapes differ; "
                 "the mask must have the image's aspect ratio"
@@ -178,6 +178,15 @@ class EditRequest:
         return {
             f.name: getattr(self, f.name) for f in fields(self) if f.name not in self.IMAGE_FIELDS
         }
+
+
+def _same_shape(iw: int, ih: int, mw: int, mh: int) -> bool:
+    """Whether a ``mw``×``mh`` mask fits a ``iw``×``ih`` image: aspect ratios within 1%, or
+    within the rounding of one side to whole pixels (a result of 512×13 is a 4000×100 picture
+    scaled down, and continuing from it keeps the original mask)."""
+    if abs((mw / mh) / (iw / ih) - 1.0) <= MAX_ASPECT_MISMATCH:
+        return True
+    return abs(iw - ih * mw / mh) <= 1.0 or abs(ih - iw * mh / mw) <= 1.0
 
 
 def _check_int(name: str, value: Any, low: int, high: int) -> None:

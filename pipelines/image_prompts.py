@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pipelines.clip_models import ClipBundle
-from pipelines.cutouts import MakeCutouts
+from pipelines.cutouts import DEFAULT_AUGMENTATIONS, MakeCutouts
 from pipelines.image_io import pil_to_tensor, to_rgb
 from pipelines.interface import InvalidRequest
 from pipelines.prompts import MAX_ABS_WEIGHT
@@ -79,7 +79,12 @@ def source_pixels(image: Image.Image, clip: ClipBundle) -> torch.Tensor:
 
 @torch.no_grad()
 def embed_image_prompt(
-    clip: ClipBundle, image: Image.Image, cutn: int, cut_pow: float, seed: int
+    clip: ClipBundle,
+    image: Image.Image,
+    cutn: int,
+    cut_pow: float,
+    seed: int,
+    augmentations: str = DEFAULT_AUGMENTATIONS,
 ) -> torch.Tensor:
     """(D,) unit-norm: the mean embedding of augmented cutouts of the whole image.
 
@@ -87,7 +92,8 @@ def embed_image_prompt(
     caller's random state is left as it was.
     """
     count = max(cutn, MIN_CUTOUTS)
-    cutouts = MakeCutouts(clip.input_size, count, cut_pow)
+    # The run's own augmentation set, so the target is seen the way the image will be.
+    cutouts = MakeCutouts(clip.input_size, count, cut_pow, augmentations)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         views = cutouts(source_pixels(image, clip))[0]

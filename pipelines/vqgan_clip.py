@@ -350,6 +350,7 @@ def encode_targets(
     cutn: int = 32,
     cut_pow: float = 1.0,
     seed: int = 0,
+    augmentations: str = DEFAULT_AUGMENTATIONS,
 ) -> Targets:
     """Text prompts embed their text; image prompts the mean of augmented cutouts of the whole
     image (see :mod:`pipelines.image_prompts`), with the run's cutout settings and seed."""
@@ -363,7 +364,7 @@ def encode_targets(
     image_weights = image_weights or [1.0] * count
     image_stops = image_stops or [None] * count
     for index, image in enumerate(image_prompts, start=1):
-        embedding = embed_image_prompt(clip, image, cutn, cut_pow, seed + index)
+        embedding = embed_image_prompt(clip, image, cutn, cut_pow, seed + index, augmentations)
         embeddings.append(embedding[None])
         weights.append(image_weights[index - 1])
         stop = image_stops[index - 1]
@@ -601,6 +602,7 @@ class VqganClipRun:
             cutn=request.cutn,
             cut_pow=request.cut_pow,
             seed=seed,
+            augmentations=request.augmentations,
         )
         self.cutouts = MakeCutouts(
             clip.input_size, request.cutn, request.cut_pow, request.augmentations

@@ -337,3 +337,13 @@ def test_a_mask_within_one_percent_of_the_aspect_is_accepted() -> None:
     request(mask=mask_image(SIZE, SIZE).resize((200, 199))).validate()
     with pytest.raises(InvalidRequest, match=r"200×196"):
         request(mask=mask_image(SIZE, SIZE).resize((200, 196))).validate()
+
+
+def test_a_result_rounded_to_whole_pixels_still_fits_its_original_mask() -> None:
+    # 4000×100 scaled to a long side of 512 is 512×13 (12.8 rounded): 1.5% off in aspect, but
+    # only the rounding of one side. Continuing from such a result keeps the original mask.
+    assert output_size(4000, 100, 512) == (512, 13)
+    wide_mask = Image.new("L", (4000, 100), 255)
+    request(image=source_image(512, 13), mask=wide_mask).validate()
+    with pytest.raises(InvalidRequest, match=r"shapes differ"):
+        request(image=source_image(512, 15), mask=wide_mask).validate()

@@ -284,3 +284,14 @@ def test_the_pull_keeps_an_edit_closer_to_the_photo(pipeline: VqganClipPipeline)
         return float((run.z.detach() - run.z_init).pow(2).mean())
 
     assert drift(50.0) < drift(0.0)
+
+
+def test_image_prompts_are_embedded_with_the_runs_augmentation_set(
+    pipeline: VqganClipPipeline,
+) -> None:
+    def target(augmentations: str) -> torch.Tensor:
+        req = request(prompt="", image_prompts=[photo()], augmentations=augmentations)
+        return pipeline.start(req, 1).targets.embeddings
+
+    assert torch.equal(target("crowson"), target("crowson"))
+    assert not torch.allclose(target("crowson"), target("nerdyrodent"))
