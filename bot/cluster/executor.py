@@ -53,6 +53,10 @@ class _Remote:
     stop_reason: StopReason | None = None
     progress_sent_at: float = 0.0
     collecting: bool = False
+    # Only a run recovered after a restart while the database was down learns its attempt from
+    # the database; a fresh launch gets it from its own enqueue, and until then the newest row
+    # for its job is an earlier, finished attempt (one a worker handed back, say).
+    look_up_attempt: bool = False
 
 
 class PostgresExecutor:
@@ -153,7 +157,8 @@ class PostgresExecutor:
                 out.append(Recovered(job.id, None))  # unknown: one interruption
                 continue
             run = Run(job.id)
-            remote = _Remote(job, run, pj_id=latest[0] if latest else None)
+            remote = _Remote(job, run, pj_id=latest[0] if latest else None,
+                             look_up_attempt=latest is None)
             self._runs[job.id] = remote
             if remote.pj_id is not None:
                 self._by_pj[remote.pj_id] = job.id
@@ -333,9 +338,13 @@ class PostgresExecutor:
             if remote.collecting:
                 continue
             if remote.pj_id is None:
-                latest = await self._latest_attempt(remote.job.id)
-                if latest is None:
+                if not remote.look_up_attempt:
                     continue  # still being enqueued
+                latest = await self._latest_attempt(remote.job.id)
+                if latest is None:  # the bot stopped before handing it over
+                    await self._give_up(remote, "interrupted")
+                    continue
+                remote.look_up_attempt = False
                 remote.pj_id = latest[0]
                 self._by_pj[remote.pj_id] = remote.job.id
             if remote.stop_reason is not None and self._app is not None:

@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from bot.cluster import tables
 from bot.cluster.executor import NO_WORKER, UNREACHABLE, PostgresExecutor
 from bot.cluster.private_pg import create_cluster
 from bot.config import ClusterConfig
@@ -22,7 +23,7 @@ from bot.executor import ClusterRefused
 from bot.jobs import JobStatus
 from bot.scheduler import Scheduler
 from bot.stand_in import StandInPipeline
-from bot.store import INTERRUPTED_TWICE, Store
+from bot.store import INTERRUPTED_TWICE, QueuedJob, Store
 from cogs.queue import describe_queue
 from tests.bot.conftest import EventLog, FakeSink, make_publisher, request, scheduler_config
 from tests.cluster.conftest import (
@@ -324,3 +325,36 @@ async def test_a_worker_stopped_with_sigterm_hands_its_job_back_without_an_inter
         proc.kill()
         proc.wait(10)
         await scheduler.shutdown(grace_seconds=5)
+
+
+async def test_a_relaunched_job_is_not_judged_by_its_earlier_finished_attempt(
+    store: Store, cluster_config: ClusterConfig
+) -> None:
+    # A job a worker handed back runs again under a new procrastinate job. Until that enqueue
+    # returns, the newest row for the job is the finished first attempt, which has no outcome
+    # left; reading it as this run's would count an interruption that never happened.
+    record = await store.insert_job(request(user=1), 0)
+    job = QueuedJob(record.id, record.request.kind, 1, record.request.channel_id, 0,
+                    record.request.params, JobStatus.RUNNING)
+    executor = PostgresExecutor(store, cluster_config)
+    await executor.connect(lambda: None)
+    try:
+        assert executor._app is not None
+        earlier = await executor._app.configure_task(
+            tables.TASK_NAME, queue=cluster_config.queue
+        ).defer_async(job_id=job.id, kind=job.kind.value, params=job.params, images={})
+        async with await psycopg.AsyncConnection.connect(cluster_config.database_url,
+                                                         autocommit=True) as conn:
+            await conn.execute(
+                "UPDATE procrastinate_jobs SET status = 'succeeded' WHERE id = %s", (earlier,)
+            )
+        async with executor._enqueue_lock:  # the relaunch's enqueue is still on its way
+            run = executor.launch(job)
+            await executor._check_all()
+            assert not run.finished
+        await wait_for(lambda: executor._runs[job.id].pj_id is not None, 30, "the enqueue")
+        assert executor._runs[job.id].pj_id != earlier
+        await executor._check_all()
+        assert not run.finished
+    finally:
+        await executor.close()

@@ -25,6 +25,7 @@ from tests.bot.test_scheduler import (  # noqa: F401  (collected here, on this m
     test_an_invalid_request_fails_with_the_pipelines_own_words,
     test_cancel_a_queued_job_removes_it,
     test_cancelling_waiting_jobs_gives_their_rounds_back,
+    test_fair_order_and_given_back_rounds_survive_a_restart,
     test_fair_round_robin_across_users_fifo_within_user,
     test_global_limit_refuses_with_the_position_it_would_have,
     test_models_that_cannot_load_fail_the_job_without_naming_server_files,
@@ -38,9 +39,6 @@ from tests.cluster.conftest import Workers
 # Not imported: test_cancel_a_running_job_stops_at_the_next_step_and_keeps_its_preview compares
 # with the step the queue view shows, which a remote worker reports at most once per progress
 # interval; test_cancel_of_a_remote_job_stops_within_a_step_and_a_poll below is its remote form.
-# test_fair_order_and_given_back_rounds_survive_a_restart is left out too: on Postgres the first
-# two jobs after the restart sometimes finished in swapped order (about 1 run in 4 before
-# enqueues were serialised, 1 in ~19 after); the cause is not yet pinned down.
 
 pytestmark = pytest.mark.cluster
 
