@@ -362,7 +362,11 @@ class PostgresExecutor:
                 await self._give_up(remote, "interrupted")
             elif status in ("failed", "aborted", "cancelled", "succeeded", None):
                 # Ended without an outcome row: the task itself broke, or it never ran.
-                if status == "cancelled" or (
+                if status in ("cancelled", "aborted") and remote.stop_reason == "shutdown":
+                    # Our own abort for the bot's shutdown (a job still waiting in "todo" is
+                    # cancelled outright): it runs again after the restart.
+                    await self._give_up(remote, "stopped")
+                elif status == "cancelled" or (
                     status == "aborted" and remote.stop_reason == "cancel"
                 ):
                     await self._give_up(remote, "cancelled")

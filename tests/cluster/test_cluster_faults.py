@@ -18,7 +18,7 @@ from bot.cluster import tables
 from bot.cluster.executor import NO_WORKER, UNREACHABLE, PostgresExecutor
 from bot.cluster.private_pg import create_cluster
 from bot.config import ClusterConfig
-from bot.events import JobFinished, JobProgress, JobQueued
+from bot.events import JobFinished, JobProgress, JobQueued, JobRequeued
 from bot.executor import ClusterRefused
 from bot.jobs import JobStatus
 from bot.scheduler import Scheduler
@@ -358,3 +358,67 @@ async def test_a_relaunched_job_is_not_judged_by_its_earlier_finished_attempt(
         assert not run.finished
     finally:
         await executor.close()
+
+
+# -- a worker that is registered but never fetches: the bot's side alone, step by step ---------
+
+
+def _idle_worker(cluster: ClusterConfig) -> None:
+    """A worker row the bot counts as alive (one free slot) that never fetches a job."""
+    with psycopg.connect(cluster.database_url, autocommit=True) as conn:
+        conn.execute(tables.SCHEMA)  # type: ignore[arg-type]  # before the bot first connects
+        # A heartbeat in the future stays fresh for the whole test.
+        row = conn.execute("INSERT INTO procrastinate_workers (last_heartbeat)"
+                           " VALUES (now() + interval '1 hour') RETURNING id").fetchone()
+        assert row is not None
+        conn.execute("INSERT INTO faraday_workers (worker_id, queue, name) VALUES (%s, %s, %s)",
+                     (row[0], cluster.queue, "idle"))
+
+
+def _finish_remotely(cluster: ClusterConfig, pj_id: int, job_id: int) -> None:
+    """What a worker does at the end of a job: its outcome and result, then procrastinate's
+    status, each committed."""
+    from PIL import Image
+
+    from bot.files import png_bytes
+
+    png = png_bytes(Image.new("RGB", (16, 16), "red"))
+    with psycopg.connect(cluster.database_url, autocommit=True) as conn:
+        with conn.transaction():
+            conn.execute("INSERT INTO faraday_results (pj_id, rank, score, seed, png)"
+                         " VALUES (%s, 0, 0.5, 7, %s)", (pj_id, png))
+            conn.execute("INSERT INTO faraday_outcomes (pj_id, queue, job_id, status, step,"
+                         " total, seconds) VALUES (%s, %s, %s, 'done', 1, 1, 0.1)",
+                         (pj_id, cluster.queue, job_id))
+        conn.execute("UPDATE procrastinate_jobs SET status = 'succeeded' WHERE id = %s", (pj_id,))
+
+
+async def _submit_and_wait_enqueued(scheduler: Scheduler, user: int = 1) -> tuple[int, int]:
+    executor = scheduler.executor
+    assert isinstance(executor, PostgresExecutor)
+    await wait_for(lambda: executor.free_slots() == 1, 30, "the idle worker to be counted")
+    submitted = await scheduler.submit(request(user=user, steps=5))
+    job_id = submitted.job_id
+    await wait_for(lambda: job_id in executor._runs and executor._runs[job_id].pj_id is not None,
+                   30, "the enqueue")
+    pj_id = executor._runs[job_id].pj_id
+    assert pj_id is not None
+    return job_id, pj_id
+
+
+async def test_a_clean_shutdown_requeues_a_job_no_worker_had_picked_up(
+    store: Store, cluster_config: ClusterConfig
+) -> None:
+    # Aborting a job still in "todo" makes procrastinate cancel it outright; for a shutdown that
+    # is not the user's cancel: the job must come back, not end CANCELLED.
+    _idle_worker(cluster_config)
+    log = EventLog()
+    scheduler = await start_cluster_scheduler(store, cluster_config)
+    scheduler.add_listener(log)
+    job_id, _pj_id = await _submit_and_wait_enqueued(scheduler)
+    await scheduler.shutdown(grace_seconds=10)
+    record = await store.get_job(job_id)
+    assert record.status is JobStatus.QUEUED and record.interruptions == 0
+    assert [e.job.job_id for e in log.of(JobRequeued)] == [job_id]
+    assert log.of(JobFinished) == []
+
