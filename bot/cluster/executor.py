@@ -349,10 +349,12 @@ class PostgresExecutor:
                 self._by_pj[remote.pj_id] = remote.job.id
             if remote.stop_reason is not None and self._app is not None:
                 await self._app.job_manager.cancel_job_by_id_async(remote.pj_id, abort=True)
+            # The status first: a worker commits its outcome before procrastinate marks the job
+            # ended, so an ended status read first means the outcome (if any) is already there.
+            status = await self._status(remote.pj_id)
             if await self._has_outcome(remote.pj_id):
                 await self._collect(remote)
                 continue
-            status = await self._status(remote.pj_id)
             if remote.pj_id in stalled:
                 log.warning(
                     "job %d: its worker stopped answering (no heartbeat for %.0f s)",
@@ -551,9 +553,13 @@ class PostgresExecutor:
 
     async def _give_up(self, remote: _Remote, status: str) -> None:
         """End a run that left no outcome; make sure its worker (if any) stops writing."""
+        if remote.collecting or remote.run.finished:
+            return  # an outcome is on its way (or in): that one decides, not a guess
         if remote.pj_id is not None and self._app is not None:
             with contextlib.suppress(Exception):
                 await self._app.job_manager.cancel_job_by_id_async(remote.pj_id, abort=True)
+        if remote.collecting or remote.run.finished:
+            return
         pj_id = remote.pj_id
         outcome = Outcome(status, step=remote.run.latest.step if remote.run.latest else None)
         if status == "failed":

@@ -422,3 +422,37 @@ async def test_a_clean_shutdown_requeues_a_job_no_worker_had_picked_up(
     assert [e.job.job_id for e in log.of(JobRequeued)] == [job_id]
     assert log.of(JobFinished) == []
 
+
+async def test_a_finished_job_is_not_judged_interrupted_between_two_reads(
+    store: Store, cluster_config: ClusterConfig
+) -> None:
+    # The worker commits its outcome, then procrastinate marks the job succeeded; if the bot
+    # looked for the outcome before and at the status after, it saw a job that ended with none.
+    _idle_worker(cluster_config)
+    scheduler = await start_cluster_scheduler(store, cluster_config)
+    executor = scheduler.executor
+    assert isinstance(executor, PostgresExecutor)
+    try:
+        async with executor._enqueue_lock:  # hold the enqueue until the wrapper is in place
+            submitted = await scheduler.submit(request(user=1, steps=5))
+            await wait_for(lambda: submitted.job_id in executor._runs, 30, "the launch")
+            real = executor._has_outcome
+            landed: list[int] = []
+
+            async def outcome_lands_meanwhile(pj_id: int) -> bool:
+                if not landed:
+                    landed.append(pj_id)
+                    found = await real(pj_id)
+                    await asyncio.to_thread(_finish_remotely, cluster_config, pj_id,
+                                            submitted.job_id)
+                    return found
+                return await real(pj_id)
+
+            executor._has_outcome = outcome_lands_meanwhile  # type: ignore[method-assign]
+        await asyncio.wait_for(scheduler.wait_idle(), 30)
+        record = await store.get_job(submitted.job_id)
+        assert landed and record.status is JobStatus.DONE and record.interruptions == 0
+        assert len(await store.results_for_job(submitted.job_id)) == 1
+    finally:
+        await scheduler.shutdown(grace_seconds=5)
+
