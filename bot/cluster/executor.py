@@ -261,6 +261,7 @@ class PostgresExecutor:
         task = asyncio.create_task(work, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_failure)
 
     async def _listen_loop(self, conn: psycopg.AsyncConnection) -> None:
         try:
@@ -483,19 +484,27 @@ class PostgresExecutor:
 
     async def _collect(self, remote: _Remote) -> None:
         """An attempt's outcome: files to data/, then the scheduler commits, then rows go."""
-        if remote.collecting or remote.pj_id is None or self._conn is None:
+        conn = self._conn
+        if remote.collecting or remote.pj_id is None or conn is None or remote.run.finished:
             return
         remote.collecting = True
-        pj_id = remote.pj_id
         try:
-            cursor = await self._conn.execute(
+            await self._collect_on(remote, remote.pj_id, conn)
+        finally:
+            # Whatever happened, a later poll may collect again (it is repeatable); a flag left
+            # set would make every poll skip this run for ever.
+            remote.collecting = False
+
+    async def _collect_on(self, remote: _Remote, pj_id: int, conn: _PoolDb) -> None:
+        # One connection object throughout: _lost() may clear self._conn at any await.
+        try:
+            cursor = await conn.execute(
                 "SELECT status, error, step, total, seconds, preview FROM faraday_outcomes"
                 " WHERE pj_id = %s",
                 (pj_id,),
             )
             row = await cursor.fetchone()
             if row is None:
-                remote.collecting = False
                 return
             status, error, step, total, seconds, preview_blob = row
             if status == "cancelled" and remote.stop_reason == "shutdown":
@@ -503,7 +512,7 @@ class PostgresExecutor:
             results: list[NewResult] = []
             preview = preview_path = None
             if status == "done":
-                cursor = await self._conn.execute(
+                cursor = await conn.execute(
                     "SELECT rank, score, seed, png FROM faraday_results WHERE pj_id = %s"
                     " ORDER BY rank",
                     (pj_id,),
@@ -517,7 +526,6 @@ class PostgresExecutor:
                     write_atomic, preview_path, bytes(preview_blob), durable=self.store.sync_commits
                 )
         except psycopg.Error as exc:
-            remote.collecting = False
             await self._lost(exc)
             return
         except OSError as exc:
@@ -615,6 +623,11 @@ class _PoolDb:
     async def transaction(self) -> Any:
         async with self.pool.connection() as conn, conn.transaction():
             yield conn
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("cluster task %s failed", task.get_name(), exc_info=task.exception())
 
 
 def _open_png(blob: bytes) -> Image.Image:

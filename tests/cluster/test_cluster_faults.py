@@ -456,3 +456,39 @@ async def test_a_finished_job_is_not_judged_interrupted_between_two_reads(
     finally:
         await scheduler.shutdown(grace_seconds=5)
 
+
+async def test_a_collect_cut_short_by_a_lost_database_is_retried(
+    store: Store, cluster_config: ClusterConfig
+) -> None:
+    # The database is lost while an outcome is being collected: the collect must not stay
+    # "in progress" for ever; after reconnecting, the poll collects the job.
+    _idle_worker(cluster_config)
+    scheduler = await start_cluster_scheduler(store, cluster_config)
+    executor = scheduler.executor
+    assert isinstance(executor, PostgresExecutor)
+    try:
+        job_id, pj_id = await _submit_and_wait_enqueued(scheduler)
+        assert executor._conn is not None
+        db_type = type(executor._conn)
+        real_execute = db_type.execute
+        cut: list[str] = []
+
+        async def lost_midway(self: Any, query: Any, params: Any = None) -> Any:
+            rows = await real_execute(self, query, params)
+            if not cut and str(query).startswith("SELECT status, error"):
+                cut.append(str(query))
+                await executor._lost(psycopg.OperationalError("pulled the plug (test)"))
+            return rows
+
+        db_type.execute = lost_midway  # type: ignore[method-assign]
+        try:
+            await asyncio.to_thread(_finish_remotely, cluster_config, pj_id, job_id)
+            await asyncio.wait_for(scheduler.wait_idle(), 30)
+        finally:
+            db_type.execute = real_execute  # type: ignore[method-assign]
+        assert cut
+        record = await store.get_job(job_id)
+        assert record.status is JobStatus.DONE and record.interruptions == 0
+    finally:
+        await scheduler.shutdown(grace_seconds=5)
+
