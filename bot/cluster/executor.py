@@ -509,6 +509,9 @@ class PostgresExecutor:
             status, error, step, total, seconds, preview_blob = row
             if status == "cancelled" and remote.stop_reason == "shutdown":
                 status = "stopped"  # the bot is stopping: the job runs again after the restart
+            elif status == "stopped" and remote.stop_reason == "cancel":
+                # The worker was leaving as the user cancelled: the user's word wins.
+                status = "cancelled"
             results: list[NewResult] = []
             preview = preview_path = None
             if status == "done":

@@ -492,3 +492,26 @@ async def test_a_collect_cut_short_by_a_lost_database_is_retried(
     finally:
         await scheduler.shutdown(grace_seconds=5)
 
+
+async def test_a_user_cancel_wins_over_a_worker_leaving_at_the_same_time(
+    store: Store, cluster_config: ClusterConfig
+) -> None:
+    # The user cancels while the worker is being stopped with SIGTERM: the worker reports
+    # "stopped" (run it again elsewhere), but the user asked for the job to end.
+    _idle_worker(cluster_config)
+    scheduler = await start_cluster_scheduler(store, cluster_config)
+    try:
+        job_id, pj_id = await _submit_and_wait_enqueued(scheduler)
+        with psycopg.connect(cluster_config.database_url, autocommit=True) as conn:
+            conn.execute("UPDATE procrastinate_jobs SET status = 'doing' WHERE id = %s", (pj_id,))
+        await scheduler.cancel(job_id)
+        with psycopg.connect(cluster_config.database_url, autocommit=True) as conn:
+            conn.execute("INSERT INTO faraday_outcomes (pj_id, queue, job_id, status, step, total,"
+                         " seconds) VALUES (%s, %s, %s, 'stopped', 2, 5, 0.1)",
+                         (pj_id, cluster_config.queue, job_id))
+        await asyncio.wait_for(scheduler.wait_idle(), 30)
+        record = await store.get_job(job_id)
+        assert record.status is JobStatus.CANCELLED and record.interruptions == 0
+    finally:
+        await scheduler.shutdown(grace_seconds=5)
+
