@@ -80,6 +80,9 @@ class PostgresExecutor:
         self._alive_workers = 0
         self.reachable = False
         self._closing = False
+        # When the database was last (re)connected: a worker's heartbeat could not be written
+        # while it was away, so no stall is judged until a full stall timeout after that.
+        self._connected_at = 0.0
         # When (Unix time, the worker's clock) each job's newest progress was written, so a
         # benchmark can time the path from a worker's write to the bot's listeners.
         self.progress_sent_at: dict[int, float] = {}
@@ -198,6 +201,7 @@ class PostgresExecutor:
             self._listen_loop(self._listen), name="faraday-cluster-listen"
         )
         self.reachable = True
+        self._connected_at = time.monotonic()
         await self._count_workers()
         log.info(
             "connected to the job database; %d GPU worker(s) alive on queue %r",
@@ -330,7 +334,8 @@ class PostgresExecutor:
         )
         await self._count_workers()
         stalled: set[int] = set()
-        if self._runs and self._app is not None:
+        settled = time.monotonic() - self._connected_at >= self.cluster.stall_timeout_seconds
+        if self._runs and self._app is not None and settled:
             jobs = await self._app.job_manager.get_stalled_jobs(
                 queue=self.cluster.queue, seconds_since_heartbeat=self.cluster.stall_timeout_seconds
             )

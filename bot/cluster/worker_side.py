@@ -335,7 +335,8 @@ class GpuWorker:
             if self._stopping:
                 return
             side = [asyncio.create_task(self._announce(app, worker)),
-                    asyncio.create_task(self._watch(worker))]
+                    asyncio.create_task(self._watch(worker)),
+                    asyncio.create_task(self._heartbeat(worker))]
             try:
                 await worker.run()
             finally:
@@ -348,12 +349,48 @@ class GpuWorker:
             self._restart = False
             raise psycopg.OperationalError("the procrastinate worker stopped")
 
+    async def _heartbeat(self, worker: Worker) -> None:
+        """Keep the worker's heartbeat going through a database outage.
+
+        procrastinate's own heartbeat task ends at its first failed update (in 3.10 nothing
+        restarts it), so after an outage the job running here would look stalled to the bot and
+        be re-queued while it is still running. This one logs the failure and tries again at
+        the next beat, on a connection of its own: the pool's reconnect back-off would hold the
+        beat back for many seconds after the database is back.
+        """
+        conn: psycopg.AsyncConnection | None = None
+        try:
+            while True:
+                await asyncio.sleep(self.cluster.heartbeat_seconds)
+                if worker.worker_id is None:
+                    continue
+                try:
+                    if conn is None or conn.closed:
+                        conn = await psycopg.AsyncConnection.connect(
+                            self.url, autocommit=True, connect_timeout=3
+                        )
+                    await conn.execute(
+                        "UPDATE procrastinate_workers SET last_heartbeat = now() WHERE id = %s",
+                        (worker.worker_id,),
+                    )
+                except (psycopg.Error, OSError) as exc:
+                    log.debug("heartbeat not written (%s); trying again", exc)
+                    if conn is not None:
+                        with contextlib.suppress(Exception):
+                            await conn.close()
+                    conn = None
+        finally:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+
     async def _watch(self, worker: Worker) -> None:
         """Restart the worker after the database came back, or when its heartbeat went stale.
 
-        procrastinate's heartbeat task does not survive a lost database, so a worker that lived
-        through an outage would look dead to the bot for ever. Restarting registers it afresh;
-        it waits for a running job to finish (its outcome is retried until it is written).
+        Once the database is back (and no job is running) the worker registers afresh, so its
+        listener and procrastinate's own side tasks, which do not survive an outage, run again.
+        A job running through the outage carries on: its heartbeat is kept by
+        :meth:`_heartbeat` and its outcome is retried until it is written.
         """
         lost = False
         while True:

@@ -273,7 +273,8 @@ async def test_postgres_down_for_ten_seconds_pauses_and_loses_nothing(
         scheduler = await start_cluster_scheduler(store, cluster)
         scheduler.add_listener(log)
         await wait_for(lambda: scheduler.executor.free_slots() == 1, 30, "the worker")
-        running = await scheduler.submit(request(user=1, steps=60))
+        # Long enough to run through the whole outage and past it.
+        running = await scheduler.submit(request(user=1, steps=300))
         await wait_for(lambda: bool(log.of(JobProgress)), 30, "progress")
         await asyncio.to_thread(server.kill)
         await wait_for(lambda: not scheduler.executor.reachable, 30, "the outage to be noticed")
@@ -287,6 +288,7 @@ async def test_postgres_down_for_ten_seconds_pauses_and_loses_nothing(
         for job in (running, waiting):
             assert await store.job_status(job.job_id) is JobStatus.DONE
             assert len(await store.results_for_job(job.job_id)) == 1
+            assert (await store.get_job(job.job_id)).interruptions == 0
         finished = [e.job.job_id for e in log.of(JobFinished)]
         assert sorted(finished) == sorted([running.job_id, waiting.job_id])  # once each
     finally:
@@ -515,3 +517,35 @@ async def test_a_user_cancel_wins_over_a_worker_leaving_at_the_same_time(
     finally:
         await scheduler.shutdown(grace_seconds=5)
 
+
+async def test_no_stall_is_judged_until_a_stall_timeout_after_reconnecting(
+    store: Store, cluster_config: ClusterConfig
+) -> None:
+    # No worker could write its heartbeat while the database was away: right after the bot
+    # reconnects every running job would look stalled. Only a heartbeat still stale a full
+    # stall timeout later means a dead worker.
+    record = await store.insert_job(request(user=1), 0)
+    job = QueuedJob(record.id, record.request.kind, 1, record.request.channel_id, 0,
+                    record.request.params, JobStatus.RUNNING)
+    executor = PostgresExecutor(store, cluster_config)
+    await executor._open()  # no poll loop: this test decides when the backstop runs
+    try:
+        run = executor.launch(job)
+        await wait_for(lambda: executor._runs[job.id].pj_id is not None, 30, "the enqueue")
+        pj_id = executor._runs[job.id].pj_id
+        with psycopg.connect(cluster_config.database_url, autocommit=True) as conn:
+            row = conn.execute("INSERT INTO procrastinate_workers (last_heartbeat)"
+                               " VALUES (now() - interval '1 minute') RETURNING id").fetchone()
+            assert row is not None
+            conn.execute("UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s"
+                         " WHERE id = %s", (row[0], pj_id))
+        await executor._close_connections()  # the outage ...
+        await executor._open()  # ... and the reconnect
+        await executor._check_all()
+        assert not run.finished
+        await asyncio.sleep(cluster_config.stall_timeout_seconds)
+        await executor._check_all()
+        assert run.finished and run._outcome is not None
+        assert run._outcome.status == "interrupted"
+    finally:
+        await executor.close()
