@@ -57,6 +57,9 @@ class _Remote:
     # the database; a fresh launch gets it from its own enqueue, and until then the newest row
     # for its job is an earlier, finished attempt (one a worker handed back, say).
     look_up_attempt: bool = False
+    # Which attempt this run is (the microsecond the store marked it running), passed to the
+    # worker in the task's arguments, so the procrastinate job of this very attempt is found.
+    attempt: int | None = None
 
 
 class PostgresExecutor:
@@ -150,10 +153,11 @@ class PostgresExecutor:
         out: list[Recovered] = []
         for ref in refs:
             job = ref.job
+            attempt = await self._attempt_of(job.id)
             latest = None
             if self.reachable:
                 try:
-                    latest = await self._latest_attempt(job.id)
+                    latest = await self._latest_attempt(job.id, attempt)
                 except psycopg.Error as exc:
                     log.warning("job %d: cannot ask the database about it (%s)", job.id, exc)
             if latest is None and self.reachable:
@@ -161,7 +165,7 @@ class PostgresExecutor:
                 continue
             run = Run(job.id)
             remote = _Remote(job, run, pj_id=latest[0] if latest else None,
-                             look_up_attempt=latest is None)
+                             look_up_attempt=latest is None, attempt=attempt)
             self._runs[job.id] = remote
             if remote.pj_id is not None:
                 self._by_pj[remote.pj_id] = job.id
@@ -346,7 +350,7 @@ class PostgresExecutor:
             if remote.pj_id is None:
                 if not remote.look_up_attempt:
                     continue  # still being enqueued
-                latest = await self._latest_attempt(remote.job.id)
+                latest = await self._latest_attempt(remote.job.id, remote.attempt)
                 if latest is None:  # the bot stopped before handing it over
                     await self._give_up(remote, "interrupted")
                     continue
@@ -396,6 +400,10 @@ class PostgresExecutor:
     async def _enqueue_one(self, remote: _Remote) -> None:
         job = remote.job
         try:
+            remote.attempt = await self._attempt_of(job.id)
+        except Exception as exc:  # without it, recovery falls back to the newest attempt
+            log.warning("job %d: its attempt could not be read (%s)", job.id, exc)
+        try:
             request = await asyncio.to_thread(self.store.load_request, job)
         except OSError as exc:
             log.error("job %d: its input images cannot be read: %s", job.id, exc)
@@ -428,7 +436,8 @@ class PostgresExecutor:
                 tables.TASK_NAME,
                 queue=self.cluster.queue,
                 priority=-job.fair_round,
-            ).defer_async(job_id=job.id, kind=job.kind.value, params=job.params, images=images)
+            ).defer_async(job_id=job.id, kind=job.kind.value, params=job.params, images=images,
+                          attempt=remote.attempt)
         except Exception as exc:
             log.warning("job %d could not be handed to the workers (%s); back in line", job.id, exc)
             self._end(remote, Outcome("stopped"))
@@ -441,12 +450,25 @@ class PostgresExecutor:
         if remote.stop_reason is not None:
             await self.cancel(job.id, remote.stop_reason)
 
-    async def _latest_attempt(self, job_id: int) -> tuple[int, str] | None:
+    async def _attempt_of(self, job_id: int) -> int | None:
+        record = await self.store.get_job(job_id)
+        if record is None or record.started_at is None:
+            return None
+        return int(record.started_at * 1_000_000)
+
+    async def _latest_attempt(self, job_id: int, attempt: int | None) -> tuple[int, str] | None:
+        """The procrastinate job of this attempt. Not merely the newest for the job: if the bot
+        stopped before this attempt's enqueue committed, the newest is an earlier attempt, whose
+        leftover outcome (say, a worker's late "cancelled") must not be taken for this one's.
+        A job enqueued without an attempt (by an older bot) still matches its newest row."""
         assert self._conn is not None
         cursor = await self._conn.execute(
             "SELECT id, status FROM procrastinate_jobs WHERE queue_name = %s AND task_name = %s"
-            " AND (args->>'job_id')::bigint = %s ORDER BY id DESC LIMIT 1",
-            (self.cluster.queue, tables.TASK_NAME, job_id),
+            " AND (args->>'job_id')::bigint = %s"
+            " AND (%s::bigint IS NULL OR NOT args ? 'attempt'"
+            " OR (args->>'attempt')::bigint = %s::bigint)"
+            " ORDER BY id DESC LIMIT 1",
+            (self.cluster.queue, tables.TASK_NAME, job_id, attempt, attempt),
         )
         row = await cursor.fetchone()
         return (int(row[0]), str(row[1])) if row else None

@@ -56,9 +56,12 @@ class JobRunner:
         kind: str,
         params: dict[str, Any],
         images: dict[str, Any],
+        attempt: int | None = None,
     ) -> None:
+        # ``attempt`` is for the bot: it finds this procrastinate job again by it after a restart.
         pj_id = context.job.id
         assert pj_id is not None
+        log.debug("job %d (attempt %s) is procrastinate job %d", job_id, attempt, pj_id)
         self.busy = True
         try:
             self._run(context, pj_id, job_id, kind, params, images)

@@ -549,3 +549,42 @@ async def test_no_stall_is_judged_until_a_stall_timeout_after_reconnecting(
         assert run._outcome.status == "interrupted"
     finally:
         await executor.close()
+
+
+async def test_recovery_does_not_take_an_earlier_attempt_for_the_one_never_enqueued(
+    store: Store, cluster_config: ClusterConfig
+) -> None:
+    # Attempt 1 was given up (its worker looked dead) and its worker, alive after all, wrote a
+    # late "cancelled" outcome. Attempt 2 was marked running, then the bot died before its
+    # enqueue committed. Recovery must not read attempt 1's leftover as attempt 2's end.
+    record = await store.insert_job(request(user=1), 0)
+    await store.mark_running(record.id, 3)
+    first = await store.get_job(record.id)
+    assert first.started_at is not None
+    executor = PostgresExecutor(store, cluster_config)
+    await executor.connect(lambda: None)
+    try:
+        assert executor._app is not None
+        earlier = await executor._app.configure_task(
+            tables.TASK_NAME, queue=cluster_config.queue
+        ).defer_async(job_id=record.id, kind=record.request.kind.value,
+                      params=record.request.params, images={},
+                      attempt=int(first.started_at * 1_000_000))
+    finally:
+        await executor.close()
+    with psycopg.connect(cluster_config.database_url, autocommit=True) as conn:
+        conn.execute("UPDATE procrastinate_jobs SET status = 'aborted' WHERE id = %s", (earlier,))
+        conn.execute("INSERT INTO faraday_outcomes (pj_id, queue, job_id, status, step, total,"
+                     " seconds) VALUES (%s, %s, %s, 'cancelled', 1, 3, 0.1)",
+                     (earlier, cluster_config.queue, record.id))
+    await store.requeue(record.id)
+    await asyncio.sleep(0.01)  # attempt 2 starts at a later microsecond
+    await store.mark_running(record.id, 3)
+    scheduler = await start_cluster_scheduler(store, cluster_config)
+    try:
+        await asyncio.sleep(5 * cluster_config.poll_interval_seconds)
+        job = await store.get_job(record.id)
+        # Unknown to Postgres: one interruption, back in line (no worker is alive to take it).
+        assert job.status is JobStatus.QUEUED and job.interruptions == 1
+    finally:
+        await scheduler.shutdown(grace_seconds=5)
