@@ -588,3 +588,28 @@ async def test_recovery_does_not_take_an_earlier_attempt_for_the_one_never_enque
         assert job.status is JobStatus.QUEUED and job.interruptions == 1
     finally:
         await scheduler.shutdown(grace_seconds=5)
+
+
+async def test_a_run_being_collected_is_not_given_up(
+    store: Store, cluster_config: ClusterConfig
+) -> None:
+    # A NOTIFY started collecting the outcome; the backstop, racing it, must not end the run
+    # as interrupted (and have its cleanup delete the results being collected).
+    record = await store.insert_job(request(user=1), 0)
+    job = QueuedJob(record.id, record.request.kind, 1, record.request.channel_id, 0,
+                    record.request.params, JobStatus.RUNNING)
+    executor = PostgresExecutor(store, cluster_config)
+    await executor._open()  # no poll loop
+    try:
+        run = executor.launch(job)
+        await wait_for(lambda: executor._runs[job.id].pj_id is not None, 30, "the enqueue")
+        remote = executor._runs[job.id]
+        remote.collecting = True
+        await executor._give_up(remote, "interrupted")
+        assert not run.finished
+        remote.collecting = False
+        await executor._give_up(remote, "interrupted")
+        assert run.finished and run._outcome is not None
+        assert run._outcome.status == "interrupted"
+    finally:
+        await executor.close()
