@@ -6,7 +6,9 @@ the source of truth for jobs, results and messages.
 
 - ``faraday_inputs``: input images, content-addressed by sha256, written before the job is
   enqueued;
-- ``faraday_progress``: one row per running job, overwritten (step, total, preview PNG);
+- ``faraday_progress``: one row per running job, overwritten (step, total, preview PNG), plus
+  the self-mask and the preview it came with, written once and never overwritten, so the bot
+  shows it even when later previews replaced that one before it was read;
 - ``faraday_results`` and ``faraday_outcomes``: how an attempt ended, written in one transaction;
 - ``faraday_workers``: which procrastinate worker serves which queue (procrastinate's own
   heartbeats say whether it is alive);
@@ -35,6 +37,10 @@ CREATE TABLE IF NOT EXISTS faraday_progress (
     preview_step integer,
     sent_at double precision NOT NULL
 );
+-- Added after the first release: ALTER, so a database made by an older bot gains them too.
+ALTER TABLE faraday_progress ADD COLUMN IF NOT EXISTS mask bytea;
+ALTER TABLE faraday_progress ADD COLUMN IF NOT EXISTS mask_preview bytea;
+ALTER TABLE faraday_progress ADD COLUMN IF NOT EXISTS mask_step integer;
 CREATE TABLE IF NOT EXISTS faraday_results (
     pj_id bigint NOT NULL,
     rank integer NOT NULL,
