@@ -35,12 +35,24 @@ CREATE TABLE IF NOT EXISTS faraday_progress (
     total integer NOT NULL,
     preview bytea,
     preview_step integer,
-    sent_at double precision NOT NULL
+    sent_at double precision NOT NULL,
+    mask bytea,
+    mask_preview bytea,
+    mask_step integer
 );
--- Added after the first release: ALTER, so a database made by an older bot gains them too.
-ALTER TABLE faraday_progress ADD COLUMN IF NOT EXISTS mask bytea;
-ALTER TABLE faraday_progress ADD COLUMN IF NOT EXISTS mask_preview bytea;
-ALTER TABLE faraday_progress ADD COLUMN IF NOT EXISTS mask_step integer;
+-- A database made before the mask columns gains them. Only then: ALTER takes an exclusive lock
+-- that would queue every progress write behind any open transaction, at each worker's start.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                   WHERE table_schema = current_schema() AND table_name = 'faraday_progress'
+                   AND column_name = 'mask_step') THEN
+        ALTER TABLE faraday_progress ADD COLUMN IF NOT EXISTS mask bytea,
+            ADD COLUMN IF NOT EXISTS mask_preview bytea,
+            ADD COLUMN IF NOT EXISTS mask_step integer;
+    END IF;
+END
+$$;
 CREATE TABLE IF NOT EXISTS faraday_results (
     pj_id bigint NOT NULL,
     rank integer NOT NULL,

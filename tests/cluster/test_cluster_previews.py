@@ -28,7 +28,7 @@ from bot.timelapse import timelapse_file
 from pipelines.interface import CancelCheck, PipelineResult, ProgressCallback, attach_mask
 from pipelines.timelapse import frame_files
 from tests.bot.conftest import FakeSink, make_publisher, request, scheduler_config
-from tests.cluster.conftest import Workers
+from tests.cluster.conftest import Workers, fresh_database
 
 pytestmark = pytest.mark.cluster
 
@@ -276,3 +276,19 @@ async def test_a_run_never_drops_the_masked_snapshot_for_a_newer_one() -> None:
     assert isinstance(third, Progress) and third.step == 6
     run.finish(Outcome("done"))
     assert isinstance(await asyncio.wait_for(anext(iterator), 5), Outcome)
+
+
+def test_a_progress_table_from_before_the_mask_gains_its_columns(pg_server_url: str) -> None:
+    url = fresh_database(pg_server_url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE faraday_progress (pj_id bigint PRIMARY KEY, queue text NOT NULL,"
+            " job_id bigint NOT NULL, step integer NOT NULL, total integer NOT NULL,"
+            " preview bytea, preview_step integer, sent_at double precision NOT NULL)"
+        )
+        conn.execute(tables.SCHEMA)  # type: ignore[arg-type]
+        conn.execute(tables.SCHEMA)  # type: ignore[arg-type]  # and again: harmless
+        columns = {row[0] for row in conn.execute(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_name = 'faraday_progress'").fetchall()}
+    assert {"mask", "mask_preview", "mask_step"} <= columns
