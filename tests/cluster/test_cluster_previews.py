@@ -14,17 +14,18 @@ import pytest
 from PIL import Image
 
 from bot.cluster import tables
-from bot.cluster.executor import PostgresExecutor
+from bot.cluster.executor import PostgresExecutor, _Remote
 from bot.cluster.worker_side import _ProgressWriter
 from bot.config import ClusterConfig, TimelapseConfig
 from bot.executor import Outcome, Progress, Run
+from bot.jobs import JobKind, JobStatus
 from bot.mask_overlay import mask_overlay
 from bot.progress_text import MASK_LINE
 from bot.publisher import Publisher
 from bot.scheduler import Scheduler
 from bot.stand_in import StandInPipeline, StandInRequest
-from bot.store import Store
-from bot.timelapse import timelapse_file
+from bot.store import QueuedJob, Store
+from bot.timelapse import frames_for, timelapse_file
 from pipelines.interface import CancelCheck, PipelineResult, ProgressCallback, attach_mask
 from pipelines.timelapse import frame_files
 from tests.bot.conftest import FakeSink, make_publisher, request, scheduler_config
@@ -292,3 +293,37 @@ def test_a_progress_table_from_before_the_mask_gains_its_columns(pg_server_url: 
             "SELECT column_name FROM information_schema.columns"
             " WHERE table_name = 'faraday_progress'").fetchall()}
     assert {"mask", "mask_preview", "mask_step"} <= columns
+
+
+async def test_collecting_an_outcome_first_keeps_the_last_preview_as_a_frame(
+    store: Store, cluster_config: ClusterConfig
+) -> None:
+    # The worker wrote its last step and then its outcome; the bot heard only of the outcome
+    # (a NOTIFY lost, or both read by the backstop poll). The video still ends on that step.
+    record = await store.insert_job(request(user=1, steps=4), 0)
+    job = QueuedJob(record.id, JobKind.IMAGINE, 1, 1001, 0, record.request.params,
+                    JobStatus.RUNNING)
+    executor = PostgresExecutor(store, cluster_config, timelapse=TimelapseConfig())
+    await executor.connect(lambda: None)
+    pj_id = 900_000 + record.id
+    last = io.BytesIO()
+    solid((9, 99, 199)).save(last, format="PNG")
+    try:
+        with psycopg.connect(cluster_config.database_url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO faraday_progress (pj_id, queue, job_id, step, total, preview,"
+                " preview_step, sent_at) VALUES (%s, %s, %s, 4, 4, %s, 4, %s)",
+                (pj_id, cluster_config.queue, job.id, last.getvalue(), time.time()))
+            conn.execute(
+                "INSERT INTO faraday_outcomes (pj_id, queue, job_id, status, step, total)"
+                " VALUES (%s, %s, %s, 'done', 4, 4)", (pj_id, cluster_config.queue, job.id))
+        remote = _Remote(job, Run(job.id), pj_id=pj_id,
+                         frames=frames_for(store, TimelapseConfig(), JobKind.IMAGINE, job.id))
+        await executor._collect(remote)
+        assert remote.run.finished
+    finally:
+        await executor.close()
+    [frame] = frame_files(store.paths.frames_dir(job.id))
+    assert frame.name == "frame-000004.png"
+    with Image.open(frame) as kept:
+        assert kept.convert("RGB").getpixel((0, 0)) == (9, 99, 199)
