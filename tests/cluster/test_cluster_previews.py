@@ -18,7 +18,7 @@ from bot.cluster.executor import PostgresExecutor, _Remote
 from bot.cluster.worker_side import _ProgressWriter
 from bot.config import ClusterConfig, TimelapseConfig
 from bot.executor import Outcome, Progress, Run
-from bot.jobs import JobKind, JobStatus
+from bot.jobs import JobKind, JobRequest, JobStatus
 from bot.mask_overlay import mask_overlay
 from bot.progress_text import MASK_LINE
 from bot.publisher import Publisher
@@ -327,3 +327,47 @@ async def test_collecting_an_outcome_first_keeps_the_last_preview_as_a_frame(
     assert frame.name == "frame-000004.png"
     with Image.open(frame) as kept:
         assert kept.convert("RGB").getpixel((0, 0)) == (9, 99, 199)
+
+
+async def test_the_tiny_vqgan_clip_self_mask_reaches_discord_from_a_worker(
+    store: Store, cluster_config: ClusterConfig, workers: Workers
+) -> None:
+    # The real pipeline (tiny random weights) finding its own mask for ``mask_text``, on a worker.
+    from bot.cluster.worker_side import serve_in_thread
+    from bot.pipeline_source import RegistrySource
+    from pipelines.settings import ModelSettings
+
+    source = RegistrySource(ModelSettings(preset="tiny", device="cpu", dtype="float32"))
+    worker, thread = serve_in_thread(cluster_config.database_url, cluster_config, source, "tiny")
+    assert worker.registered.wait(20)
+    workers.started.append((worker, thread))
+    photo = io.BytesIO()
+    Image.new("RGB", (64, 64), (120, 80, 40)).save(photo, format="PNG")
+    sink = FakeSink()
+    publisher = make_publisher(store, 0.05)
+    publisher.set_sink(sink)
+    executor = PostgresExecutor(store, cluster_config, timelapse=TimelapseConfig())
+    scheduler = Scheduler(store, None, scheduler_config(), executor=executor)
+    scheduler.add_listener(publisher)
+    await scheduler.start()
+    try:
+        await wait_for(lambda: executor.free_slots() == 1)
+        job = await scheduler.submit(JobRequest(
+            JobKind.IMAGINE, 1, 1001, 1,
+            {"prompt": "a red door", "mask_text": "the door", "steps": 3, "width": 64,
+             "height": 64, "cutn": 2, "preview_every": 1},
+            {"init_image": photo.getvalue()},
+        ))
+        await asyncio.wait_for(scheduler.wait_idle(), 300)
+        await publisher.wait_settled()
+    finally:
+        await scheduler.shutdown(grace_seconds=5)
+        await publisher.close()
+    assert await store.job_status(job.job_id) is JobStatus.DONE
+    with_files = [c for c in sink.calls if c.files and c.op != "react"]
+    first = with_files[0]
+    assert first.files is not None and MASK_LINE in first.content
+    masked = {c.files[0].data for c in with_files if c.files and MASK_LINE in c.content}
+    assert masked == {first.files[0].data}
+    progress = [c for c in sink.calls if c.message_id == first.message_id and c.op != "react"]
+    assert MASK_LINE not in progress[-1].content
