@@ -5,7 +5,8 @@ what it is handed. It offers a number of free slots, launches one job per slot, 
 and, after a restart, says what became of jobs that were running when the bot stopped.
 
 A launched job is a :class:`Run`: an async iterator yielding the newest :class:`Progress` (older
-snapshots are dropped, never queued) and then exactly one :class:`Outcome`.
+snapshots are dropped, never queued, except one whose preview carries the self-mask, which is
+shown once and so must reach the publisher) and then exactly one :class:`Outcome`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from PIL import Image
 
 from bot.jobs import JobKind
 from bot.store import NewResult, QueuedJob
+from pipelines.interface import attached_mask
 
 StopReason = Literal["cancel", "shutdown"]
 
@@ -71,6 +73,8 @@ class Run:
         self._lock = threading.Lock()
         self._wake = asyncio.Event()
         self._pending: Progress | None = None
+        # A snapshot carrying the self-mask that a newer one would otherwise have replaced.
+        self._held: Progress | None = None
         self._outcome: Outcome | None = None
         self._wake_scheduled = False
         # Newest progress posted, readable at any time (the queue view shows it).
@@ -80,6 +84,11 @@ class Run:
         with self._lock:
             if self._outcome is not None:
                 return
+            waiting = self._pending
+            if (waiting is not None and self._held is None
+                    and waiting.preview is not progress.preview
+                    and attached_mask(waiting.preview) is not None):
+                self._held = waiting
             self._pending = progress
             self.latest = progress
         self._schedule_wake()
@@ -89,7 +98,7 @@ class Run:
             if self._outcome is not None:
                 return  # a run ends once
             self._outcome = outcome
-            self._pending = None  # older than the outcome
+            self._pending = self._held = None  # older than the outcome
         self._schedule_wake()
 
     @property
@@ -115,13 +124,15 @@ class Run:
             await self._wake.wait()
             self._wake.clear()
             with self._lock:
+                held, self._held = self._held, None
                 progress, self._pending = self._pending, None
                 outcome = self._outcome
             if outcome is not None:
                 yield outcome
                 return
-            if progress is not None:
-                yield progress
+            for snapshot in (held, progress):
+                if snapshot is not None:
+                    yield snapshot
 
 
 @dataclass(frozen=True)

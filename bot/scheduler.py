@@ -692,7 +692,7 @@ def make_executor(store: Store, config: Any) -> Executor:
     if config.cluster.enabled:
         from bot.cluster.executor import PostgresExecutor
 
-        return PostgresExecutor(store, config.cluster)
+        return PostgresExecutor(store, config.cluster, timelapse=config.timelapse)
     from bot.local_executor import LocalExecutor
 
     return LocalExecutor.from_config(store, config)

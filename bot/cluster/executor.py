@@ -22,7 +22,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -30,11 +30,13 @@ from PIL import Image
 from procrastinate import App, PsycopgConnector
 
 from bot.cluster import tables
-from bot.config import ClusterConfig
+from bot.config import ClusterConfig, TimelapseConfig
 from bot.executor import ClusterRefused, Outcome, Progress, Recovered, Run, RunningRef, StopReason
 from bot.files import write_atomic
 from bot.jobs import JobKind
 from bot.store import NewResult, QueuedJob, Store
+from bot.timelapse import JobFrames, frames_for
+from pipelines.interface import attach_mask
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +62,30 @@ class _Remote:
     # Which attempt this run is (the microsecond the store marked it running), passed to the
     # worker in the task's arguments, so the procrastinate job of this very attempt is found.
     attempt: int | None = None
+    # The preview last read (kept, so a re-read of the same step posts the same picture) and the
+    # self-mask, posted once; reads of one run are serialised, so frames arrive in step order.
+    preview: Image.Image | None = None
+    preview_step: int | None = None
+    mask_posted: bool = False
+    frames: JobFrames | None = None
+    frame_step: int | None = None
+    progress_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class PostgresExecutor:
-    def __init__(self, store: Store, cluster: ClusterConfig, *, owner: str | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        cluster: ClusterConfig,
+        *,
+        owner: str | None = None,
+        timelapse: TimelapseConfig | None = None,
+    ) -> None:
         self.store = store
         self.cluster = cluster
+        # Where /imagine jobs' preview frames are kept for their timelapse (recorded here, from
+        # the previews the workers write); None keeps none, as for the local executor.
+        self.timelapse = timelapse
         self.poll_interval_seconds = cluster.poll_interval_seconds
         # Who owns the queue: the same bot restarting (same host and database file) may take it
         # back at once; any other bot is refused while the owner's heartbeat is fresh.
@@ -166,6 +186,8 @@ class PostgresExecutor:
             run = Run(job.id)
             remote = _Remote(job, run, pj_id=latest[0] if latest else None,
                              look_up_attempt=latest is None, attempt=attempt)
+            # The same attempt goes on: its frames so far stay, later ones join them.
+            remote.frames = frames_for(self.store, self.timelapse, job.kind, job.id)
             self._runs[job.id] = remote
             if remote.pj_id is not None:
                 self._by_pj[remote.pj_id] = job.id
@@ -417,6 +439,10 @@ class PostgresExecutor:
                 Outcome("stopped" if remote.stop_reason == "shutdown" else "cancelled", step=0),
             )
             return
+        frames = frames_for(self.store, self.timelapse, job.kind, job.id)
+        if frames is not None:
+            await asyncio.to_thread(frames.start)  # an earlier, interrupted run's frames go
+            remote.frames = frames
         try:
             assert self._conn is not None and self._app is not None
             images: dict[str, Any] = {}
@@ -489,12 +515,16 @@ class PostgresExecutor:
         return await cursor.fetchone() is not None
 
     async def _read_progress(self, remote: _Remote) -> None:
+        async with remote.progress_lock:
+            await self._read_progress_locked(remote)
+
+    async def _read_progress_locked(self, remote: _Remote) -> None:
         if remote.pj_id is None or self._conn is None or remote.run.finished:
             return
         try:
             cursor = await self._conn.execute(
-                "SELECT step, total, preview, preview_step, sent_at FROM faraday_progress"
-                " WHERE pj_id = %s",
+                "SELECT step, total, preview, preview_step, sent_at, mask, mask_preview,"
+                " mask_step FROM faraday_progress WHERE pj_id = %s",
                 (remote.pj_id,),
             )
             row = await cursor.fetchone()
@@ -504,10 +534,43 @@ class PostgresExecutor:
         if row is None or row[4] <= remote.progress_sent_at:
             return
         remote.progress_sent_at = row[4]
-        step, total, blob, preview_step, sent_at = row
-        preview = await asyncio.to_thread(_open_png, blob) if blob is not None else None
+        step, total, blob, preview_step, sent_at, mask_blob, masked_blob, mask_step = row
+        masked = None
+        if not remote.mask_posted and mask_blob is not None and masked_blob is not None:
+            # The self-mask rides in Image.info, which a PNG drops: put it back, so the
+            # publisher shows it once over its preview, as with the local executor.
+            masked = await asyncio.to_thread(_open_masked, masked_blob, mask_blob)
+            remote.mask_posted = True
+            if mask_step == preview_step or remote.preview_step is None or (
+                preview_step is not None and mask_step > remote.preview_step
+            ):
+                remote.preview, remote.preview_step = masked, mask_step
+        if blob is not None and preview_step != remote.preview_step:
+            remote.preview = await asyncio.to_thread(_open_png, blob)
+            remote.preview_step = preview_step
+        if remote.frames is not None:
+            await self._keep_frames(remote, total, [(mask_step, masked),
+                                                     (remote.preview_step, remote.preview)])
         self.progress_sent_at[remote.job.id] = sent_at
-        remote.run.post(Progress(step, total, preview, preview_step, time.monotonic()))
+        now = time.monotonic()
+        if masked is not None and remote.preview is not masked:
+            # Older than the newest preview: posted first, and Run keeps it from being dropped.
+            remote.run.post(Progress(step, total, masked, mask_step, now))
+        remote.run.post(Progress(step, total, remote.preview, remote.preview_step, now))
+
+    async def _keep_frames(
+        self, remote: _Remote, total: int, shots: list[tuple[int | None, Image.Image | None]]
+    ) -> None:
+        """Record previews not yet kept, in step order (the recorder thins and caps them)."""
+        frames = remote.frames
+        assert frames is not None
+        for step, image in shots:
+            if step is None or image is None:
+                continue
+            if remote.frame_step is not None and step <= remote.frame_step:
+                continue
+            await asyncio.to_thread(frames, step, total, image)
+            remote.frame_step = step
 
     async def _collect(self, remote: _Remote) -> None:
         """An attempt's outcome: files to data/, then the scheduler commits, then rows go."""
@@ -516,6 +579,9 @@ class PostgresExecutor:
             return
         remote.collecting = True
         try:
+            # The last previews (the finished picture among them) may not have been read yet:
+            # the timelapse needs them, and their rows go with the outcome's.
+            await self._read_progress(remote)
             await self._collect_on(remote, remote.pj_id, conn)
         finally:
             # Whatever happened, a later poll may collect again (it is repeatable); a flag left
@@ -664,3 +730,9 @@ def _open_png(blob: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(bytes(blob)))
     image.load()
     return image
+
+
+def _open_masked(preview_blob: bytes, mask_blob: bytes) -> Image.Image:
+    preview = _open_png(preview_blob)
+    attach_mask(preview, _open_png(mask_blob))
+    return preview

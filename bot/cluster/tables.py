@@ -6,7 +6,9 @@ the source of truth for jobs, results and messages.
 
 - ``faraday_inputs``: input images, content-addressed by sha256, written before the job is
   enqueued;
-- ``faraday_progress``: one row per running job, overwritten (step, total, preview PNG);
+- ``faraday_progress``: one row per running job, overwritten (step, total, preview PNG), plus
+  the self-mask and the preview it came with, written once and never overwritten, so the bot
+  shows it even when later previews replaced that one before it was read;
 - ``faraday_results`` and ``faraday_outcomes``: how an attempt ended, written in one transaction;
 - ``faraday_workers``: which procrastinate worker serves which queue (procrastinate's own
   heartbeats say whether it is alive);
@@ -33,8 +35,24 @@ CREATE TABLE IF NOT EXISTS faraday_progress (
     total integer NOT NULL,
     preview bytea,
     preview_step integer,
-    sent_at double precision NOT NULL
+    sent_at double precision NOT NULL,
+    mask bytea,
+    mask_preview bytea,
+    mask_step integer
 );
+-- A database made before the mask columns gains them. Only then: ALTER takes an exclusive lock
+-- that would queue every progress write behind any open transaction, at each worker's start.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                   WHERE table_schema = current_schema() AND table_name = 'faraday_progress'
+                   AND column_name = 'mask_step') THEN
+        ALTER TABLE faraday_progress ADD COLUMN IF NOT EXISTS mask bytea,
+            ADD COLUMN IF NOT EXISTS mask_preview bytea,
+            ADD COLUMN IF NOT EXISTS mask_step integer;
+    END IF;
+END
+$$;
 CREATE TABLE IF NOT EXISTS faraday_results (
     pj_id bigint NOT NULL,
     rank integer NOT NULL,

@@ -17,6 +17,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -32,6 +33,7 @@ from bot.execution import execute
 from bot.files import png_bytes
 from bot.jobs import JobKind, JobRequest
 from bot.pipeline_source import PipelineSource
+from pipelines.interface import attached_mask
 
 log = logging.getLogger(__name__)
 
@@ -187,46 +189,78 @@ def _read_inputs(conn: psycopg.Connection, images: dict[str, Any]) -> dict[str, 
 class _ProgressWriter:
     """The pipeline's ``on_progress``: overwrite one row at most once per interval, then NOTIFY.
 
+    Two writes skip the throttle: the last step (so the bot always sees the finished picture,
+    the timelapse's last frame), and the preview that carries the self-mask, which goes into
+    columns of its own once, because the PNG in ``preview`` drops ``Image.info`` and a later
+    preview may overwrite it before the bot reads it.
+
     A failed write (the database is briefly away) is logged and skipped: progress is a courtesy,
-    the outcome is what must arrive.
+    the outcome is what must arrive. A mask not yet written is tried again on the next call.
     """
 
-    def __init__(self, url: str, cluster: ClusterConfig, pj_id: int, job_id: int) -> None:
+    def __init__(
+        self,
+        url: str,
+        cluster: ClusterConfig,
+        pj_id: int,
+        job_id: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.url = url
         self.cluster = cluster
         self.pj_id = pj_id
         self.job_id = job_id
+        self.clock = clock
         self.step = 0
         self.total: int | None = None
         self.preview: Image.Image | None = None
         self.preview_step: int | None = None
         self._sent_preview_step: int | None = None
-        self._last_write = 0.0
+        self._last_write: float | None = None
+        # (mask PNG, its preview PNG, its step) until written; then ``_mask_written``.
+        self._mask: tuple[bytes, bytes, int] | None = None
+        self._mask_written = False
         self._conn: psycopg.Connection | None = None
 
     def __call__(self, step: int, total: int, preview: Image.Image | None) -> None:
         self.step, self.total = step, total
         if preview is not None:
             self.preview, self.preview_step = preview, step
-        now = time.monotonic()
-        if now - self._last_write < self.cluster.progress_interval_seconds:
+            mask = attached_mask(preview)
+            if mask is not None and self._mask is None and not self._mask_written:
+                self._mask = (png_bytes(mask), png_bytes(preview), step)
+        now = self.clock()
+        due = (
+            self._last_write is None
+            or now - self._last_write >= self.cluster.progress_interval_seconds
+        )
+        if not (due or step >= total or self._mask is not None):
             return
         self._last_write = now
+        self._write(step, total)
+
+    def _write(self, step: int, total: int) -> None:
         blob = None
         if self.preview is not None and self.preview_step != self._sent_preview_step:
             blob = png_bytes(self.preview)
+        mask, mask_preview, mask_step = self._mask or (None, None, None)
         try:
             if self._conn is None or self._conn.closed:
                 self._conn = psycopg.connect(self.url, autocommit=True)
             with self._conn.transaction():
                 self._conn.execute(
                     "INSERT INTO faraday_progress (pj_id, queue, job_id, step, total, preview,"
-                    " preview_step, sent_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+                    " preview_step, sent_at, mask, mask_preview, mask_step)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
                     " ON CONFLICT (pj_id) DO UPDATE SET step = EXCLUDED.step,"
                     " total = EXCLUDED.total,"
                     " preview = COALESCE(EXCLUDED.preview, faraday_progress.preview),"
                     " preview_step = COALESCE(EXCLUDED.preview_step,"
-                    " faraday_progress.preview_step), sent_at = EXCLUDED.sent_at",
+                    " faraday_progress.preview_step), sent_at = EXCLUDED.sent_at,"
+                    " mask = COALESCE(faraday_progress.mask, EXCLUDED.mask),"
+                    " mask_preview = COALESCE(faraday_progress.mask_preview,"
+                    " EXCLUDED.mask_preview),"
+                    " mask_step = COALESCE(faraday_progress.mask_step, EXCLUDED.mask_step)",
                     (
                         self.pj_id,
                         self.cluster.queue,
@@ -236,6 +270,9 @@ class _ProgressWriter:
                         blob,
                         self.preview_step if blob is not None else None,
                         time.time(),
+                        mask,
+                        mask_preview,
+                        mask_step,
                     ),
                 )
                 self._conn.execute(
@@ -244,6 +281,8 @@ class _ProgressWriter:
                 )
             if blob is not None:
                 self._sent_preview_step = self.preview_step
+            if mask is not None:
+                self._mask, self._mask_written = None, True
         except psycopg.Error as exc:
             log.warning("job %d: progress not written (%s)", self.job_id, exc)
             self.close()
