@@ -72,9 +72,7 @@ def test_gpu_check_compile_pass_runs_the_compiled_benches_into_their_own_files(
         timeout=60,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    argv = {
-        path.stem: json.loads(path.read_text())["argv"] for path in out_dir.glob("*.json")
-    }
+    argv = {path.stem: json.loads(path.read_text())["argv"] for path in out_dir.glob("*.json")}
     assert set(argv) == {*BENCHES, "vqgan-clip-compile", "blended-compile"}
     for bench in ("vqgan-clip", "blended"):
         assert "--compile" in argv[f"{bench}-compile"].split()

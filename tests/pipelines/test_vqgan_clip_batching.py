@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch._dynamo.testing import CompileCounter
 
-from pipelines import presets
+from pipelines import presets, speedups
 from pipelines.candidate_batching import auto_candidate_batch, fixed_candidate_batch
 from pipelines.clip_models import TINY_CLIP, ClipSpec, load_clip
 from pipelines.settings import ModelSettings
@@ -198,24 +200,40 @@ def decode_with_gradient(
     return out.detach().contiguous(), z.grad.contiguous()
 
 
-@pytest.mark.parametrize(
-    ("channels_last", "compile"), [(True, False), (False, True)], ids=["channels-last", "compile"]
-)
-def test_each_decoder_option_matches_the_plain_decoder(
-    vqgan: VQGAN, channels_last: bool, compile: bool
+@pytest.fixture
+def compile_counter(monkeypatch: pytest.MonkeyPatch) -> Iterator[CompileCounter]:
+    """torch.compile through a backend that counts the frames Dynamo compiled and runs them
+    eagerly: the same graph capture as Inductor, without its minutes of C++ compilation, and a
+    count that shows compilation really happened (torch.compile is lazy, so an unused flag would
+    otherwise pass unnoticed)."""
+    counter = CompileCounter()
+    monkeypatch.setattr(speedups, "COMPILE_BACKEND", counter)
+    torch._dynamo.reset()
+    yield counter
+    torch._dynamo.reset()
+
+
+def test_channels_last_decoder_matches_the_plain_decoder(vqgan: VQGAN) -> None:
+    model = copy.deepcopy(vqgan)
+    z_q = torch.randn(2, 8, 16, 16, generator=torch.Generator().manual_seed(3)) * 0.02
+    plain = decode_with_gradient(model, model.decode, z_q)
+    fast = FastModule(model.decode, [model.post_quant_conv, model.decoder], channels_last=True)
+    assert model.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    faster = decode_with_gradient(model, fast, z_q)
+    for a, b in zip(plain, faster, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+
+
+def test_compiled_decoder_compiles_and_matches_the_plain_decoder(
+    vqgan: VQGAN, compile_counter: CompileCounter
 ) -> None:
     model = copy.deepcopy(vqgan)
     z_q = torch.randn(2, 8, 16, 16, generator=torch.Generator().manual_seed(3)) * 0.02
     plain = decode_with_gradient(model, model.decode, z_q)
-    fast = FastModule(
-        model.decode,
-        [model.post_quant_conv, model.decoder],
-        channels_last=channels_last,
-        compile=compile,
-    )
-    if channels_last:
-        assert model.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    fast = FastModule(model.decode, [model.post_quant_conv, model.decoder], compile=True)
+    assert compile_counter.frame_count == 0  # lazy until the first call
     faster = decode_with_gradient(model, fast, z_q)
+    assert compile_counter.frame_count >= 1 and compile_counter.op_count > 0
     for a, b in zip(plain, faster, strict=True):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
 
@@ -231,6 +249,26 @@ def test_the_pipeline_takes_the_options_from_settings() -> None:
     finally:
         # The cached tiny VQGAN was converted to channels-last; later tests get a fresh one.
         presets.clear_caches()
+
+
+def test_the_pipeline_compiles_its_decoder_when_settings_say_so(
+    compile_counter: CompileCounter,
+) -> None:
+    images = {}
+    try:
+        for compile in (False, True):
+            settings = ModelSettings(
+                preset="tiny", device="cpu", compile=compile, candidate_batch=1
+            )
+            pipeline = VqganClipPipeline.from_settings(settings)
+            assert pipeline.decoder.compiled is compile and not pipeline.decoder.channels_last
+            run = pipeline.start(request(steps=2), 3)
+            assert (run.decoder is pipeline.decoder) is compile
+            images[compile] = run_steps(run, 2)
+            assert (compile_counter.frame_count >= 1) is compile
+    finally:
+        presets.clear_caches()
+    torch.testing.assert_close(images[True], images[False], atol=ATOL, rtol=0)
 
 
 def test_deterministic_mode_repeats_a_seed_bit_for_bit_on_the_cpu(vqgan: VQGAN) -> None:
