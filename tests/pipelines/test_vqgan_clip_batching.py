@@ -108,18 +108,67 @@ class ChunkLimit:
         return self.vqgan.decode(z_q)
 
 
-def test_out_of_memory_halves_the_chunk_and_redoes_the_step(vqgan: VQGAN) -> None:
+def test_out_of_memory_under_auto_halves_the_chunk_and_redoes_the_step(vqgan: VQGAN) -> None:
     pipeline = make_pipeline(vqgan, candidate_batch=1)
     plain = run_steps(pipeline.start(request(), 11), 3)
 
     limited = ChunkLimit(vqgan, limit=1)
-    run = VqganClipRun(vqgan, pipeline.clip, request(), 11, throughput=Throughput(4, limited, None))
+    memory = FakeMemory(free=10_000, per_candidate=100)  # room for all four after measuring
+    run = VqganClipRun(
+        vqgan, pipeline.clip, request(), 11, throughput=Throughput("auto", limited, memory)
+    )
     images = run_steps(run, 3)
-    # 4 fails, 2 fails, then four passes of 1 per step from the first step on.
-    assert limited.batches[:6] == [4, 2, 1, 1, 1, 1]
+    # Step 1 measures one at a time; step 2 tries 4, fails, 2, fails, then four passes of 1.
+    assert limited.batches[:10] == [1, 1, 1, 1, 4, 2, 1, 1, 1, 1]
     assert run.candidate_batch == 1
     # Redone from the same random streams and the same Adam state: the sequential result exactly.
     assert torch.equal(images, plain)
+
+
+class FailsOnceOnASecondChunk:
+    """A decoder that runs out of memory once, on the second chunk of two candidates: by then
+    the first chunk has drawn its cutouts from its candidates' random streams and run backward,
+    so the redo must rewind those streams and drop those gradients."""
+
+    def __init__(self, vqgan: VQGAN) -> None:
+        self.vqgan = vqgan
+        self.pairs = 0
+        self.failed = False
+
+    def __call__(self, z_q: torch.Tensor) -> torch.Tensor:
+        if z_q.shape[0] == 2 and z_q.requires_grad:
+            self.pairs += 1
+            if self.pairs == 2 and not self.failed:
+                self.failed = True
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return self.vqgan.decode(z_q)
+
+
+def test_out_of_memory_mid_step_redoes_the_step_from_the_same_random_streams(
+    vqgan: VQGAN,
+) -> None:
+    pipeline = make_pipeline(vqgan, candidate_batch=1)
+    plain = run_steps(pipeline.start(request(), 11), 3)
+
+    decoder = FailsOnceOnASecondChunk(vqgan)
+    memory = FakeMemory(free=1000, per_candidate=400)  # 0.8 x 1000 holds two of 400
+    run = VqganClipRun(
+        vqgan, pipeline.clip, request(), 11, throughput=Throughput("auto", decoder, memory)
+    )
+    run.step()
+    assert run.candidate_batch == 2
+    images = run_steps(run, 2)
+    assert decoder.failed and run.candidate_batch == 1
+    assert torch.equal(images, plain)
+
+
+def test_out_of_memory_with_a_fixed_chunk_fails_the_job(vqgan: VQGAN) -> None:
+    pipeline = make_pipeline(vqgan)
+    limited = ChunkLimit(vqgan, limit=1)
+    run = VqganClipRun(vqgan, pipeline.clip, request(), 11, throughput=Throughput(4, limited, None))
+    with pytest.raises(torch.OutOfMemoryError):
+        run.step()
+    assert limited.batches == [4]  # a fixed number is never halved
 
 
 def test_out_of_memory_with_one_candidate_at_a_time_fails_the_job(vqgan: VQGAN) -> None:
