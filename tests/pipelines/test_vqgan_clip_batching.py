@@ -332,3 +332,11 @@ def test_deterministic_mode_repeats_a_seed_bit_for_bit_on_the_cpu(vqgan: VQGAN) 
     finally:
         apply_determinism(False)
     assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("key", ["compile", "deterministic", "trust_checkpoints"])
+def test_a_switch_given_as_a_string_is_refused_not_read_as_on(key: str) -> None:
+    # compile = "false" from a --config file would otherwise be truthy and switch compile on.
+    with pytest.raises(ValueError, match=f"models.{key} = 'false': must be true or false"):
+        ModelSettings.from_mapping({"preset": "tiny", key: "false"})
+    assert getattr(ModelSettings.from_mapping({"preset": "tiny", key: True}), key) is True
