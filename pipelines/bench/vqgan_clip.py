@@ -351,7 +351,7 @@ def run(args: argparse.Namespace) -> int:
     request = ImagineRequest(
         PROMPT,
         seed=args.seed,
-        steps=args.steps + 3,
+        steps=args.steps + 2,
         width=args.size,
         height=args.size,
         cutn=args.cutn,

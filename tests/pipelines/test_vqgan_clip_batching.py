@@ -340,3 +340,17 @@ def test_a_switch_given_as_a_string_is_refused_not_read_as_on(key: str) -> None:
     with pytest.raises(ValueError, match=f"models.{key} = 'false': must be true or false"):
         ModelSettings.from_mapping({"preset": "tiny", key: "false"})
     assert getattr(ModelSettings.from_mapping({"preset": "tiny", key: True}), key) is True
+
+
+def test_the_bench_warms_up_past_autos_measuring_step(vqgan: VQGAN) -> None:
+    from pipelines.bench.vqgan_clip import warmups
+
+    pipeline = make_pipeline(vqgan)
+    memory = FakeMemory(free=1000, per_candidate=400)
+    auto = VqganClipRun(
+        vqgan, pipeline.clip, request(), 11, throughput=Throughput("auto", None, memory)
+    )
+    # The first step runs one candidate at a time to measure; a second untimed step then runs
+    # the chosen chunk once before timing starts.
+    assert warmups(auto) == 2
+    assert warmups(pipeline.start(request(), 11)) == 1
