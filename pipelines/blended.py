@@ -534,7 +534,10 @@ class BlendedLatentDiffusionPipeline:
             scaled = (latents[start:stop] / c.latent_scaling).to(c.vae.dtype)
             return c.vae.decode(scaled).sample.float()
 
-        return self.decode_chunks.run(len(latents), decode_chunk, should_cancel)
+        # Keyed by the latent's shape: a candidate's cost grows with the image size.
+        return self.decode_chunks.run(
+            len(latents), decode_chunk, should_cancel, key=tuple(latents.shape[1:])
+        )
 
     def predict_noise(
         self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor

@@ -5,13 +5,17 @@ loss, so only the sizes of the decoder's and CLIP's batches change (and with the
 floating-point sums, within fp32 rounding). What limits the chunk is memory:
 
 - ``1``: one candidate at a time (the behaviour before batching);
-- ``N``: at most ``N`` at once;
+- ``N``: chunks of ``N``, never changed: an out-of-memory error fails the job as with ``1``, so an
+  owner or a benchmark that sets ``N`` gets ``N``;
 - ``"auto"``: on CUDA the first step runs one candidate at a time and measures what one costs
   (the allocator's peak above what was allocated before it); from then on the chunk is the largest
-  that fits in free memory with some headroom. On the CPU memory is not the limit and a chunk
-  measured no faster (the work is compute-bound there), so "auto" is 1.
+  that fits in free memory (free on the device plus what the allocator caches unused) with some
+  headroom. An out-of-memory error halves the chunk and redoes the step (see
+  ``VqganClipRun.step``). On the CPU memory is not the limit and a chunk measured no faster (the
+  work is compute-bound there), so "auto" is 1.
 
-An out-of-memory error halves the chunk and retries the step (see ``VqganClipRun.step``).
+Blended LD's decode and ranking follow the same rules with this module's probe and chunk rule
+(:mod:`pipelines.candidate_chunks`).
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from pipelines import speedups
 from pipelines.devices import pick_device
 from pipelines.downloads import ModelFileError
 from pipelines.precision import apply_determinism, decide_precision
@@ -405,8 +406,6 @@ def load_diffusion(settings: ModelSettings) -> DiffusionComponents:
 # arithmetic, summation order aside); the VAE measured no clear gain there. On CUDA both gain
 # (tensor cores read NHWC), so "auto" turns both on there and only the UNet on a CPU.
 _CHANNELS_LAST_ON_CPU = {"unet": True, "vae": False}
-# torch.compile's backend; tests swap in a quick one (Inductor needs minutes per model on a CPU).
-COMPILE_BACKEND = "inductor"
 
 
 def channels_last_for(model: str, device_type: str, setting: bool | str) -> bool:
@@ -446,10 +445,10 @@ def assemble(
     compiled = []
     if compile_models:
         # In place (nn.Module.compile), so the modules keep their type, config and attributes.
-        unet.compile(backend=COMPILE_BACKEND)
-        vae.decoder.compile(backend=COMPILE_BACKEND)
+        unet.compile(backend=speedups.COMPILE_BACKEND)
+        vae.decoder.compile(backend=speedups.COMPILE_BACKEND)
         compiled = ["unet", "vae.decoder"]
-        log.info("torch.compile (%s) set for %s", COMPILE_BACKEND, ", ".join(compiled))
+        log.info("torch.compile (%s) set for %s", speedups.COMPILE_BACKEND, ", ".join(compiled))
     return DiffusionComponents(
         name=name,
         unet=unet,

@@ -102,6 +102,10 @@ class ModelSettings:
             out.append(
                 f'models.channels_last = {self.channels_last!r}: must be "auto", true or false'
             )
+        # A TOML string such as "false" is truthy: taken as given it would switch the option on.
+        for key in ("compile", "deterministic", "trust_checkpoints"):
+            if not isinstance(getattr(self, key), bool):
+                out.append(f"models.{key} = {getattr(self, key)!r}: must be true or false")
         if not _device_ok(self.device):
             out.append(f"models.device = {self.device!r}: must be auto, cpu, cuda or cuda:N")
         bad = [d for d in self.devices if not isinstance(d, str) or not _device_ok(d)]

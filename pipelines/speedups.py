@@ -7,18 +7,26 @@ each to the plain path within fp32 rounding on the CPU.
   kernels that need no transposes. "auto" turns it on for CUDA, where tensor-core kernels want it,
   and on a CPU only for a model whose CPU benchmark showed a gain (each caller says which).
 - ``torch.compile`` fuses the elementwise work between convolutions. It costs a compilation on
-  the first call of each new shape, so it is off by default.
+  the first call of each new shape, so it is off by default. Every compiled model (the VQGAN
+  decoder here, the UNet and VAE decoder in :mod:`pipelines.diffusion_models`) uses
+  ``COMPILE_BACKEND``.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 log = logging.getLogger(__name__)
+
+# torch.compile's backend for every compiled model, read when a model is compiled. Tests swap in
+# a quick one (Dynamo's "eager", or a CompileCounter that also shows compilation took place):
+# Inductor needs a C++ compiler and minutes per model on a CPU.
+COMPILE_BACKEND: str | Callable[..., Any] = "inductor"
 
 
 def channels_last_enabled(setting: bool | str, device_type: str, *, cpu_gain: bool) -> bool:
@@ -50,7 +58,9 @@ class FastModule:
                 module.to(memory_format=torch.channels_last)
         # dynamic=None: compile for the first shape, then once more with symbolic sizes when the
         # batch or image size changes, instead of once per size.
-        self._forward = torch.compile(forward, dynamic=None) if compile else forward
+        self._forward = (
+            torch.compile(forward, backend=COMPILE_BACKEND, dynamic=None) if compile else forward
+        )
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
         if self.channels_last:

@@ -584,6 +584,8 @@ class VqganClipRun:
         layout = throughput or Throughput()
         self.decoder = layout.decoder or vqgan.decode
         self.memory = layout.memory
+        # "auto" halves its chunk on an out-of-memory error; a fixed number is never changed.
+        self.auto_batch = layout.candidate_batch == "auto"
         # None: "auto" with a memory probe, decided by measuring the first step.
         self.candidate_batch = fixed_candidate_batch(layout.candidate_batch, request.candidates)
         if self.candidate_batch is None and self.memory is None:
@@ -659,8 +661,9 @@ class VqganClipRun:
     def step(self, timer: PhaseTimer = _no_timing) -> StepResult:
         """One Adam step on every candidate's latent, ``candidate_batch`` candidates at a time.
 
-        On an out-of-memory error the chunk is halved and the whole step is redone from the same
-        random streams, so the job goes on with the result it would have had.
+        Under "auto", an out-of-memory error halves the chunk and the whole step is redone from
+        the same random streams, so the job goes on with the result it would have had. A fixed
+        chunk (or a single candidate) lets the error through: the job fails with it.
         """
         states = [stream.snapshot() for stream in self.streams]
         while True:
@@ -671,7 +674,7 @@ class VqganClipRun:
                     self.memory.start()
                 images, prompt_losses, total_losses = self._forward_backward(chunk, timer)
             except torch.OutOfMemoryError:
-                if chunk == 1:
+                if chunk == 1 or not self.auto_batch:
                     raise
                 for stream, state in zip(self.streams, states, strict=True):
                     stream.restore(state)
@@ -722,7 +725,9 @@ class VqganClipRun:
         alpha = z_regulariser_weight(request.z_reg(), self.steps_done, request.steps)
         init_weight = request.init_pull()
         self.optimizer.zero_grad(set_to_none=False)
-        images, prompt_losses, total_losses = [], [], []
+        images: list[torch.Tensor] = []
+        prompt_terms: list[torch.Tensor] = []
+        total_terms: list[torch.Tensor] = []
         for first in range(0, len(self.streams), chunk):
             indices = range(first, min(first + chunk, len(self.streams)))
             z = self.z[indices.start : indices.stop]
@@ -760,11 +765,15 @@ class VqganClipRun:
                     if init_weight > 0:
                         loss = loss + init_weight * F.mse_loss(z_i, self.z_init[index : index + 1])
                     losses.append(loss)
-                    prompt_losses.append(loss_prompts.item())
-                    total_losses.append(loss.item())
+                    prompt_terms.append(loss_prompts.detach())
+                    total_terms.append(loss.detach())
             with timer("backward"):
                 torch.stack(losses).sum().backward()
             images.append(pixels.detach().float())
+        # One read back from the device per step, not two per candidate (each is a GPU sync).
+        prompt_losses, total_losses = torch.stack(
+            [torch.stack(prompt_terms).float(), torch.stack(total_terms).float()]
+        ).tolist()
         return images, prompt_losses, total_losses
 
     @torch.no_grad()

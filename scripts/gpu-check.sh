@@ -10,6 +10,9 @@
 # 8 minutes promised); a bench that fails or runs out of time is reported and the others still run.
 # The exit code is 0 only if every bench wrote its JSON line. With PRESET tiny the benches run at
 # toy sizes: that is a smoke test of this script (tests/pipelines/test_gpu_check.py), not figures.
+# GPU_CHECK_COMPILE=1 adds a pass of vqgan-clip and blended with --compile ([models] compile =
+# true), written to OUT_DIR/<bench>-compile.json: the README asks for which GPUs and torch
+# versions compile was checked on, and this is the run that answers it.
 set -uo pipefail
 
 if [[ $# -lt 1 || $# -gt 3 ]]; then
@@ -33,7 +36,13 @@ export HF_HUB_OFFLINE=1 PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 
 started=$SECONDS
 failed=0
-for bench in vqgan-clip blended upscale; do
+runs=(vqgan-clip blended upscale)
+if [[ ${GPU_CHECK_COMPILE:-0} == 1 ]]; then runs+=(vqgan-clip+compile blended+compile); fi
+for run in "${runs[@]}"; do
+    bench=${run%+compile}
+    name=$bench
+    extra=()
+    if [[ $run == *+compile ]]; then name=$bench-compile extra=(--compile); fi
     # A bench that is not in this checkout yet is reported, and the others still run.
     source_file=pipelines/bench/${bench//-/_}.py
     if [[ ! -f $source_file ]]; then
@@ -41,7 +50,7 @@ for bench in vqgan-clip blended upscale; do
         failed=1
         continue
     fi
-    args=(--preset "$preset")
+    args=(--preset "$preset" "${extra[@]}")
     if grep -q -- '"--device"' "$source_file"; then
         args+=(--device "$device")
     else
@@ -59,22 +68,22 @@ for bench in vqgan-clip blended upscale; do
     fi
     left=$((budget - (SECONDS - started)))
     if ((left <= 0)); then
-        echo "$bench: no time left of the ${budget}s budget; skipped" >&2
+        echo "$name: no time left of the ${budget}s budget; skipped" >&2
         failed=1
         continue
     fi
-    echo "$bench: running (${left}s left): python -m pipelines.bench $bench ${args[*]}" >&2
+    echo "$name: running (${left}s left): python -m pipelines.bench $bench ${args[*]}" >&2
     timeout "$left" "$python" -m pipelines.bench "$bench" "${args[@]}" \
-        >"$out_dir/$bench.out" 2>"$out_dir/$bench.log"
+        >"$out_dir/$name.out" 2>"$out_dir/$name.log"
     status=$?
     # Only the JSON line goes into BENCH.json; anything else a library printed goes to the log.
-    grep '^{' "$out_dir/$bench.out" >"$out_dir/$bench.json"
-    grep -v '^{' "$out_dir/$bench.out" >>"$out_dir/$bench.log"
-    rm -f "$out_dir/$bench.out"
-    if ((status == 0)) && [[ -s $out_dir/$bench.json ]]; then
-        echo "$bench: $(tail -c 300 "$out_dir/$bench.json")" >&2
+    grep '^{' "$out_dir/$name.out" >"$out_dir/$name.json"
+    grep -v '^{' "$out_dir/$name.out" >>"$out_dir/$name.log"
+    rm -f "$out_dir/$name.out"
+    if ((status == 0)) && [[ -s $out_dir/$name.json ]]; then
+        echo "$name: $(tail -c 300 "$out_dir/$name.json")" >&2
     else
-        echo "$bench: FAILED (exit $status); see $out_dir/$bench.log" >&2
+        echo "$name: FAILED (exit $status); see $out_dir/$name.log" >&2
         failed=1
     fi
 done

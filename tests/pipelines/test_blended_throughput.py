@@ -10,15 +10,17 @@ from typing import Any
 
 import pytest
 import torch
+from torch._dynamo.testing import CompileCounter
 
-from pipelines import diffusion_models
+from pipelines import diffusion_models, speedups
 from pipelines.blended import (
     BlendedLatentDiffusionPipeline,
     EditRequest,
     StepRecord,
     reconstruct_background,
 )
-from pipelines.candidate_chunks import AUTO_HEADROOM, CandidateChunks, auto_chunk
+from pipelines.candidate_batching import MEMORY_HEADROOM, CudaMemory, auto_candidate_batch
+from pipelines.candidate_chunks import CandidateChunks
 from pipelines.clip_models import TINY_CLIP, ClipSpec, load_clip
 from pipelines.diffusion_models import (
     assemble,
@@ -56,43 +58,42 @@ def run_with_latents(
 
 
 def test_auto_chunk_fits_the_free_memory_with_headroom() -> None:
-    assert AUTO_HEADROOM == 0.8
-    assert auto_chunk(8, 100, 1000) == 8
-    assert auto_chunk(8, 100, 500) == 4
-    assert auto_chunk(8, 100, 50) == 1  # never below one
-    assert auto_chunk(3, 100, 10_000) == 3  # never above the count
+    assert MEMORY_HEADROOM == 0.8
+    assert auto_candidate_batch(1000, 100, 8) == 8
+    assert auto_candidate_batch(500, 100, 8) == 4
+    assert auto_candidate_batch(50, 100, 8) == 1  # never below one
+    assert auto_candidate_batch(10_000, 100, 3) == 3  # never above the count
 
 
 class FakeMemory:
-    """A GPU's memory counters: each candidate in a chunk costs ``per_candidate`` bytes."""
+    """A GPU's memory probe: each candidate in a chunk costs ``per_candidate`` bytes."""
 
     def __init__(self, per_candidate: int, free: int) -> None:
-        self.per_candidate, self.free_bytes = per_candidate, free
-        self.base, self.high = 1000, 1000
+        self.per_candidate, self.free = per_candidate, free
+        self.high = 0
+        self.started = 0
         self.released = 0
 
-    def allocated(self) -> int:
-        return self.base
+    def start(self) -> None:
+        self.started += 1
+        self.high = 0
 
-    def peak(self) -> int:
+    def peak_bytes(self) -> int:
         return self.high
 
-    def reset_peak(self) -> None:
-        self.high = self.base
-
-    def free(self) -> int:
-        return self.free_bytes
+    def free_bytes(self) -> int:
+        return self.free
 
     def release(self) -> None:
         self.released += 1
 
     def use(self, count: int) -> None:
-        self.high = max(self.high, self.base + count * self.per_candidate)
+        self.high = max(self.high, count * self.per_candidate)
 
 
 def test_auto_measures_one_candidate_then_sizes_chunks_and_halves_on_out_of_memory() -> None:
     memory = FakeMemory(per_candidate=100, free=500)  # 500 · 0.8 / 100 = 4 at once
-    chunks = CandidateChunks("auto", torch.device("cpu"), memory=memory)  # type: ignore[arg-type]
+    chunks = CandidateChunks("auto", torch.device("cpu"), memory=memory)
     calls: list[tuple[int, int]] = []
     items = torch.arange(8.0)
 
@@ -108,6 +109,44 @@ def test_auto_measures_one_candidate_then_sizes_chunks_and_halves_on_out_of_memo
     assert calls == [(0, 1), (1, 5), (1, 3), (3, 5), (5, 7), (7, 8)]
     assert chunks.chosen == 2
     assert memory.released == 1
+    # The next call keeps the measured cost and the halved limit: no new measurement, no OOM.
+    calls.clear()
+    assert torch.equal(chunks.run(4, work), items[:4] * 2)
+    assert calls == [(0, 2), (2, 4)] and memory.started == 1
+
+
+def test_auto_keeps_the_measured_cost_so_the_next_call_is_one_batch() -> None:
+    memory = FakeMemory(per_candidate=100, free=500)
+    chunks = CandidateChunks("auto", torch.device("cpu"), memory=memory)
+    sizes: list[int] = []
+
+    def work(start: int, stop: int) -> torch.Tensor:
+        sizes.append(stop - start)
+        memory.use(stop - start)
+        return torch.zeros(stop - start)
+
+    chunks.run(4, work)
+    assert sizes == [1, 3] and chunks.chosen == 3  # the largest chunk that actually ran
+    sizes.clear()
+    chunks.run(4, work)
+    assert sizes == [4] and chunks.chosen == 4 and memory.started == 1
+    # Another kind of work (another image size) is measured for itself.
+    sizes.clear()
+    chunks.run(4, work, key=(4, 64, 64))
+    assert sizes == [1, 3] and memory.started == 2
+
+
+def test_both_pipelines_share_one_cuda_memory_probe_that_counts_cached_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    chunks = CandidateChunks("auto", torch.device("cuda"))
+    assert isinstance(chunks.memory, CudaMemory)
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 * gib, 16 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 5 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 2 * gib)
+    # Free on the device plus what the allocator holds unused.
+    assert chunks.memory.free_bytes() == 5 * gib
 
 
 def test_a_fixed_batch_never_halves_and_cpu_auto_is_one_at_a_time() -> None:
@@ -214,22 +253,28 @@ def test_channels_last_on_and_off_give_the_plain_results(models_dir: Path) -> No
 
 
 @pytest.fixture
-def quick_compile(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Dynamo's graph capture run by eager kernels: the same tracing (and graph breaks) as
-    Inductor, without minutes of C++ compilation per model on a CPU. Inductor itself was checked
-    by hand on the tiny UNet (largest difference 7e-7)."""
-    monkeypatch.setattr(diffusion_models, "COMPILE_BACKEND", "eager")
-    yield
+def compile_counter(monkeypatch: pytest.MonkeyPatch) -> Iterator[CompileCounter]:
+    """Dynamo's graph capture run by eager kernels, counting the frames it compiled: the same
+    tracing (and graph breaks) as Inductor without minutes of C++ compilation per model on a CPU,
+    and proof that compilation happened (torch.compile is lazy). Inductor itself was checked by
+    hand on the tiny UNet (largest difference 7e-7)."""
+    counter = CompileCounter()
+    monkeypatch.setattr(speedups, "COMPILE_BACKEND", counter)
+    torch._dynamo.reset()
+    yield counter
     torch._dynamo.reset()
 
 
-def test_compile_gives_the_plain_results(models_dir: Path, quick_compile: None) -> None:
+def test_compile_gives_the_plain_results(models_dir: Path, compile_counter: CompileCounter) -> None:
     plain = variant(models_dir, compile=False)
     compiled = variant(models_dir, compile=True)
     assert compiled.components.compiled == ("unet", "vae.decoder")
     assert compiled.components.unet._compiled_call_impl is not None
     assert plain.components.unet._compiled_call_impl is None
+    assert compile_counter.frame_count == 0  # lazy until the first call
     assert_same_edit(plain, compiled)
+    # At least the UNet's and the VAE decoder's frames went through the compiler.
+    assert compile_counter.frame_count >= 2
     # The fine-tuning trains a private copy of the decoder, never the compiled shared one.
     vae = compiled.components.vae
     before = {k: v.clone() for k, v in vae.state_dict().items()}

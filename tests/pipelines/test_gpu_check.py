@@ -51,3 +51,36 @@ def test_gpu_check_without_arguments_is_a_usage_error(tmp_path: Path) -> None:
     )
     assert completed.returncode == 2
     assert "usage:" in completed.stderr
+
+
+def test_gpu_check_compile_pass_runs_the_compiled_benches_into_their_own_files(
+    tmp_path: Path,
+) -> None:
+    # A stand-in interpreter that prints the arguments it got as the bench's JSON line, so the
+    # script's plumbing is checked without compiling anything (Inductor takes minutes on a CPU).
+    fake = tmp_path / "fake-python"
+    fake.write_text('#!/bin/sh\nprintf \'{"argv": "%s"}\\n\' "$*"\n')
+    fake.chmod(0o755)
+    out_dir = tmp_path / "figures"
+    env = {**os.environ, "PYTHON": str(fake), "GPU_CHECK_COMPILE": "1"}
+    completed = subprocess.run(
+        [str(SCRIPT), str(out_dir), "cuda", "random-full"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    argv = {path.stem: json.loads(path.read_text())["argv"] for path in out_dir.glob("*.json")}
+    assert set(argv) == {*BENCHES, "vqgan-clip-compile", "blended-compile"}
+    for bench in ("vqgan-clip", "blended"):
+        assert "--compile" in argv[f"{bench}-compile"].split()
+        assert "--compile" not in argv[bench].split()
+        assert f"-m pipelines.bench {bench} " in argv[f"{bench}-compile"]
+        assert "--device cuda" in argv[f"{bench}-compile"]
+    # Without the variable, no compile pass.
+    env.pop("GPU_CHECK_COMPILE")
+    plain_dir = tmp_path / "plain"
+    subprocess.run([str(SCRIPT), str(plain_dir)], env=env, capture_output=True, timeout=60)
+    assert {path.stem for path in plain_dir.glob("*.json")} == set(BENCHES)

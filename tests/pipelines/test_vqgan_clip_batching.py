@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch._dynamo.testing import CompileCounter
 
-from pipelines import presets
+from pipelines import presets, speedups
 from pipelines.candidate_batching import auto_candidate_batch, fixed_candidate_batch
 from pipelines.clip_models import TINY_CLIP, ClipSpec, load_clip
 from pipelines.settings import ModelSettings
@@ -106,18 +108,67 @@ class ChunkLimit:
         return self.vqgan.decode(z_q)
 
 
-def test_out_of_memory_halves_the_chunk_and_redoes_the_step(vqgan: VQGAN) -> None:
+def test_out_of_memory_under_auto_halves_the_chunk_and_redoes_the_step(vqgan: VQGAN) -> None:
     pipeline = make_pipeline(vqgan, candidate_batch=1)
     plain = run_steps(pipeline.start(request(), 11), 3)
 
     limited = ChunkLimit(vqgan, limit=1)
-    run = VqganClipRun(vqgan, pipeline.clip, request(), 11, throughput=Throughput(4, limited, None))
+    memory = FakeMemory(free=10_000, per_candidate=100)  # room for all four after measuring
+    run = VqganClipRun(
+        vqgan, pipeline.clip, request(), 11, throughput=Throughput("auto", limited, memory)
+    )
     images = run_steps(run, 3)
-    # 4 fails, 2 fails, then four passes of 1 per step from the first step on.
-    assert limited.batches[:6] == [4, 2, 1, 1, 1, 1]
+    # Step 1 measures one at a time; step 2 tries 4, fails, 2, fails, then four passes of 1.
+    assert limited.batches[:10] == [1, 1, 1, 1, 4, 2, 1, 1, 1, 1]
     assert run.candidate_batch == 1
     # Redone from the same random streams and the same Adam state: the sequential result exactly.
     assert torch.equal(images, plain)
+
+
+class FailsOnceOnASecondChunk:
+    """A decoder that runs out of memory once, on the second chunk of two candidates: by then
+    the first chunk has drawn its cutouts from its candidates' random streams and run backward,
+    so the redo must rewind those streams and drop those gradients."""
+
+    def __init__(self, vqgan: VQGAN) -> None:
+        self.vqgan = vqgan
+        self.pairs = 0
+        self.failed = False
+
+    def __call__(self, z_q: torch.Tensor) -> torch.Tensor:
+        if z_q.shape[0] == 2 and z_q.requires_grad:
+            self.pairs += 1
+            if self.pairs == 2 and not self.failed:
+                self.failed = True
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return self.vqgan.decode(z_q)
+
+
+def test_out_of_memory_mid_step_redoes_the_step_from_the_same_random_streams(
+    vqgan: VQGAN,
+) -> None:
+    pipeline = make_pipeline(vqgan, candidate_batch=1)
+    plain = run_steps(pipeline.start(request(), 11), 3)
+
+    decoder = FailsOnceOnASecondChunk(vqgan)
+    memory = FakeMemory(free=1000, per_candidate=400)  # 0.8 x 1000 holds two of 400
+    run = VqganClipRun(
+        vqgan, pipeline.clip, request(), 11, throughput=Throughput("auto", decoder, memory)
+    )
+    run.step()
+    assert run.candidate_batch == 2
+    images = run_steps(run, 2)
+    assert decoder.failed and run.candidate_batch == 1
+    assert torch.equal(images, plain)
+
+
+def test_out_of_memory_with_a_fixed_chunk_fails_the_job(vqgan: VQGAN) -> None:
+    pipeline = make_pipeline(vqgan)
+    limited = ChunkLimit(vqgan, limit=1)
+    run = VqganClipRun(vqgan, pipeline.clip, request(), 11, throughput=Throughput(4, limited, None))
+    with pytest.raises(torch.OutOfMemoryError):
+        run.step()
+    assert limited.batches == [4]  # a fixed number is never halved
 
 
 def test_out_of_memory_with_one_candidate_at_a_time_fails_the_job(vqgan: VQGAN) -> None:
@@ -198,24 +249,40 @@ def decode_with_gradient(
     return out.detach().contiguous(), z.grad.contiguous()
 
 
-@pytest.mark.parametrize(
-    ("channels_last", "compile"), [(True, False), (False, True)], ids=["channels-last", "compile"]
-)
-def test_each_decoder_option_matches_the_plain_decoder(
-    vqgan: VQGAN, channels_last: bool, compile: bool
+@pytest.fixture
+def compile_counter(monkeypatch: pytest.MonkeyPatch) -> Iterator[CompileCounter]:
+    """torch.compile through a backend that counts the frames Dynamo compiled and runs them
+    eagerly: the same graph capture as Inductor, without its minutes of C++ compilation, and a
+    count that shows compilation really happened (torch.compile is lazy, so an unused flag would
+    otherwise pass unnoticed)."""
+    counter = CompileCounter()
+    monkeypatch.setattr(speedups, "COMPILE_BACKEND", counter)
+    torch._dynamo.reset()
+    yield counter
+    torch._dynamo.reset()
+
+
+def test_channels_last_decoder_matches_the_plain_decoder(vqgan: VQGAN) -> None:
+    model = copy.deepcopy(vqgan)
+    z_q = torch.randn(2, 8, 16, 16, generator=torch.Generator().manual_seed(3)) * 0.02
+    plain = decode_with_gradient(model, model.decode, z_q)
+    fast = FastModule(model.decode, [model.post_quant_conv, model.decoder], channels_last=True)
+    assert model.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    faster = decode_with_gradient(model, fast, z_q)
+    for a, b in zip(plain, faster, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+
+
+def test_compiled_decoder_compiles_and_matches_the_plain_decoder(
+    vqgan: VQGAN, compile_counter: CompileCounter
 ) -> None:
     model = copy.deepcopy(vqgan)
     z_q = torch.randn(2, 8, 16, 16, generator=torch.Generator().manual_seed(3)) * 0.02
     plain = decode_with_gradient(model, model.decode, z_q)
-    fast = FastModule(
-        model.decode,
-        [model.post_quant_conv, model.decoder],
-        channels_last=channels_last,
-        compile=compile,
-    )
-    if channels_last:
-        assert model.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    fast = FastModule(model.decode, [model.post_quant_conv, model.decoder], compile=True)
+    assert compile_counter.frame_count == 0  # lazy until the first call
     faster = decode_with_gradient(model, fast, z_q)
+    assert compile_counter.frame_count >= 1 and compile_counter.op_count > 0
     for a, b in zip(plain, faster, strict=True):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
 
@@ -233,6 +300,26 @@ def test_the_pipeline_takes_the_options_from_settings() -> None:
         presets.clear_caches()
 
 
+def test_the_pipeline_compiles_its_decoder_when_settings_say_so(
+    compile_counter: CompileCounter,
+) -> None:
+    images = {}
+    try:
+        for compile in (False, True):
+            settings = ModelSettings(
+                preset="tiny", device="cpu", compile=compile, candidate_batch=1
+            )
+            pipeline = VqganClipPipeline.from_settings(settings)
+            assert pipeline.decoder.compiled is compile and not pipeline.decoder.channels_last
+            run = pipeline.start(request(steps=2), 3)
+            assert (run.decoder is pipeline.decoder) is compile
+            images[compile] = run_steps(run, 2)
+            assert (compile_counter.frame_count >= 1) is compile
+    finally:
+        presets.clear_caches()
+    torch.testing.assert_close(images[True], images[False], atol=ATOL, rtol=0)
+
+
 def test_deterministic_mode_repeats_a_seed_bit_for_bit_on_the_cpu(vqgan: VQGAN) -> None:
     from pipelines.precision import apply_determinism
 
@@ -245,3 +332,25 @@ def test_deterministic_mode_repeats_a_seed_bit_for_bit_on_the_cpu(vqgan: VQGAN) 
     finally:
         apply_determinism(False)
     assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("key", ["compile", "deterministic", "trust_checkpoints"])
+def test_a_switch_given_as_a_string_is_refused_not_read_as_on(key: str) -> None:
+    # compile = "false" from a --config file would otherwise be truthy and switch compile on.
+    with pytest.raises(ValueError, match=f"models.{key} = 'false': must be true or false"):
+        ModelSettings.from_mapping({"preset": "tiny", key: "false"})
+    assert getattr(ModelSettings.from_mapping({"preset": "tiny", key: True}), key) is True
+
+
+def test_the_bench_warms_up_past_autos_measuring_step(vqgan: VQGAN) -> None:
+    from pipelines.bench.vqgan_clip import warmups
+
+    pipeline = make_pipeline(vqgan)
+    memory = FakeMemory(free=1000, per_candidate=400)
+    auto = VqganClipRun(
+        vqgan, pipeline.clip, request(), 11, throughput=Throughput("auto", None, memory)
+    )
+    # The first step runs one candidate at a time to measure; a second untimed step then runs
+    # the chosen chunk once before timing starts.
+    assert warmups(auto) == 2
+    assert warmups(pipeline.start(request(), 11)) == 1

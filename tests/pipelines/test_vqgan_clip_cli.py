@@ -60,6 +60,16 @@ def test_writes_the_png_and_its_json(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "castle.json" in capsys.readouterr().out
 
 
+def test_candidate_batch_reaches_the_run_and_its_json(tmp_path: Path) -> None:
+    out = tmp_path / "batched.png"
+    code = main(
+        ["imagine", "a castle", "--out", str(out), "--steps", "1", "--seed", "2",
+         "--candidates", "2", "--candidate-batch", "2", *TINY]
+    )
+    assert code == 0
+    assert json.loads(out.with_suffix(".json").read_text())["settings"]["candidate_batch"] == 2
+
+
 def test_edits_with_a_mask_of_the_same_shape_resized(tmp_path: Path) -> None:
     init = write_image(tmp_path / "init.png", (64, 64))
     mask = write_mask(tmp_path / "mask.png", (128, 128))
@@ -107,6 +117,8 @@ def bad_input_cases(tmp_path: Path) -> dict[str, list[str]]:
         "out not png": ["x", "--out", str(tmp_path / "out.jpg")],
         "bad config": ["x", "--out", out, "--config", str(bad_config)],
         "unknown preset": ["x", "--out", out, "--preset", "huge"],
+        "candidate batch zero": ["x", "--out", out, "--candidate-batch", "0"],
+        "candidate batch not a number": ["x", "--out", out, "--candidate-batch", "many"],
     }
 
 
@@ -117,6 +129,7 @@ CASES = [
     "steps not a number", "empty prompt part", "bad weight", "zero weights", "weight too small",
     "image weight too small", "image weight not finite",
     "out folder missing", "out not png", "bad config", "unknown preset",
+    "candidate batch zero", "candidate batch not a number",
 ]
 
 
@@ -147,6 +160,8 @@ def test_the_messages_say_what_is_wrong(tmp_path: Path, capsys: pytest.CaptureFi
         "size not a multiple": "multiple of 16",
         "steps too many": "steps must be between 1 and 2000",
         "empty prompt part": "prompt 2 of 3 is empty",
+        "candidate batch zero": "--candidate-batch must be auto or a whole number of at least 1",
+        "candidate batch not a number": "--candidate-batch must be auto or a whole number",
     }
     for case, fragment in expected.items():
         assert main(["imagine", *cases[case], "--preset", "tiny"]) == 2
