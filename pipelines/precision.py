@@ -174,8 +174,9 @@ def apply_determinism(deterministic: bool) -> None:
     True sets ``CUBLAS_WORKSPACE_CONFIG`` (needed before the first cuBLAS call, so call this before
     any model runs) and ``torch.use_deterministic_algorithms(True, warn_only=True)``: an operation
     with no deterministic kernel warns instead of failing the job. On CUDA, VQGAN-CLIP's backward
-    pass through its cutouts (grid sampling, adaptive pooling, bilinear resizing) has none, which
-    is why docs/models.md promises bit-identical /imagine results on CUDA only where it does.
+    pass through its cutouts (grid sampling, adaptive pooling, bilinear resizing) has none, nor
+    may /edit's decoder fine-tuning, which is why docs/models.md promises neither of them
+    bit-identical on CUDA.
     """
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
