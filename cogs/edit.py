@@ -158,7 +158,9 @@ def build_edit_command(cog: EditCog, config: EditConfig) -> app_commands.Command
         blend_start="Fraction of steps skipped: higher keeps more of the original"
         + bound_text(config.blend_start),
         guidance="How strongly to follow the prompt" + bound_text(config.guidance),
-        seed="Random seed, to repeat a result exactly (random when left out)",
+        # Exactly the same only on a CPU (docs/models.md, "What a seed promises").
+        seed="Random seed: same seed and settings, same result (on a GPU, a close one); "
+        "random if unset",
         background=f"Outside the mask (default {config.default_background})",
         shrink="Shrink the mask over the steps, for thin masks" + f" (default {config.shrink})",
         start=f"What the masked region starts from (default {config.start})",

@@ -199,7 +199,9 @@ def build_imagine_command(cog: ImagineCog, config: ImagineConfig) -> app_command
     default_w, default_h = config.default_size
     app_commands.describe(
         prompt="What to make; weighted prompts: `castle | oil painting:0.5 | blurry:-1`",
-        seed="Random seed, to repeat a result exactly (random when left out)",
+        # Exactly the same only on a CPU (docs/models.md, "What a seed promises").
+        seed="Random seed: same seed and settings, same result (on a GPU, a close one); "
+        "random if unset",
         steps="Optimisation steps: more is slower and more detailed" + bound_text(config.steps),
         size=f"Image size (default {default_w}×{default_h}; with an init_image, its shape)",
         cutn="Cutouts CLIP looks at per step: more is steadier and slower"

@@ -28,9 +28,11 @@ __all__ = ["AUGMENTATION_SETS", "DEFAULT_AUGMENTATIONS", "MakeCutouts", "build_a
 
 
 def build_augmentations(name: str = DEFAULT_AUGMENTATIONS) -> K.AugmentationSequential:
-    """Random flip, (sharpness,) affine, perspective, colour jitter and gaussian noise."""
+    """(Flip,) (sharpness,) affine, perspective, colour jitter, (erasing,) gaussian noise."""
     a = AUGMENTATION_SETS[name]
-    steps: list[nn.Module] = [K.RandomHorizontalFlip(p=a.flip_p)]
+    steps: list[nn.Module] = []
+    if a.flip_p > 0:
+        steps.append(K.RandomHorizontalFlip(p=a.flip_p))
     if a.sharpness > 0:
         steps.append(K.RandomSharpness(a.sharpness, p=a.sharpness_p))
     steps += [
@@ -42,8 +44,14 @@ def build_augmentations(name: str = DEFAULT_AUGMENTATIONS) -> K.AugmentationSequ
         ),
         K.RandomPerspective(distortion_scale=a.perspective_scale, p=a.perspective_p),
         K.ColorJiggle(saturation=a.jitter_saturation, hue=a.jitter_hue, p=a.jitter_p),
-        K.RandomGaussianNoise(mean=0.0, std=a.noise_std, p=a.noise_p),
     ]
+    if a.erasing_p > 0:
+        steps.append(
+            K.RandomErasing(
+                scale=a.erasing_scale, ratio=a.erasing_ratio, same_on_batch=True, p=a.erasing_p
+            )
+        )
+    steps.append(K.RandomGaussianNoise(mean=0.0, std=a.noise_std, p=a.noise_p))
     return K.AugmentationSequential(*steps)
 
 

@@ -38,7 +38,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from pipelines import speedups
 from pipelines.devices import pick_device
 from pipelines.downloads import ModelFileError
-from pipelines.precision import apply_determinism, decide_precision
+from pipelines.precision import apply_determinism, apply_tf32, decide_precision
 from pipelines.settings import ModelSettings
 
 log = logging.getLogger(__name__)
@@ -351,6 +351,7 @@ def load_diffusion(settings: ModelSettings) -> DiffusionComponents:
     apply_determinism(settings.deterministic)
     device = pick_device(settings.device)
     dtype = diffusion_dtype(settings.dtype, device)
+    apply_tf32(decide_precision("edit", device.type, settings.dtype))
     model = settings.diffusion_model if settings.preset == "default" else settings.preset
     key = (
         settings.preset,

@@ -3,7 +3,8 @@
 ``decide_precision(pipeline, device_type, dtype)`` is the only place that turns the ``[models]
 dtype`` setting into torch dtypes and autocast choices; both pipelines and their benchmarks ask it,
 and its tests cover every combination without a GPU. Applying the decision (TF32 switches, the
-deterministic mode) is done by the small side-effecting helpers below it.
+deterministic mode) is done by the small side-effecting helpers below it, once per process when
+the models load.
 
 The rules, and why:
 
@@ -18,7 +19,8 @@ The rules, and why:
   3x3 convolution measured ~250x slower in float16 there). The VAE decodes in float32 when the
   model's config sets ``force_upcast`` and the weights are float16, as diffusers' own pipelines do.
 - On CUDA, ``auto`` (and the reduced-precision choices) allow TF32 for float32 matmuls and
-  convolutions; an explicit ``float32`` asks for strict IEEE float32 everywhere.
+  convolutions; an explicit ``float32`` asks for strict IEEE float32 everywhere. The switches are
+  process-wide, so :func:`apply_tf32` sets them once, at model load, for both pipelines.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -104,24 +106,66 @@ def autocast(precision: Precision) -> contextlib.AbstractContextManager[None]:
     return torch.autocast(precision.device_type, dtype=precision.autocast)
 
 
-@contextlib.contextmanager
-def tf32_scope(precision: Precision) -> Iterator[None]:
-    """TF32 on or off for CUDA float32 matmuls and convolutions while a job runs.
+# The TF32 choice this process made, or None before a CUDA pipeline has loaded.
+_tf32_choice: bool | None = None
+_tf32_lock = threading.Lock()
 
-    The switches are process-wide, but a device runs one job at a time, so a job sets them for
-    its own duration and puts back what it found. Nothing changes on the CPU.
+
+def apply_tf32(precision: Precision) -> bool | None:
+    """Set TF32 for CUDA float32 matmuls and convolutions once per process, when models load.
+
+    The switches are process-wide and worker threads on different devices run jobs at the same
+    time, so a per-job setting would flip them under another job. TF32 depends only on the
+    device type and ``[models] dtype``, so one choice at load time serves every job. Should two
+    pipelines of one process ask differently, the stricter choice (IEEE float32) wins and is
+    logged. Nothing changes on the CPU. Returns the process's choice (None while it has none).
     """
+    global _tf32_choice
     if precision.device_type != "cuda":
-        yield
-        return
-    wanted = "tf32" if precision.allow_tf32 else "ieee"
-    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
-    before = (matmul.fp32_precision, conv.fp32_precision)
-    matmul.fp32_precision, conv.fp32_precision = wanted, wanted
-    try:
-        yield
-    finally:
-        matmul.fp32_precision, conv.fp32_precision = before
+        return _tf32_choice
+    with _tf32_lock:
+        wanted = precision.allow_tf32
+        if _tf32_choice is None:
+            chosen = wanted
+        else:
+            chosen = _tf32_choice and wanted
+            if wanted != _tf32_choice:
+                log.warning(
+                    "%s asks for %s but this process already chose %s for another pipeline; "
+                    "both use the stricter, IEEE float32 (no TF32)",
+                    precision.pipeline,
+                    "TF32" if wanted else "IEEE float32",
+                    "TF32" if _tf32_choice else "IEEE float32",
+                )
+        if chosen != _tf32_choice:
+            set_tf32(chosen)
+            log.info("CUDA float32 matmuls and convolutions: %s", "TF32" if chosen else "IEEE")
+        _tf32_choice = chosen
+        return chosen
+
+
+def forget_tf32_choice() -> None:
+    """Let the next :func:`apply_tf32` choose afresh (tests, which load many pipelines)."""
+    global _tf32_choice
+    with _tf32_lock:
+        _tf32_choice = None
+
+
+def set_tf32(allow: bool) -> None:
+    """The torch switches themselves: ``fp32_precision`` where torch has it (2.9 and later),
+    else the older ``allow_tf32`` flags, which torch 2.9 deprecates."""
+    wanted = "tf32" if allow else "ieee"
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):
+        matmul.fp32_precision = wanted
+    else:
+        matmul.allow_tf32 = allow
+    cudnn = torch.backends.cudnn
+    conv = getattr(cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        conv.fp32_precision = wanted
+    else:
+        cudnn.allow_tf32 = allow
 
 
 def apply_determinism(deterministic: bool) -> None:
@@ -130,8 +174,9 @@ def apply_determinism(deterministic: bool) -> None:
     True sets ``CUBLAS_WORKSPACE_CONFIG`` (needed before the first cuBLAS call, so call this before
     any model runs) and ``torch.use_deterministic_algorithms(True, warn_only=True)``: an operation
     with no deterministic kernel warns instead of failing the job. On CUDA, VQGAN-CLIP's backward
-    pass through its cutouts (grid sampling, adaptive pooling, bilinear resizing) has none, which
-    is why docs/models.md promises bit-identical /imagine results on CUDA only where it does.
+    pass through its cutouts (grid sampling, adaptive pooling, bilinear resizing) has none, nor
+    may /edit's decoder fine-tuning, which is why docs/models.md promises neither of them
+    bit-identical on CUDA.
     """
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)

@@ -128,7 +128,11 @@ def read_prompts(text: str) -> list[Prompt]:
     pieces = text.split(SEPARATOR)
     count = len(pieces)
     prompts = [_parse_one(piece, index, count) for index, piece in enumerate(pieces, start=1)]
-    check_weights([(_where(i, count), p.text, p.weight) for i, p in enumerate(prompts, start=1)])
+    # Magnitudes only: whether every weight is 0 depends on the image prompts too, which only
+    # the request knows (ImagineRequest.validate calls check_weights with both).
+    check_magnitudes(
+        [(_where(i, count), p.text, p.weight) for i, p in enumerate(prompts, start=1)]
+    )
     return prompts
 
 
@@ -144,7 +148,12 @@ def check_weights(weighted: Iterable[tuple[str, str, float]]) -> None:
             "every prompt weight is 0, so nothing would guide the image; "
             "give at least one prompt a weight"
         )
-    for where, text, weight in entries:
+    check_magnitudes(entries)
+
+
+def check_magnitudes(weighted: Iterable[tuple[str, str, float]]) -> None:
+    """Refuse the first weight too small to matter, naming its prompt."""
+    for where, text, weight in weighted:
         if abs(weight) < MIN_ABS_WEIGHT:
             shown = f" ({_quote(text)})" if text else ""
             raise InvalidRequest(

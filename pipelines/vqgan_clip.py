@@ -68,7 +68,13 @@ from pipelines.interface import (
     never_cancel,
     no_progress,
 )
-from pipelines.precision import Precision, apply_determinism, autocast, decide_precision, tf32_scope
+from pipelines.precision import (
+    Precision,
+    apply_determinism,
+    apply_tf32,
+    autocast,
+    decide_precision,
+)
 from pipelines.prompts import (
     CLIP_CONTEXT_LENGTH,
     MAX_ABS_WEIGHT,
@@ -863,6 +869,7 @@ class VqganClipPipeline:
         precision = decide_precision("imagine", device.type, settings.dtype)
         if precision.note:
             log.warning("%s", precision.note)
+        apply_tf32(precision)
         vqgan = presets.load_vqgan(settings, device)
         spec = presets.guide_clip_spec(settings)
         clip = load_clip(spec, device, cache_dir=settings.cache_dir)
@@ -903,8 +910,7 @@ class VqganClipPipeline:
         should_cancel: CancelCheck = never_cancel,
     ) -> PipelineResult:
         seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
-        with tf32_scope(self.precision):
-            return self._run(self.start(request, seed), request, seed, on_progress, should_cancel)
+        return self._run(self.start(request, seed), request, seed, on_progress, should_cancel)
 
     def _run(
         self,

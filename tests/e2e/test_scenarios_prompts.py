@@ -48,6 +48,23 @@ async def test_an_image_weight_without_an_image_is_refused(standin, tmp_path) ->
         assert await bot.store.get_job(1) is None
 
 
+async def test_a_zero_text_weight_beside_an_image_is_named_not_called_all_zero(
+    standin, tmp_path
+) -> None:
+    async with running_bot(standin, write_test_config(tmp_path, standin)) as bot:
+        handle = await standin.send_slash_command(
+            "imagine",
+            {"prompt": "a castle:0", "image_prompt_weight": 1.0},
+            attachments={"image_prompt": standin.add_cdn_file("style.png", picture((96, 48)))},
+        )
+        reply = await handle.wait_for_reply(timeout=WAIT)
+        assert reply.ephemeral and "Nothing was queued" in reply.content
+        # The image prompt guides, so "every prompt weight is 0" would be false.
+        assert "the prompt ('a castle') has a weight that is too small" in reply.content
+        assert "every prompt weight is 0" not in reply.content
+        assert await bot.store.get_job(1) is None
+
+
 async def test_the_self_mask_is_shown_on_the_first_snapshot(standin, tmp_path) -> None:
     async with running_bot(standin, write_test_config(tmp_path, standin)) as bot:
         handle = await standin.send_slash_command(

@@ -12,7 +12,6 @@ from pipelines.precision import (
     apply_determinism,
     autocast,
     decide_precision,
-    tf32_scope,
 )
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
@@ -89,18 +88,6 @@ def test_cpu_autocast_runs_clip_style_matmuls_in_bfloat16() -> None:
         assert (x @ x.T).dtype == BF16
     with autocast(decide_precision("imagine", "cpu", "auto")):
         assert (x @ x.T).dtype == F32
-
-
-def test_tf32_scope_sets_and_restores_the_cuda_switches() -> None:
-    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
-    before = (matmul.fp32_precision, conv.fp32_precision)
-    with tf32_scope(decide_precision("imagine", "cuda", "auto")):
-        assert (matmul.fp32_precision, conv.fp32_precision) == ("tf32", "tf32")
-    assert (matmul.fp32_precision, conv.fp32_precision) == before
-    with tf32_scope(decide_precision("imagine", "cuda", "float32")):
-        assert (matmul.fp32_precision, conv.fp32_precision) == ("ieee", "ieee")
-    with tf32_scope(decide_precision("imagine", "cpu", "auto")):
-        assert (matmul.fp32_precision, conv.fp32_precision) == before
 
 
 def test_determinism_switches_torch_and_cublas(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,6 +5,7 @@ ranking, and image prompts embedded from augmented cutouts of the whole image.""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -211,11 +212,16 @@ def test_an_image_prompt_has_its_own_weight_and_stop(pipeline: VqganClipPipeline
         ({"image_prompt_weights": [float("nan")]}, "image prompt 1's weight must be a number"),
         ({"image_prompt_stops": [1.0, 2.0]}, "image_prompt_stops has 2 values"),
         ({"prompt": "", "image_prompt_weights": [0.0]}, "every prompt weight is 0"),
+        # An image prompt of weight 1 guides: the text's zero weight is the fault, not "all 0".
+        (
+            {"prompt": "a castle:0", "image_prompt_weights": [1.0]},
+            "the prompt ('a castle') has a weight that is too small",
+        ),
     ],
 )
 def test_bad_image_prompt_settings_are_refused(overrides: dict, fragment: str) -> None:
     request = tiny_request(image_prompts=[Image.new("RGB", (8, 8))], **overrides)
-    with pytest.raises(InvalidRequest, match=fragment.replace("(", r"\(")):
+    with pytest.raises(InvalidRequest, match=re.escape(fragment)):
         request.validate()
 
 

@@ -112,6 +112,10 @@ def bad_input_cases(tmp_path: Path) -> dict[str, list[str]]:
         "zero weights": ["a:0 | b:0", "--out", out],
         "weight too small": ["a | b:1e-9", "--out", out],
         "image weight too small": ["x", "--out", out, "--image-prompt", f"{init}:0"],
+        "zero text weight beside an image": [
+            "a castle:0", "--out", out, "--image-prompt", f"{init}:1"
+        ],
+        "only zero weights": ["", "--out", out, "--image-prompt", f"{init}:0"],
         "image weight not finite": ["x", "--out", out, "--image-prompt", f"{init}:1e999"],
         "out folder missing": ["x", "--out", str(tmp_path / "nowhere" / "out.png")],
         "out not png": ["x", "--out", str(tmp_path / "out.jpg")],
@@ -127,7 +131,8 @@ CASES = [
     "mask without init",
     "size too big", "size not a multiple", "size not a size", "steps zero", "steps too many",
     "steps not a number", "empty prompt part", "bad weight", "zero weights", "weight too small",
-    "image weight too small", "image weight not finite",
+    "image weight too small", "image weight not finite", "zero text weight beside an image",
+    "only zero weights",
     "out folder missing", "out not png", "bad config", "unknown preset",
     "candidate batch zero", "candidate batch not a number",
 ]
@@ -162,6 +167,10 @@ def test_the_messages_say_what_is_wrong(tmp_path: Path, capsys: pytest.CaptureFi
         "empty prompt part": "prompt 2 of 3 is empty",
         "candidate batch zero": "--candidate-batch must be auto or a whole number of at least 1",
         "candidate batch not a number": "--candidate-batch must be auto or a whole number",
+        # The image prompt guides, so "every weight is 0" would be false: the text's weight is
+        # what is wrong.
+        "zero text weight beside an image": "('a castle') has a weight that is too small",
+        "only zero weights": "every prompt weight is 0",
     }
     for case, fragment in expected.items():
         assert main(["imagine", *cases[case], "--preset", "tiny"]) == 2

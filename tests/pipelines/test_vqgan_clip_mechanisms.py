@@ -111,6 +111,11 @@ def test_a_named_set_sets_the_kornia_strengths(name: str) -> None:
     assert f"hue={chosen.jitter_hue}" in generators["ColorJiggle"]
     assert f"saturation={chosen.jitter_saturation}" in generators["ColorJiggle"]
     assert ("RandomSharpness" in by_type) == (chosen.sharpness > 0)
+    assert ("RandomHorizontalFlip" in by_type) == (chosen.flip_p > 0)
+    assert ("RandomErasing" in by_type) == (chosen.erasing_p > 0)
+    if chosen.erasing_p > 0:
+        assert by_type["RandomErasing"].p == chosen.erasing_p
+        assert f"scale={chosen.erasing_scale}" in generators["RandomErasing"]
 
 
 def test_the_two_sets_are_the_documented_references() -> None:
@@ -121,6 +126,23 @@ def test_the_two_sets_are_the_documented_references() -> None:
         0.01,
     )
     assert (nerdy.affine_degrees, nerdy.perspective_scale, nerdy.jitter_hue) == (15, 0.7, 0.1)
+    # nerdyrodent's default augments are Af Pe Ji Er: random erasing, and no flip.
+    assert (nerdy.erasing_p, nerdy.erasing_scale, nerdy.flip_p) == (0.7, (0.1, 0.4), 0.0)
+    assert crowson.erasing_p == 0.0
+
+
+def test_the_nerdyrodent_set_erases_part_of_each_cutout() -> None:
+    image = torch.full((1, 3, 64, 64), 0.6)
+    cutouts = MakeCutouts(32, 8, 1.0, "nerdyrodent")
+    erased = 0
+    for seed in range(6):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            views = cutouts(image)[0]
+        # A grey image stays grey under jitter and border-padded affine; only erasing (or a
+        # perspective's zero padding at the rim) makes black, and erasing does so in the middle.
+        erased += int((views[:, :, 8:24, 8:24] < 0.05).float().mean() > 0.05)
+    assert erased >= 2, erased
 
 
 def test_the_request_picks_the_runs_set_and_refuses_unknown_ones(
