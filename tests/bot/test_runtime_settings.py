@@ -230,11 +230,16 @@ async def test_the_gate_refuses_blocked_prompts_paused_blocked_users_and_spent_q
     assert await gate.submit_refusal(job(1, "an Ogre")) == BLOCKED_PROMPT
     assert await gate.submit_refusal(job(1, "a cat", mask_text="the ogre")) == BLOCKED_PROMPT
     assert await gate.submit_refusal(job(1)) is None
-    for _ in range(2):
-        await store.insert_job(job(1), 0)
-    assert "used your 2 job(s)" in (await gate.submit_refusal(job(1)) or "")
+    inserted = [(await store.insert_job(job(1), 0)).id for _ in range(2)]
+    assert "used your 2 job(s) in this server" in (await gate.submit_refusal(job(1)) or "")
     assert await gate.submit_refusal(job(1), admin=True) is None
     assert await gate.submit_refusal(job(2)) is None
+    # Deleting the jobs (🗑, retention, /purge) does not give the submissions back.
+    assert await store.delete_jobs(inserted) == 2
+    assert "used your 2 job(s)" in (await gate.submit_refusal(job(1)) or "")
+    # The quota counts per server: the same user elsewhere has theirs untouched.
+    elsewhere = JobRequest(JobKind.IMAGINE, 1, CHANNEL + 1, GUILD + 1, {"prompt": "a cat"})
+    assert await gate.submit_refusal(elsewhere) is None
 
     await settings.set_paused(True, 99)
     assert "paused" in (await gate.submit_refusal(job(2)) or "")
