@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-
 from typing import Any
 
 from bot.jobs import JobKind, JobRequest

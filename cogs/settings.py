@@ -35,8 +35,11 @@ KIND_CHOICES = [
 
 
 class SettingsCog(commands.Cog):
+    # Hidden from members without Manage Server; refuse_unless_admin is the real gate.
     settings = app_commands.Group(
-        name="settings", description="Admins: this server's and channel's settings"
+        name="settings",
+        description="Admins: this server's and channel's settings",
+        default_permissions=discord.Permissions(manage_guild=True),
     )
 
     def __init__(self, bot: FaradayBot) -> None:

@@ -122,3 +122,21 @@ def test_only_configured_sizes_are_accepted() -> None:
     assert parse_size("128x64", sizes) == (128, 64)
     with pytest.raises(InvalidRequest, match="size must be one of 64x64, 128x64"):
         parse_size("4096x4096", sizes)
+
+
+def test_admin_commands_are_hidden_from_members_without_manage_server() -> None:
+    from cogs.history import HistoryCog
+    from cogs.moderation import ModerationCog
+    from cogs.settings import SettingsCog
+
+    fake_bot: Any = SimpleNamespace(config=Config())
+    commands_by_name = {
+        command.name: command
+        for cog in (ModerationCog(fake_bot), SettingsCog(fake_bot), HistoryCog(fake_bot))
+        for command in cog.__cog_app_commands__
+    }
+    manage = discord.Permissions(manage_guild=True)
+    for name in ("settings", "block", "unblock", "pause", "resume", "purge", "stats"):
+        assert commands_by_name[name].default_permissions == manage, name
+    # Everyone's commands stay visible to everyone.
+    assert commands_by_name["history"].default_permissions is None
