@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from bot.config import MAX_SEED, SchedulerConfig, TimelapseConfig
@@ -621,6 +622,8 @@ class Scheduler:
                 # rather than leave the job "running" forever.
                 log.exception("job %d: the image safety check failed; failing the job",
                               info.job_id)
+                unchecked = [r.path for r in outcome.results]
+                await asyncio.to_thread(_remove_files, unchecked)
                 outcome.results, hide_preview, screen_failed = [], True, True
             if hide_preview:
                 # The previews and the timelapse frames show the flagged image forming.
@@ -680,6 +683,11 @@ class Scheduler:
         self._emit(JobQueued(_info(job), position, eta))
         self._emit_queue_moved()
         self._wakeup.set()
+
+
+def _remove_files(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 def make_source(kind: str, models: Any, stand_in: Any, *, private: bool = False) -> PipelineSource:
