@@ -148,15 +148,11 @@ class FaradayBot(commands.Bot):
     def age_restricted(self, channel_id: int) -> bool | None:
         """Whether Discord marks the channel age-restricted; ``None`` when it is not cached.
 
-        A thread has no flag of its own: it is age-restricted when its parent channel is.
+        A thread has no flag of its own: it is age-restricted when its parent channel is (known
+        from the cache, or from an interaction in a thread the cache lacks).
         """
-        channel = self.get_channel(channel_id)
-        if channel is None:
-            return None
-        if isinstance(channel, discord.Thread):
-            parent = channel.parent
-            return None if parent is None else bool(getattr(parent, "nsfw", False))
-        return bool(getattr(channel, "nsfw", False))
+        channel = self.get_channel(self.settings.channel_scope(channel_id) or channel_id)
+        return None if channel is None else bool(getattr(channel, "nsfw", False))
 
     async def start_services(self, *, wait_for_models: bool = True) -> RecoveryReport:
         """Prune old results, recover, start the worker and load the models on it.

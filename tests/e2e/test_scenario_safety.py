@@ -153,6 +153,15 @@ async def test_an_age_restricted_channel_skips_the_check_unless_the_owner_turns_
         )
         assert (await finished_job(bot, job_id)).status is JobStatus.DONE
         assert not any(r.flagged for r in await bot.store.results_for_job(job_id))
+        # A thread is age-restricted when its channel is (Discord gives threads no flag).
+        thread = standin.add_thread("after dark", parent_id=standin.channel_id)
+        job_id = await queued_job_id(
+            await standin.send_slash_command(
+                "imagine", {"prompt": "a lighthouse"}, channel_id=thread.id
+            )
+        )
+        assert (await finished_job(bot, job_id)).status is JobStatus.DONE
+        assert not any(r.flagged for r in await bot.store.results_for_job(job_id))
 
     strict = write_test_config(tmp_path / "b", standin, {"safety": {"check_age_restricted": True}})
     async with running_bot(standin, strict, prepare=age_restrict) as bot:
