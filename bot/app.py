@@ -69,6 +69,10 @@ class FaradayTree(app_commands.CommandTree):
     async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
         client = interaction.client
         settings = getattr(client, "settings", None)
+        channel = interaction.channel
+        if settings is not None and isinstance(channel, discord.Thread):
+            # A thread the cache lacks still takes its channel's settings.
+            settings.note_thread(channel.id, channel.parent_id)
         if settings is None or not settings.is_blocked(interaction.user.id):
             return True
         log.info("refused /%s from blocked user %d",
@@ -103,6 +107,7 @@ class FaradayBot(commands.Bot):
         self.owner_store = OwnerStore(store)
         # Loaded from the store by create(); until then config.toml's values apply.
         self.settings = SettingsService(config, self.owner_store)
+        self.settings.thread_parent = self.thread_parent_id
         self.gatekeeper = Gatekeeper(self.settings, self.owner_store)
         self.cogs_package = cogs_package
         self.loaded_cog_modules: list[str] = []
@@ -135,9 +140,18 @@ class FaradayBot(commands.Bot):
         await bot.settings.load()
         return bot
 
-    def age_restricted(self, channel_id: int) -> bool | None:
-        """Whether Discord marks the channel age-restricted; ``None`` when it is not cached."""
+    def thread_parent_id(self, channel_id: int) -> int | None:
+        """The parent channel of a cached thread (None for anything else)."""
         channel = self.get_channel(channel_id)
+        return channel.parent_id if isinstance(channel, discord.Thread) else None
+
+    def age_restricted(self, channel_id: int) -> bool | None:
+        """Whether Discord marks the channel age-restricted; ``None`` when it is not cached.
+
+        A thread has no flag of its own: it is age-restricted when its parent channel is (known
+        from the cache, or from an interaction in a thread the cache lacks).
+        """
+        channel = self.get_channel(self.settings.channel_scope(channel_id) or channel_id)
         return None if channel is None else bool(getattr(channel, "nsfw", False))
 
     async def start_services(self, *, wait_for_models: bool = True) -> RecoveryReport:

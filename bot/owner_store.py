@@ -95,17 +95,24 @@ class OwnerStore:
 
     # -- quotas ------------------------------------------------------------------------------
 
-    async def jobs_since(self, user_id: int, since: float) -> int:
-        """Jobs the user submitted since ``since`` (Unix time), whatever became of them."""
+    async def jobs_since(self, user_id: int, guild_id: int | None, since: float) -> int:
+        """Jobs the user submitted in the server (``None``: in direct messages) since ``since``
+        (Unix time), whatever became of them: counted from the append-only submissions ledger,
+        so deleting a job does not give it back."""
         rows = await self._rows(
-            "SELECT COUNT(*) FROM jobs WHERE user_id = ? AND created_at >= ?", (user_id, since)
+            "SELECT COUNT(*) FROM submissions WHERE user_id = ? AND guild_id IS ?"
+            " AND created_at >= ?",
+            (user_id, guild_id, since),
         )
         return int(rows[0][0])
 
-    async def oldest_job_since(self, user_id: int, since: float) -> float | None:
+    async def oldest_job_since(
+        self, user_id: int, guild_id: int | None, since: float
+    ) -> float | None:
         rows = await self._rows(
-            "SELECT MIN(created_at) FROM jobs WHERE user_id = ? AND created_at >= ?",
-            (user_id, since),
+            "SELECT MIN(created_at) FROM submissions WHERE user_id = ? AND guild_id IS ?"
+            " AND created_at >= ?",
+            (user_id, guild_id, since),
         )
         return rows[0][0]
 

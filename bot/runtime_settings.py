@@ -258,6 +258,22 @@ class SettingsService:
         self.store = store
         self.specs = build_specs(config)
         self._cache = _Cache()
+        # A thread has no settings of its own: it takes its parent channel's. The bot sets
+        # ``thread_parent`` to a lookup in discord.py's cache; threads it has not cached (one a
+        # user opened before the bot saw it) are remembered from their interactions.
+        self.thread_parent: Callable[[int], int | None] = lambda _channel_id: None
+        self._parents: dict[int, int] = {}
+
+    def note_thread(self, thread_id: int, parent_id: int | None) -> None:
+        if parent_id:
+            self._parents[thread_id] = parent_id
+
+    def channel_scope(self, channel_id: int | None) -> int | None:
+        """The channel whose settings apply in ``channel_id``: a thread's parent, else itself."""
+        if not channel_id:
+            return channel_id
+        parent = self._parents.get(channel_id) or self.thread_parent(channel_id)
+        return parent or channel_id
 
     async def load(self) -> None:
         """Fill the cache from the store; rows naming settings this version no longer has, or
@@ -304,8 +320,9 @@ class SettingsService:
     def _layers(self, guild_id: int | None, channel_id: int | None) -> list[tuple[str, Scope, int]]:
         """Scopes from the most specific to the least."""
         layers: list[tuple[str, Scope, int]] = []
-        if channel_id:
-            layers.append(("channel", Scope.CHANNEL, channel_id))
+        channel = self.channel_scope(channel_id)
+        if channel:
+            layers.append(("channel", Scope.CHANNEL, channel))
         if guild_id:
             layers.append(("server", Scope.GUILD, guild_id))
         return layers
@@ -434,7 +451,7 @@ class SettingsService:
         spec = self.specs.get(key)
         if spec is None:
             raise BadSetting(f"there is no setting `{key}`; `/settings show` lists them all")
-        scope_id = channel_id if scope is Scope.CHANNEL else guild_id
+        scope_id = self.channel_scope(channel_id) if scope is Scope.CHANNEL else guild_id
         if not scope_id:
             raise BadSetting(f"there is no {scope.value} here to change settings for")
         value = spec.parse(text)

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from bot.config import MAX_SEED, SchedulerConfig, TimelapseConfig
@@ -49,6 +50,10 @@ from bot.safety import ALL_WITHHELD, ImageSafety
 from bot.store import QueuedJob, RecoveryReport, ResultRecord, Store
 
 log = logging.getLogger(__name__)
+
+SAFETY_CHECK_FAILED = (
+    "the image safety check could not check the results, so none were posted; try again later"
+)
 
 __all__ = ["OOM_ADVICE", "CancelOutcome", "QueueSnapshot", "Scheduler", "SubmitRefused",
            "is_out_of_memory"]
@@ -604,19 +609,29 @@ class Scheduler:
             return
         results: list[ResultRecord] = []
         withheld = 0
-        hide_preview = False
+        hide_preview = screen_failed = False
         safety = self.image_safety
         if outcome.status == "done" and safety is not None and safety.wanted(info.channel_id):
             # Checked off the loop, before anything is recorded or posted.
-            outcome.results, withheld = await safety.screen_results(
-                outcome.results, lambda rank: self.store.paths.result_path(info.job_id, rank))
-            hide_preview = withheld > 0 or any(r.flagged for r in outcome.results)
+            try:
+                outcome.results, withheld = await safety.screen_results(
+                    outcome.results, lambda rank: self.store.paths.result_path(info.job_id, rank))
+                hide_preview = withheld > 0 or any(r.flagged for r in outcome.results)
+            except Exception:
+                # Unchecked is not safe: post nothing of it (previews included) and say why,
+                # rather than leave the job "running" forever.
+                log.exception("job %d: the image safety check failed; failing the job",
+                              info.job_id)
+                unchecked = [r.path for r in outcome.results]
+                await asyncio.to_thread(_remove_files, unchecked)
+                outcome.results, hide_preview, screen_failed = [], True, True
             if hide_preview:
                 # The previews and the timelapse frames show the flagged image forming.
                 await asyncio.to_thread(shutil.rmtree, self.store.paths.frames_dir(info.job_id),
                                         True)
             if not outcome.results:
-                outcome.status, outcome.error = "failed", ALL_WITHHELD
+                outcome.status = "failed"
+                outcome.error = SAFETY_CHECK_FAILED if screen_failed else ALL_WITHHELD
         if outcome.status == "done":
             results = await self.store.complete_job(info.job_id, outcome.results, withheld)
             # Per step the job asked for, as estimates of waiting jobs (and the history the store
@@ -668,6 +683,11 @@ class Scheduler:
         self._emit(JobQueued(_info(job), position, eta))
         self._emit_queue_moved()
         self._wakeup.set()
+
+
+def _remove_files(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 def make_source(kind: str, models: Any, stand_in: Any, *, private: bool = False) -> PipelineSource:

@@ -138,6 +138,24 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE user_prefs ADD COLUMN edit_candidates INTEGER;
     ALTER TABLE user_prefs ADD COLUMN dm INTEGER CHECK (dm IN (0, 1));
     """,
+    # The daily quota's ledger: one row per job ever submitted, never deleted with the job (🗑,
+    # /purge and retention delete jobs rows), so deleting a job does not give a submission back.
+    # A trigger writes it in the job's own INSERT, so no path can queue a job without a row.
+    """
+    CREATE TABLE submissions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        user_id INTEGER NOT NULL,
+        guild_id INTEGER,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX submissions_user_created ON submissions(user_id, created_at);
+    INSERT INTO submissions (user_id, guild_id, created_at)
+        SELECT user_id, guild_id, created_at FROM jobs;
+    CREATE TRIGGER jobs_submission_ledger AFTER INSERT ON jobs BEGIN
+        INSERT INTO submissions (user_id, guild_id, created_at)
+            VALUES (NEW.user_id, NEW.guild_id, NEW.created_at);
+    END;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -13,18 +13,17 @@ from typing import TYPE_CHECKING, Any
 import discord
 from discord import app_commands
 
-from bot.config import MAX_SEED, EditConfig
+from bot.config import MAX_SEED, EditConfig, pipeline_hard_limits
 from bot.jobs import JobKind, JobRequest
 from cogs.attachments import check_mask_matches
 from cogs.job_command import JobCommandCog
 from cogs.options import (
     annotate,
-    bound_text,
     check_choice,
     check_length,
     check_within,
-    float_range,
-    int_range,
+    default_text,
+    hard_range,
     text_range,
 )
 from cogs.submission import SubmitDesk, ensure_desk
@@ -140,24 +139,26 @@ def build_edit_command(cog: EditCog, config: EditConfig) -> app_commands.Command
             ),
         )
 
+    _, limits = pipeline_hard_limits()
     annotate(
         edit,
         prompt=text_range(config.max_prompt_chars),
-        candidates=int_range(config.candidates),
-        steps=int_range(config.steps),
-        blend_start=float_range(config.blend_start),
-        guidance=float_range(config.guidance),
+        # The pipeline's limits, not config's: /settings can move the bounds at run time.
+        candidates=hard_range(int, limits["candidates"]),
+        steps=hard_range(int, limits["steps"]),
+        blend_start=hard_range(float, limits["blend_start"]),
+        guidance=hard_range(float, limits["guidance"]),
         seed=app_commands.Range[int, 0, MAX_SEED],
     )
     app_commands.describe(
         image="The image to edit",
         mask="White (or opaque) where the image should change, black elsewhere; same shape",
         prompt="What the masked region should become",
-        candidates="How many versions to make and rank" + bound_text(config.candidates),
-        steps="Denoising steps: more is slower and cleaner" + bound_text(config.steps),
+        candidates="How many versions to make and rank" + default_text(config.candidates),
+        steps="Denoising steps: more is slower and cleaner" + default_text(config.steps),
         blend_start="Fraction of steps skipped: higher keeps more of the original"
-        + bound_text(config.blend_start),
-        guidance="How strongly to follow the prompt" + bound_text(config.guidance),
+        + default_text(config.blend_start),
+        guidance="How strongly to follow the prompt" + default_text(config.guidance),
         # Exactly the same only on a CPU (docs/models.md, "What a seed promises").
         seed="Random seed: same seed and settings, same result (on a GPU, a close one); "
         "random if unset",

@@ -122,6 +122,8 @@ class HistoryCog(commands.Cog):
         else:
             await interaction.response.send_message(content, view=view, ephemeral=True)
 
+    # Hidden from members without Manage Server; refuse_unless_admin is the real gate.
+    @app_commands.default_permissions(manage_guild=True)
     @app_commands.command(
         name="stats",
         description="Admins: jobs per day, waiting and running "

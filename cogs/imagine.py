@@ -14,7 +14,7 @@ import discord
 from discord import app_commands
 from PIL import Image
 
-from bot.config import MAX_SEED, ImagineConfig
+from bot.config import MAX_SEED, ImagineConfig, pipeline_hard_limits
 from bot.jobs import JobKind, JobRequest
 from cogs.attachments import FetchedImage, check_mask_matches
 from cogs.job_command import JobCommandCog
@@ -23,8 +23,9 @@ from cogs.options import (
     bound_text,
     check_length,
     check_within,
+    default_text,
     float_range,
-    int_range,
+    hard_range,
     text_range,
 )
 from cogs.submission import SubmitDesk, ensure_desk
@@ -187,12 +188,14 @@ def build_imagine_command(cog: ImagineCog, config: ImagineConfig) -> app_command
             ),
         )
 
+    limits, _ = pipeline_hard_limits()
     annotate(
         imagine,
         prompt=text_range(config.max_prompt_chars),
         seed=app_commands.Range[int, 0, MAX_SEED],
-        steps=int_range(config.steps),
-        cutn=int_range(config.cutn),
+        # The pipeline's limits, not config's: /settings can move the bounds at run time.
+        steps=hard_range(int, limits["steps"]),
+        cutn=hard_range(int, limits["cutn"]),
         image_prompt_weight=float_range(config.image_prompt_weight),
         mask_text=text_range(config.max_prompt_chars),
     )
@@ -202,10 +205,11 @@ def build_imagine_command(cog: ImagineCog, config: ImagineConfig) -> app_command
         # Exactly the same only on a CPU (docs/models.md, "What a seed promises").
         seed="Random seed: same seed and settings, same result (on a GPU, a close one); "
         "random if unset",
-        steps="Optimisation steps: more is slower and more detailed" + bound_text(config.steps),
+        steps="Optimisation steps: more is slower and more detailed"
+        + default_text(config.steps),
         size=f"Image size (default {default_w}×{default_h}; with an init_image, its shape)",
         cutn="Cutouts CLIP looks at per step: more is steadier and slower"
-        + bound_text(config.cutn),
+        + default_text(config.cutn),
         init_image="Start from this image instead of noise (edit it toward the prompt)",
         mask="Only change where this mask is white (or opaque); needs init_image",
         mask_text="Only change what this phrase describes in init_image (self-masking)",

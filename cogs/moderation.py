@@ -25,9 +25,12 @@ log = logging.getLogger(__name__)
 
 
 class ModerationCog(commands.Cog):
+    # default_permissions only hides these from members without Manage Server (a server can
+    # change who sees them); refuse_unless_admin is the real gate.
     def __init__(self, bot: FaradayBot) -> None:
         self.bot = bot
 
+    @app_commands.default_permissions(manage_guild=True)
     @app_commands.command(name="block", description="Admins: refuse every command of a user")
     @app_commands.describe(user="Who to block")
     async def block(self, interaction: discord.Interaction, user: discord.User) -> None:
@@ -44,6 +47,7 @@ class ModerationCog(commands.Cog):
             ephemeral=True,
         )
 
+    @app_commands.default_permissions(manage_guild=True)
     @app_commands.command(name="unblock", description="Admins: let a blocked user back in")
     @app_commands.describe(user="Who to unblock")
     async def unblock(self, interaction: discord.Interaction, user: discord.User) -> None:
@@ -54,6 +58,7 @@ class ModerationCog(commands.Cog):
         text = f"{user.mention} is unblocked." if removed else f"{user.mention} was not blocked."
         await interaction.response.send_message(text, ephemeral=True)
 
+    @app_commands.default_permissions(manage_guild=True)
     @app_commands.command(
         name="pause", description="Admins: stop taking new jobs (the queue still runs)"
     )
@@ -68,6 +73,7 @@ class ModerationCog(commands.Cog):
             ephemeral=True,
         )
 
+    @app_commands.default_permissions(manage_guild=True)
     @app_commands.command(name="resume", description="Admins: take new jobs again")
     async def resume(self, interaction: discord.Interaction) -> None:
         if await refuse_unless_admin(self.bot, interaction):
@@ -78,6 +84,7 @@ class ModerationCog(commands.Cog):
             "Resumed: new jobs are taken again.", ephemeral=True
         )
 
+    @app_commands.default_permissions(manage_guild=True)
     @app_commands.command(
         name="purge", description="Admins: delete a user's jobs, messages and files"
     )

@@ -68,6 +68,24 @@ def check_choice(name: str, value: str | None, choices: tuple[str, ...]) -> None
         raise InvalidRequest(f"`{name}` must be one of {', '.join(choices)}, not {value!r}")
 
 
+def hard_range(kind: type, limits: tuple[float, float]) -> Any:
+    """The pipeline's own limits as an option range.
+
+    Discord's client refuses a value outside the registered range before the bot sees it, and a
+    registration is not redone when an admin changes a bound with /settings; so options that
+    /settings governs register the widest range and :func:`check_within` applies the bounds in
+    force where the command was used.
+    """
+    lo, hi = limits
+    return app_commands.Range[kind, kind(lo), kind(hi)]
+
+
+def default_text(option: IntOption | FloatOption) -> str:
+    """' (default 200; admins may change it)' for an option /settings governs: its bounds and
+    default are per channel, so quoting config.toml's would mislead."""
+    return f" (default {option.default:g}; admins may change it)"
+
+
 def bound_text(option: IntOption | FloatOption) -> str:
     """' (1–500, default 200)' for an option description."""
     return f" ({option.min:g}–{option.max:g}, default {option.default:g})"

@@ -35,18 +35,27 @@ KIND_CHOICES = [
 
 
 class SettingsCog(commands.Cog):
+    # Hidden from members without Manage Server; refuse_unless_admin is the real gate.
     settings = app_commands.Group(
-        name="settings", description="Admins: this server's and channel's settings"
+        name="settings",
+        description="Admins: this server's and channel's settings",
+        default_permissions=discord.Permissions(manage_guild=True),
     )
 
     def __init__(self, bot: FaradayBot) -> None:
         self.bot = bot
 
-    @staticmethod
-    def _where(scope: str) -> tuple[Scope, str]:
+    def _where(self, scope: str, interaction: discord.Interaction) -> tuple[Scope, int, str]:
+        """The scope, its id, and how to name it. In a thread, "this channel" is the thread's
+        parent channel: threads take their channel's settings, so that is where they go."""
         chosen = Scope(scope)
-        label = "this channel" if chosen is Scope.CHANNEL else "this server"
-        return chosen, label
+        if chosen is Scope.GUILD:
+            return chosen, interaction.guild_id or 0, "this server"
+        channel_id = interaction.channel_id
+        scope_id = self.bot.settings.channel_scope(channel_id) or 0
+        if scope_id != channel_id:
+            return chosen, scope_id, f"<#{scope_id}> (this thread's channel, and its threads)"
+        return chosen, scope_id, "this channel"
 
     @settings.command(
         name="show", description="The settings in force here and where each comes from"
@@ -72,7 +81,7 @@ class SettingsCog(commands.Cog):
     ) -> None:
         if await refuse_unless_admin(self.bot, interaction):
             return
-        chosen, label = self._where(scope)
+        chosen, _, label = self._where(scope, interaction)
         try:
             spec, parsed = await self.bot.settings.set(
                 chosen,
@@ -120,10 +129,9 @@ class SettingsCog(commands.Cog):
     ) -> None:
         if await refuse_unless_admin(self.bot, interaction):
             return
-        chosen, label = self._where(scope)
-        scope_id = interaction.channel_id if chosen is Scope.CHANNEL else interaction.guild_id
+        chosen, scope_id, label = self._where(scope, interaction)
         try:
-            removed = await self.bot.settings.reset(chosen, scope_id or 0, key.strip())
+            removed = await self.bot.settings.reset(chosen, scope_id, key.strip())
         except BadSetting as exc:
             await interaction.response.send_message(f"Not changed: {exc}.", ephemeral=True)
             return
@@ -153,11 +161,10 @@ class SettingsCog(commands.Cog):
     ) -> None:
         if await refuse_unless_admin(self.bot, interaction):
             return
-        chosen, label = self._where(scope)
-        scope_id = interaction.channel_id if chosen is Scope.CHANNEL else interaction.guild_id
+        chosen, scope_id, label = self._where(scope, interaction)
         blocked = BlockedTerm(TermKind(kind), term)
         try:
-            await self.bot.settings.add_term(chosen, scope_id or 0, blocked, interaction.user.id)
+            await self.bot.settings.add_term(chosen, scope_id, blocked, interaction.user.id)
         except BadTerm as exc:
             await interaction.response.send_message(f"Not added: {exc}.", ephemeral=True)
             return
@@ -183,13 +190,13 @@ class SettingsCog(commands.Cog):
     ) -> None:
         if await refuse_unless_admin(self.bot, interaction):
             return
-        chosen, label = self._where(scope)
-        scope_id = interaction.channel_id if chosen is Scope.CHANNEL else interaction.guild_id
-        removed = await self.bot.settings.remove_term(chosen, scope_id or 0, term)
+        chosen, scope_id, label = self._where(scope, interaction)
+        removed = await self.bot.settings.remove_term(chosen, scope_id, term)
         text = (
-            f"Removed from {label}'s block list."
+            f"Removed from the block list of {label}."
             if removed
-            else f"That term is not on {label}'s block list (config.toml's are edited there)."
+            else f"That term is not on the block list of {label} (config.toml's are edited "
+            "there)."
         )
         await interaction.response.send_message(text, ephemeral=True)
 

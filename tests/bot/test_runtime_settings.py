@@ -230,11 +230,16 @@ async def test_the_gate_refuses_blocked_prompts_paused_blocked_users_and_spent_q
     assert await gate.submit_refusal(job(1, "an Ogre")) == BLOCKED_PROMPT
     assert await gate.submit_refusal(job(1, "a cat", mask_text="the ogre")) == BLOCKED_PROMPT
     assert await gate.submit_refusal(job(1)) is None
-    for _ in range(2):
-        await store.insert_job(job(1), 0)
-    assert "used your 2 job(s)" in (await gate.submit_refusal(job(1)) or "")
+    inserted = [(await store.insert_job(job(1), 0)).id for _ in range(2)]
+    assert "used your 2 job(s) in this server" in (await gate.submit_refusal(job(1)) or "")
     assert await gate.submit_refusal(job(1), admin=True) is None
     assert await gate.submit_refusal(job(2)) is None
+    # Deleting the jobs (🗑, retention, /purge) does not give the submissions back.
+    assert await store.delete_jobs(inserted) == 2
+    assert "used your 2 job(s)" in (await gate.submit_refusal(job(1)) or "")
+    # The quota counts per server: the same user elsewhere has theirs untouched.
+    elsewhere = JobRequest(JobKind.IMAGINE, 1, CHANNEL + 1, GUILD + 1, {"prompt": "a cat"})
+    assert await gate.submit_refusal(elsewhere) is None
 
     await settings.set_paused(True, 99)
     assert "paused" in (await gate.submit_refusal(job(2)) or "")
@@ -325,3 +330,24 @@ async def test_settings_survive_a_sigkill_of_the_process_that_wrote_them(data_di
         assert settings.is_blocked(5) and settings.paused
     finally:
         await store.close()
+
+
+async def test_a_thread_takes_its_parent_channels_settings(store: Store) -> None:
+    settings = await service(store)
+    cached_thread, unseen_thread = 30, 31
+    settings.thread_parent = lambda channel_id: CHANNEL if channel_id == cached_thread else None
+    settings.note_thread(unseen_thread, CHANNEL)
+    # Set from inside a thread: stored for the parent channel.
+    for key, value in (("imagine.steps.default", "4"), ("imagine.steps.max", "5")):
+        await settings.set(
+            Scope.CHANNEL, key, value, 99, guild_id=GUILD, channel_id=cached_thread
+        )
+    await settings.add_term(Scope.CHANNEL, CHANNEL, BlockedTerm(TermKind.WORD, "ogre"), 99)
+    assert {(scope, scope_id) for scope, scope_id, _, _ in await settings.store.all_settings()} == {
+        (Scope.CHANNEL, CHANNEL)
+    }
+    for where in (CHANNEL, cached_thread, unseen_thread):
+        effective = settings.effective(GUILD, where)
+        assert effective.imagine.steps.max == 5, where
+        assert effective.prompt_filter.blocked_term("an ogre", None) is not None, where
+    assert settings.effective(GUILD, OTHER_CHANNEL).imagine.steps.max == Config().imagine.steps.max

@@ -10,7 +10,7 @@ import pytest
 from discord import app_commands
 from discord.ext import commands
 
-from bot.config import Config, config_from_mapping
+from bot.config import Config, config_from_mapping, pipeline_hard_limits
 from cogs.admin import AdminCog
 from cogs.edit import build_edit_command
 from cogs.imagine import build_imagine_command, closest_size, parse_size
@@ -44,7 +44,7 @@ def options_of(command: app_commands.Command, config: Config) -> dict[str, dict[
     return {option["name"]: option for option in payload["options"]}
 
 
-def test_imagine_bounds_and_sizes_come_from_config() -> None:
+def test_imagine_sizes_come_from_config_and_settable_bounds_from_the_pipeline() -> None:
     config = config_from_mapping(NARROW)
     options = options_of(build_imagine_command(SimpleNamespace(), config.imagine), config)
     assert list(options) == [
@@ -52,8 +52,13 @@ def test_imagine_bounds_and_sizes_come_from_config() -> None:
         "image_prompt", "image_prompt_weight",
     ]
     assert options["prompt"]["required"] and options["prompt"]["max_length"] == 120
-    assert (options["steps"]["min_value"], options["steps"]["max_value"]) == (2, 7)
-    assert (options["cutn"]["min_value"], options["cutn"]["max_value"]) == (1, 6)
+    # /settings may widen steps and cutn up to the pipeline's limits after registration, so
+    # Discord is given those limits; config's bounds are checked by the bot (check_within).
+    imagine_limits, _ = pipeline_hard_limits()
+    assert (options["steps"]["min_value"], options["steps"]["max_value"]) == imagine_limits["steps"]
+    assert (options["cutn"]["min_value"], options["cutn"]["max_value"]) == imagine_limits["cutn"]
+    assert "default 3" in options["steps"]["description"]
+    assert "7" not in options["steps"]["description"]  # config's max would mislead
     weight = options["image_prompt_weight"]
     assert weight["type"] == discord.AppCommandOptionType.number.value
     assert (weight["min_value"], weight["max_value"]) == (-1.0, 1.5)
@@ -61,20 +66,20 @@ def test_imagine_bounds_and_sizes_come_from_config() -> None:
     assert options["init_image"]["type"] == discord.AppCommandOptionType.attachment.value
     assert not any(options[name].get("required") for name in list(options)[1:])
 
-    default = options_of(build_imagine_command(SimpleNamespace(), Config().imagine), Config())
-    assert (default["steps"]["min_value"], default["steps"]["max_value"]) == (1, 1000)
 
 
-def test_edit_bounds_and_backgrounds_come_from_config() -> None:
+def test_edit_backgrounds_come_from_config_and_settable_bounds_from_the_pipeline() -> None:
     config = config_from_mapping(NARROW)
     options = options_of(build_edit_command(SimpleNamespace(), config.edit), config)
     assert [name for name, o in options.items() if o.get("required")] == [
         "image", "mask", "prompt"
     ]
-    assert (options["steps"]["min_value"], options["steps"]["max_value"]) == (3, 9)
-    assert (options["candidates"]["min_value"], options["candidates"]["max_value"]) == (1, 3)
-    assert (options["blend_start"]["min_value"], options["blend_start"]["max_value"]) == (0.1, 0.5)
-    assert (options["guidance"]["min_value"], options["guidance"]["max_value"]) == (2.0, 9.0)
+    _, edit_limits = pipeline_hard_limits()
+    for name in ("steps", "candidates", "blend_start", "guidance"):
+        option = options[name]
+        assert (option["min_value"], option["max_value"]) == edit_limits[name], name
+    assert "default 0.2" in options["blend_start"]["description"]
+    assert "0.5" not in options["blend_start"]["description"]
     assert [c["value"] for c in options["background"]["choices"]] == ["none", "paste"]
     assert options["shrink"]["type"] == discord.AppCommandOptionType.boolean.value
 
@@ -117,3 +122,21 @@ def test_only_configured_sizes_are_accepted() -> None:
     assert parse_size("128x64", sizes) == (128, 64)
     with pytest.raises(InvalidRequest, match="size must be one of 64x64, 128x64"):
         parse_size("4096x4096", sizes)
+
+
+def test_admin_commands_are_hidden_from_members_without_manage_server() -> None:
+    from cogs.history import HistoryCog
+    from cogs.moderation import ModerationCog
+    from cogs.settings import SettingsCog
+
+    fake_bot: Any = SimpleNamespace(config=Config())
+    commands_by_name = {
+        command.name: command
+        for cog in (ModerationCog(fake_bot), SettingsCog(fake_bot), HistoryCog(fake_bot))
+        for command in cog.__cog_app_commands__
+    }
+    manage = discord.Permissions(manage_guild=True)
+    for name in ("settings", "block", "unblock", "pause", "resume", "purge", "stats"):
+        assert commands_by_name[name].default_permissions == manage, name
+    # Everyone's commands stay visible to everyone.
+    assert commands_by_name["history"].default_permissions is None

@@ -15,6 +15,7 @@ from PIL import Image
 
 from bot.jobs import JobStatus
 from bot.safety import ALL_WITHHELD
+from bot.scheduler import SAFETY_CHECK_FAILED
 from pipelines.safety import SafetyChecker, load_safety_checker
 from pipelines.settings import ModelSettings
 from tests.e2e.bot_harness import (
@@ -152,6 +153,15 @@ async def test_an_age_restricted_channel_skips_the_check_unless_the_owner_turns_
         )
         assert (await finished_job(bot, job_id)).status is JobStatus.DONE
         assert not any(r.flagged for r in await bot.store.results_for_job(job_id))
+        # A thread is age-restricted when its channel is (Discord gives threads no flag).
+        thread = standin.add_thread("after dark", parent_id=standin.channel_id)
+        job_id = await queued_job_id(
+            await standin.send_slash_command(
+                "imagine", {"prompt": "a lighthouse"}, channel_id=thread.id
+            )
+        )
+        assert (await finished_job(bot, job_id)).status is JobStatus.DONE
+        assert not any(r.flagged for r in await bot.store.results_for_job(job_id))
 
     strict = write_test_config(tmp_path / "b", standin, {"safety": {"check_age_restricted": True}})
     async with running_bot(standin, strict, prepare=age_restrict) as bot:
@@ -160,3 +170,31 @@ async def test_an_age_restricted_channel_skips_the_check_unless_the_owner_turns_
         )
         assert (await finished_job(bot, job_id)).status is JobStatus.DONE
         assert all(r.flagged for r in await bot.store.results_for_job(job_id))
+
+
+async def test_a_safety_check_that_fails_fails_the_job_and_posts_nothing(
+    standin: DiscordStandin, tmp_path, monkeypatch
+) -> None:
+    """Unchecked is not safe: a checker that raises must not leave the job "running" forever,
+    nor post its results."""
+    async with running_bot(standin, write_test_config(tmp_path, standin)) as bot:
+        assert bot.image_safety is not None
+
+        async def broken(*_args: object, **_kwargs: object) -> None:
+            raise RuntimeError("the checker is broken")
+
+        monkeypatch.setattr(bot.image_safety, "screen_results", broken)
+        job_id = await queued_job_id(
+            await standin.send_slash_command("imagine", {"prompt": "a lighthouse"})
+        )
+        record = await finished_job(bot, job_id)
+        assert record.status is JobStatus.FAILED and record.error == SAFETY_CHECK_FAILED
+        assert await bot.store.results_for_job(job_id) == []
+        assert not list((tmp_path / "data" / "results").glob(f"job-{job_id}-*"))
+        progress = await message_of(bot, standin, job_id, "progress")
+        await standin.wait_for(
+            lambda: "could not check the results" in progress.content and not progress.files,
+            timeout=WAIT,
+            description="the job's message to say why, without a preview",
+        )
+        assert await bot.store.message_for_job(job_id, "results") is None

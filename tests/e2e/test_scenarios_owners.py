@@ -13,8 +13,10 @@ from bot.jobs import JobStatus
 from tests.e2e.bot_harness import (
     WAIT,
     box_mask,
+    finished_job,
     picture,
     queued_job_id,
+    react_and_wait_for_new_job,
     results_with_reactions,
     running_bot,
     write_test_config,
@@ -219,3 +221,119 @@ async def test_stats_reads_the_figures_from_the_store(standin, tmp_path) -> None
         assert "• imagine:" in text and "(1 jobs)" in text
         assert "**Queue now**: 0 job(s)" in text
         assert f"<@{alice}> 1" in text
+
+
+async def test_a_bound_raised_through_settings_can_be_used_in_discord(standin, tmp_path) -> None:
+    """Discord's client refuses values outside an option's registered range before the bot sees
+    them, so the registered range must be the pipeline's, not config.toml's (steps up to 40)."""
+    async with running_bot(standin, write_test_config(tmp_path, standin)) as bot:
+        answer = await ask(standin, "settings set", {"key": "imagine.steps.max", "value": "60"})
+        assert "is now `60`" in answer
+        # The stand-in validates against the synced schema as Discord's client does.
+        raised = await queued_job_id(
+            await standin.send_slash_command("imagine", {"prompt": "a cat", "steps": 50})
+        )
+        assert (await bot.store.get_job(raised)).request.params["steps"] == 50
+        refused = await ask(standin, "imagine", {"prompt": "a cat", "steps": 61}, user="alice")
+        assert "Nothing was queued" in refused and "between 1 and 60, not 61" in refused
+        assert await bot.store.get_job(raised + 1) is None
+
+
+async def test_a_channels_settings_apply_in_its_threads(standin, tmp_path) -> None:
+    async with running_bot(standin, write_test_config(tmp_path, standin)) as bot:
+        parent = standin.channel_id
+        thread = standin.add_thread("side talk", parent_id=parent)
+        assert "now refused in this channel" in await ask(
+            standin, "settings blocklist_add", {"term": "ogre"}
+        )
+        # Set from inside the thread: stored for (and said of) the parent channel.
+        answer = await ask(
+            standin,
+            "settings set",
+            {"key": "imagine.steps.max", "value": "5"},
+            channel_id=thread.id,
+        )
+        assert f"is now `5` in <#{parent}> (this thread's channel" in answer, answer
+        assert bot.settings.effective(standin.guild_id, parent).imagine.steps.max == 5
+
+        refused = await ask(
+            standin, "imagine", {"prompt": "an ogre"}, user="alice", channel_id=thread.id
+        )
+        assert "does not allow" in refused
+        refused = await ask(
+            standin, "imagine", {"prompt": "a cat", "steps": 30}, user="alice", channel_id=thread.id
+        )
+        assert "between 1 and 5, not 30" in refused
+        assert await bot.store.get_job(1) is None
+        # Within the channel's bounds it goes through, in the thread.
+        job = await queued_job_id(
+            await standin.send_slash_command(
+                "imagine", {"prompt": "a cat", "steps": 4}, channel_id=thread.id
+            )
+        )
+        assert (await bot.store.get_job(job)).request.channel_id == thread.id
+
+
+async def test_a_continuation_of_an_older_job_obeys_the_bounds_in_force_now(
+    standin, tmp_path
+) -> None:
+    async with running_bot(standin, write_test_config(tmp_path, standin)) as bot:
+        older = await queued_job_id(
+            await standin.send_slash_command("imagine", {"prompt": "a cat", "steps": 8})
+        )
+        grid, _ = await results_with_reactions(bot, standin, older)
+        await ask(standin, "settings set", {"key": "imagine.steps.default", "value": "3"})
+        assert "is now `5`" in await ask(
+            standin, "settings set", {"key": "imagine.steps.max", "value": "5"}
+        )
+        alice = standin.users["alice"].id
+        await standin.add_reaction(grid.id, "1️⃣", "alice")
+        await standin.wait_for(
+            lambda: any(
+                f"<@{alice}>" in m.content and "outside what this channel allows" in m.content
+                for m in standin.bot_messages()
+            ),
+            timeout=WAIT,
+            description="a refusal of the continuation",
+        )
+        refusal = next(
+            m.content for m in standin.bot_messages() if "outside what this" in m.content
+        )
+        assert "steps 8 (allowed: 1 to 5)" in refusal
+        assert await bot.store.get_job(older + 1) is None
+        # Back within bounds, the same continuation is taken.
+        await ask(standin, "settings reset", {"key": "imagine.steps.max"})
+        continued = await react_and_wait_for_new_job(bot, standin, grid.id, "2️⃣", "alice", older)
+        assert continued.request.params["steps"] == 8
+
+
+async def test_a_cooldown_and_a_quota_set_through_settings_apply(standin, tmp_path) -> None:
+    async with running_bot(standin, write_test_config(tmp_path, standin)) as bot:
+        assert "is now `600`" in await ask(
+            standin, "settings set", {"key": "cooldown_seconds", "value": "600"}
+        )
+        await queued_job_id(
+            await standin.send_slash_command("imagine", {"prompt": "a cat"}, user="alice")
+        )
+        refused = await ask(standin, "imagine", {"prompt": "a dog"}, user="alice")
+        assert "Slow down a little" in refused and "one every 600 s" in refused
+        await ask(standin, "settings reset", {"key": "cooldown_seconds"})
+
+        assert "is now `1`" in await ask(
+            standin, "settings set", {"key": "daily_job_quota", "value": "1", "scope": "server"}
+        )
+        bobs = await queued_job_id(
+            await standin.send_slash_command("imagine", {"prompt": "a cat"}, user="bob")
+        )
+        refused = await ask(standin, "imagine", {"prompt": "a dog"}, user="bob")
+        assert "used your 1 job(s) in this server for the last 24 hours" in refused
+        # Deleting the job (as 🗑, /purge and retention do) does not give the submission back.
+        await finished_job(bot, bobs)
+        assert await bot.store.delete_jobs([bobs]) == 1
+        refused = await ask(standin, "imagine", {"prompt": "a dog"}, user="bob")
+        assert "used your 1 job(s)" in refused
+        # Admins are not limited.
+        for prompt in ("a cow", "a hen"):
+            await queued_job_id(
+                await standin.send_slash_command("imagine", {"prompt": prompt}, user="root")
+            )
