@@ -62,6 +62,15 @@ T = TypeVar("T")
 PROGRESS = "progress"
 RESULTS = "results"
 NOTICE = "notice"
+# Discord hides an attachment whose name starts with this until it is clicked.
+SPOILER_PREFIX = "SPOILER_"
+
+
+def flagged_line(rank: int | None = None) -> str:
+    """The warning beside an image the safety check flagged (one result, or an upscale of one)."""
+    what = f"result {rank}" if rank is not None else "this image or the result it enlarges"
+    return (f"⚠️ The image safety check flagged {what}: it is blurred, and hidden until "
+            "clicked.")
 
 
 @dataclass(frozen=True)
@@ -568,8 +577,7 @@ class Publisher:
         name = f"job-{info.job_id}-results.png"
         flagged = [r.rank for r in results if r.flagged]
         if flagged:
-            # Discord hides an attachment whose name starts with SPOILER_ until it is clicked.
-            name = "SPOILER_" + name
+            name = SPOILER_PREFIX + name
             shown = ", ".join(str(rank) for rank in flagged)
             content += (f"\n⚠️ The image safety check flagged result(s) {shown}: they are blurred, "
                         "and the grid is hidden until clicked.")
@@ -635,7 +643,12 @@ class Publisher:
         content = clip(upscaled_content(
             describe_job(info.job_id, info.kind, info.user_id, info.params), fitted
         ))
-        files = [OutgoingFile(f"job-{info.job_id}-upscaled.{fitted.extension}", fitted.data)]
+        name = f"job-{info.job_id}-upscaled.{fitted.extension}"
+        if result.flagged or await self._source_flagged(info):
+            # An upscale of a flagged result is that result, larger: it stays hidden too.
+            name = SPOILER_PREFIX + name
+            content = clip(f"{content}\n{flagged_line()}")
+        files = [OutgoingFile(name, fitted.data)]
         ping = await self._ping_target(info)
         try:
             message_id = await self._retrying(
@@ -650,6 +663,13 @@ class Publisher:
             log.error("job %d: Discord kept failing (%s); the upscaled image stays in the store",
                       info.job_id, exc)
 
+    async def _source_flagged(self, info: JobInfo) -> bool:
+        """Whether the result an upscale job started from was flagged by the safety check."""
+        record = await self.store.get_job(info.job_id)
+        if record is None or record.parent_result_id is None:
+            return False
+        source = await self.store.get_result(record.parent_result_id)
+        return source is not None and source.flagged
 
     async def _ping_target(self, info: JobInfo) -> int | None:
         """The requester, unless they turned pings off (``/prefs ping:false``)."""

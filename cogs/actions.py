@@ -25,7 +25,14 @@ from discord.ext import commands
 from bot.controls import Act, Press, single_controls
 from bot.job_info import job_info_text
 from bot.jobs import JobKind, JobRequest
-from bot.publisher import MessageGone, NoPermission, OutgoingFile, TransientSendError
+from bot.publisher import (
+    SPOILER_PREFIX,
+    MessageGone,
+    NoPermission,
+    OutgoingFile,
+    TransientSendError,
+    flagged_line,
+)
 from bot.scheduler import CancelOutcome
 from bot.store import JobRecord
 from bot.timelapse import TimelapseUnavailable, timelapse_file
@@ -74,6 +81,15 @@ class Actor:
         return cls(
             payload.user_id, tuple(r.id for r in roles), payload.channel_id, payload.guild_id
         )
+
+
+@dataclass(frozen=True)
+class _Chosen:
+    """One stored result, read: its id, its PNG, and whether the safety check flagged it."""
+
+    id: int
+    png: bytes
+    flagged: bool
 
 
 @dataclass(frozen=True)
@@ -179,7 +195,7 @@ class Actions(commands.Cog):
         chosen = await self._result(job, number)
         if isinstance(chosen, Answer):
             return chosen
-        result_id, png = chosen
+        result_id, png = chosen.id, chosen.png
         request = continue_from(
             job.request,
             png,
@@ -194,7 +210,7 @@ class Actions(commands.Cog):
             what = f"remixing result {number} of job #{job.id}"
         return await self.submit(request, what, actor)
 
-    async def _result(self, job: JobRecord, number: int) -> tuple[int, bytes] | Answer:
+    async def _result(self, job: JobRecord, number: int) -> _Chosen | Answer:
         results = await self.bot.store.results_for_job(job.id)
         chosen = next((r for r in results if r.rank == number), None)
         if chosen is None:
@@ -203,7 +219,7 @@ class Actions(commands.Cog):
             png = await asyncio.to_thread(chosen.path.read_bytes)
         except OSError:
             return Answer(f"result {number} of job #{job.id} is no longer stored.")
-        return chosen.id, png
+        return _Chosen(chosen.id, png, chosen.flagged)
 
     async def submit(self, request: JobRequest, what: str, actor: Actor) -> Answer:
         try:
@@ -282,17 +298,21 @@ class Actions(commands.Cog):
         chosen = await self._result(job, number)
         if isinstance(chosen, Answer):
             return chosen
-        _, png = chosen
         sink = self.bot.publisher.sink
         if sink is None:
             return Answer("I am not connected to the channel yet; try again in a moment.")
         content = f"Result {number} of job #{job.id}, at full size (asked by <@{actor.user_id}>)."
+        name = f"job-{job.id}-{number}.png"
+        if chosen.flagged:
+            # The same spoiler as on the grid: a flagged result is never shown unasked.
+            name = SPOILER_PREFIX + name
+            content += f"\n{flagged_line(number)}"
         controls = single_controls(job.id, number, UPSCALE_SCALE) if self.can_upscale() else ()
         try:
             message_id = await sink.send(
                 actor.channel_id,
                 content,
-                [OutgoingFile(f"job-{job.id}-{number}.png", png)],
+                [OutgoingFile(name, chosen.png)],
                 controls=controls,
             )
         except (NoPermission, MessageGone, TransientSendError) as exc:
