@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -37,7 +38,7 @@ from bot.scheduler import CancelOutcome
 from bot.store import JobRecord
 from bot.timelapse import TimelapseUnavailable, timelapse_file
 from bot.upscaling import UpscaleUnavailable, upscale_request
-from cogs.checks import is_admin
+from cogs.checks import SubmitCooldown, is_admin
 from cogs.continuations import continue_from, rerun
 from cogs.replies import format_eta
 from cogs.submission import Refused, SubmitDesk, ensure_desk
@@ -50,6 +51,11 @@ log = logging.getLogger(__name__)
 
 KIND_COMMAND = {JobKind.IMAGINE: "/imagine", JobKind.EDIT: "/edit"}
 UPSCALE_SCALE = 4  # the label of the button a result posted alone offers
+
+
+BLOCKED_ACTOR = (
+    "You cannot use this bot's commands, reactions or buttons in this server; ask its admins why."
+)
 
 
 def expired(job_id: int) -> str:
@@ -106,6 +112,8 @@ class Actions(commands.Cog):
 
     def __init__(self, bot: FaradayBot) -> None:
         self.bot = bot
+        # One pause per user between the images U n and 🎞 post in public.
+        self.post_cooldown = SubmitCooldown(bot.config.discord.post_cooldown_seconds)
 
     @classmethod
     def of(cls, bot: commands.Bot) -> Actions:
@@ -116,7 +124,27 @@ class Actions(commands.Cog):
 
     # -- the decision ------------------------------------------------------------------------
 
+    def refusal(self, actor: Actor) -> str | None:
+        """Why this actor may press nothing at all (``/block``); ``None`` if they may."""
+        if self.bot.settings.is_blocked(actor.user_id):
+            return BLOCKED_ACTOR
+        return None
+
+    def post_refusal(self, actor: Actor) -> str | None:
+        """The per-user pause between public posts (``discord.post_cooldown_seconds``)."""
+        wait = self.post_cooldown.retry_after(actor.user_id)
+        if wait <= 0:
+            return None
+        return (
+            f"Slow down a little: you can post another image in {math.ceil(wait)} s "
+            f"(one every {self.post_cooldown.seconds:g} s per user)."
+        )
+
     async def perform(self, press: Press, actor: Actor) -> Answer:
+        # Before anything else, cancelling included: a blocked user acts on nothing.
+        refusal = self.refusal(actor)
+        if refusal is not None:
+            return Answer(refusal)
         if press.act is Act.CANCEL:
             return await self.cancel(press.job_id, actor)
         job = await self.bot.store.get_job(press.job_id)
@@ -253,6 +281,9 @@ class Actions(commands.Cog):
 
     async def remix(self, job_id: int, actor: Actor, prompt: str, result: str) -> Answer:
         """The remix modal's submit: a new prompt, from result ``result`` or from scratch."""
+        refusal = self.refusal(actor)
+        if refusal is not None:
+            return Answer(refusal)
         job = await self.bot.store.get_job(job_id)
         if job is None:
             return Answer(expired(job_id))
@@ -298,6 +329,11 @@ class Actions(commands.Cog):
         chosen = await self._result(job, number)
         if isinstance(chosen, Answer):
             return chosen
+        pause = self.post_refusal(actor)
+        if pause is not None:
+            return Answer(pause)
+        # Taken before the slow part, so presses arriving meanwhile wait their turn too.
+        self.post_cooldown.consume(actor.user_id)
         sink = self.bot.publisher.sink
         if sink is None:
             return Answer("I am not connected to the channel yet; try again in a moment.")
@@ -343,6 +379,11 @@ class Actions(commands.Cog):
     async def timelapse(self, job: JobRecord, actor: Actor) -> Answer:
         """Post the MP4 of the /imagine forming (encoded off the loop, within the upload
         limit), in the channel where it was asked for."""
+        pause = self.post_refusal(actor)
+        if pause is not None:
+            return Answer(pause)
+        # Taken before the slow part, so presses arriving meanwhile wait their turn too.
+        self.post_cooldown.consume(actor.user_id)
         sink = self.bot.publisher.sink
         if sink is None:
             return Answer("I am not connected to the channel yet; try again in a moment.")

@@ -331,3 +331,48 @@ async def test_a_thread_under_an_allowed_channel_and_thread_per_job(standin, tmp
         handle = await standin.send_slash_command("queue", {}, channel_id=other.id)
         reply = await handle.wait_for_reply(timeout=WAIT)
         assert "I only take commands in" in reply.content
+
+
+async def test_a_blocked_user_presses_nothing_and_public_posts_are_paced(
+    standin, tmp_path
+) -> None:
+    extra = {"discord": {"post_cooldown_seconds": 600.0}}
+    async with running_bot(standin, write_test_config(tmp_path, standin, extra)) as bot:
+        job_id = await queued_job_id(
+            await standin.send_slash_command("imagine", {"prompt": "a quiet harbour"})
+        )
+        grid, _ = await results_with_reactions(bot, standin, job_id)
+        bob = standin.users["bob"]
+        block = await standin.send_slash_command("block", {"user": bob}, user="root")
+        assert "is blocked" in (await block.wait_for_reply(timeout=WAIT)).content
+        jobs = await bot.store.count_jobs()
+        posted = len(standin.bot_messages())
+
+        # Every button answers bob with the same private refusal, and posts nothing.
+        for act, n in ((Act.SINGLE, 1), (Act.TIMELAPSE, 0), (Act.CONTINUE, 1), (Act.INFO, 0)):
+            _, text = await press(standin, grid.id, act, job_id, n, user="bob")
+            assert "cannot use this bot's commands, reactions or buttons" in text, (act, text)
+        opened = await standin.press_button(grid.id, custom_id(Act.REMIX, job_id), "bob")
+        reply = await opened.wait_for_reply(timeout=WAIT)
+        assert reply.ephemeral and opened.modal is None
+        assert "reactions or buttons" in reply.content
+        # A number reaction queues nothing for him either.
+        await standin.add_reaction(grid.id, "1️⃣", "bob")
+        await standin.wait_for(
+            lambda: any("reactions or buttons" in m.content for m in standin.bot_messages()),
+            timeout=WAIT,
+            description="the refusal of bob's reaction",
+        )
+        assert await bot.store.count_jobs() == jobs
+        assert await bot.store.message_for_job(job_id, "single") is None
+        assert not any("Timelapse of job" in m.content for m in standin.bot_messages())
+        assert len(standin.bot_messages()) == posted + 1  # the reaction's notice alone
+
+        # Alice may post one result alone; the next public post waits for the pause.
+        _, text = await press(standin, grid.id, Act.SINGLE, job_id, 1)
+        assert "posted at full size" in text
+        for act, n in ((Act.SINGLE, 2), (Act.TIMELAPSE, 0)):
+            _, text = await press(standin, grid.id, act, job_id, n)
+            assert "Slow down a little" in text and "one every 600 s" in text, text
+        assert sum(m.content.startswith("Result ") for m in standin.bot_messages()) == 1
+        assert not any("Timelapse of job" in m.content for m in standin.bot_messages())
