@@ -40,7 +40,7 @@ from bot.timelapse import TimelapseUnavailable, timelapse_file
 from bot.upscaling import UpscaleUnavailable, upscale_request
 from cogs.checks import SubmitCooldown, is_admin
 from cogs.continuations import continue_from, rerun
-from cogs.replies import format_eta
+from cogs.replies import queued_text
 from cogs.submission import Refused, SubmitDesk, ensure_desk
 from pipelines.interface import InvalidRequest
 
@@ -252,22 +252,13 @@ class Actions(commands.Cog):
     async def submit(self, request: JobRequest, what: str, actor: Actor) -> Answer:
         try:
             # Admins are spared the daily quota, as with commands.
-            submitted = await SubmitDesk.of(self.bot).submit(request, admin=self.is_admin(actor))
+            submitted, thread_id = await SubmitDesk.of(self.bot).submit_placed(
+                request, admin=self.is_admin(actor)
+            )
         except Refused as exc:
             return Answer(f"{what} was not queued: {exc}")
-        if submitted.models_loading:
-            where = (
-                f"queued as job #{submitted.job_id}, position {submitted.position}; the models "
-                "are loading and it starts when they are ready"
-            )
-        elif submitted.position > 1:
-            where = (
-                f"queued as job #{submitted.job_id}, position {submitted.position}, "
-                f"ETA {format_eta(submitted.eta_seconds)}"
-            )
-        else:
-            where = f"started as job #{submitted.job_id}"
-        return Answer(f"{what}: {where}.")
+        # The commands' own words, so a press says where the job went (its thread, if any).
+        return Answer(f"{what}: {queued_text(submitted, thread_id=thread_id)}")
 
     # -- remix -------------------------------------------------------------------------------
 
@@ -418,7 +409,15 @@ class Actions(commands.Cog):
             )
         if not job.status.finished:
             return Answer(f"job #{job.id} has not finished; cancel it first.")
-        links = await self.bot.store.messages_for_job(job.id)
+        store = self.bot.store
+        # Its upscales are its results, larger, posted with no 🗑 of their own: they go too
+        # (one still running is left to finish; its requester can cancel it).
+        ids = [job.id]
+        for child_id in await store.derived_jobs(job.id, JobKind.UPSCALE):
+            child = await store.get_job(child_id)
+            if child is not None and child.status.finished:
+                ids.append(child_id)
+        links = [link for job_id in ids for link in await store.messages_for_job(job_id)]
         gone = 0
         for link in links:
             channel = self.bot.get_partial_messageable(link.channel_id)
@@ -429,14 +428,47 @@ class Actions(commands.Cog):
                 gone += 1
             except discord.HTTPException as exc:
                 log.warning("job %d: could not delete message %d: %s", job.id, link.message_id, exc)
-        await self.bot.store.delete_jobs([job.id])
-        log.info("job %d deleted by user %d (%d message(s))", job.id, actor.user_id, gone)
+        thread_note = await self._delete_own_thread(job, ids)
+        await store.delete_jobs(ids)
+        log.info("job %d deleted by user %d (%d message(s), %d upscale(s))", job.id,
+                 actor.user_id, gone, len(ids) - 1)
         kept = (
             ""
             if gone == len(links)
             else f" {len(links) - gone} message(s) could not be deleted (no permission)."
         )
-        return Answer(f"Job #{job.id} is deleted: {gone} message(s) and its files.{kept}")
+        upscales = f" and {len(ids) - 1} upscale(s)" if len(ids) > 1 else ""
+        return Answer(
+            f"Job #{job.id} is deleted: {gone} message(s){upscales} and its files.{kept}"
+            f"{thread_note}"
+        )
+
+    async def _delete_own_thread(self, job: JobRecord, ids: list[int]) -> str:
+        """Delete the thread ``thread_per_job`` made for this job (its name shows the prompt),
+        unless another job still lives in it. Returns a note for the answer ("" when fine)."""
+        thread_id = job.request.channel_id
+        channel = self.bot.get_channel(thread_id)
+        if channel is None:
+            try:
+                channel = await self.bot.fetch_channel(thread_id)
+            except discord.HTTPException:
+                return ""
+        if not isinstance(channel, discord.Thread):
+            return ""
+        me = self.bot.user
+        if me is None or channel.owner_id != me.id:
+            return ""  # a thread a user made: the job was only asked there
+        others = [i for i in await self.bot.store.jobs_in_channel(thread_id) if i not in ids]
+        if others:
+            return ""  # the thread is shared with later jobs, which keep it
+        try:
+            await channel.delete()
+        except discord.NotFound:
+            return ""
+        except discord.HTTPException as exc:
+            log.warning("job %d: could not delete its thread %d: %s", job.id, thread_id, exc)
+            return " Its thread could not be deleted (I need the Manage Threads permission)."
+        return " Its thread is deleted too."
 
 
 def _with_prompt(request: JobRequest, prompt: str) -> JobRequest:

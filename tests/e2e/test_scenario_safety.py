@@ -190,7 +190,7 @@ async def test_a_flagged_result_alone_and_its_upscale_stay_behind_a_spoiler(
 
         handle = await standin.press_button(single.id, custom_id(Act.UPSCALE, job_id, 1), "alice")
         reply = await handle.wait_for_reply(timeout=WAIT)
-        upscale_id = job_id_in(reply.content.rsplit(":", 1)[-1])
+        upscale_id = job_id_in(reply.content.split(": ", 1)[1])
         upscaled = await finished_job(bot, upscale_id)
         assert upscaled.status is JobStatus.DONE, upscaled.error
         assert not (await bot.store.results_for_job(upscale_id))[0].flagged
