@@ -74,6 +74,8 @@ class DiscordConfig:
     download_timeout_seconds: float = 20.0
     continue_by: str = "anyone"
     submit_cooldown_seconds: float = 10.0
+    # Seconds a user must wait between two images the buttons post in public (U n, 🎞).
+    post_cooldown_seconds: float = 10.0
     thread_per_job: bool = False
 
 
@@ -615,6 +617,7 @@ def _discord(t: _Table) -> DiscordConfig:
         continue_by=t.choice("continue_by", d.continue_by, ("anyone", "requester")),
         submit_cooldown_seconds=t.number("submit_cooldown_seconds", d.submit_cooldown_seconds,
                                          0, 3600),
+        post_cooldown_seconds=t.number("post_cooldown_seconds", d.post_cooldown_seconds, 0, 3600),
         thread_per_job=t.boolean("thread_per_job", d.thread_per_job),
     )
     t.finish()

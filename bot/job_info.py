@@ -17,7 +17,15 @@ from pipelines.settings import ModelSettings
 
 # The slash command options each kind's params map to, in the order the command lists them.
 COMMAND_OPTIONS: dict[JobKind, tuple[str, ...]] = {
-    JobKind.IMAGINE: ("prompt", "seed", "steps", "size", "cutn", "mask_text"),
+    JobKind.IMAGINE: (
+        "prompt",
+        "seed",
+        "steps",
+        "size",
+        "cutn",
+        "mask_text",
+        "image_prompt_weight",
+    ),
     JobKind.EDIT: (
         "prompt",
         "seed",
@@ -27,6 +35,7 @@ COMMAND_OPTIONS: dict[JobKind, tuple[str, ...]] = {
         "guidance",
         "background",
         "shrink",
+        "start",
     ),
 }
 # Attached images that the command cannot carry as text, by the request's image field.
@@ -43,6 +52,10 @@ def _option_value(name: str, params: dict[str, Any]) -> Any:
         if "width" in params and "height" in params:
             return f"{params['width']}x{params['height']}"
         return None
+    if name == "image_prompt_weight":
+        # The command takes one image prompt; the job stores a weight per image prompt.
+        weights = params.get("image_prompt_weights") or []
+        return weights[0] if weights else None
     return params.get(name)
 
 

@@ -62,6 +62,15 @@ T = TypeVar("T")
 PROGRESS = "progress"
 RESULTS = "results"
 NOTICE = "notice"
+# Discord hides an attachment whose name starts with this until it is clicked.
+SPOILER_PREFIX = "SPOILER_"
+
+
+def flagged_line(rank: int | None = None) -> str:
+    """The warning beside an image the safety check flagged (one result, or an upscale of one)."""
+    what = f"result {rank}" if rank is not None else "this image or the result it enlarges"
+    return (f"⚠️ The image safety check flagged {what}: it is blurred, and hidden until "
+            "clicked.")
 
 
 @dataclass(frozen=True)
@@ -151,6 +160,9 @@ class _JobView:
     failures: int = 0
     muted: bool = False  # 403 on the progress message: stop editing it
     has_controls: bool = False  # the progress message shows its Cancel button
+    # A message adopted after a restart: what buttons it shows is not known (a SIGKILL leaves
+    # Cancel on it, a clean stop took it off), so the next edit sets them either way.
+    controls_unknown: bool = False
     # The first preview that carries a mask is held until it has been shown once (newer
     # previews wait), so the user is sure to see the mask the run found.
     mask_pending: bool = False
@@ -376,6 +388,8 @@ class Publisher:
             existing = await self.store.message_for_job(view.info.job_id, PROGRESS)
             if existing is not None:  # a job from before a restart keeps its message
                 view.message_id = existing.message_id
+                view.has_controls = True
+                view.controls_unknown = True
             while True:
                 await view.changed.wait()
                 now = self._clock()
@@ -458,16 +472,16 @@ class Publisher:
 
         try:
             if view.message_id is not None:
-                # A job that has ended cannot be cancelled: its Cancel button goes.
-                drop_controls = wanted.final and view.has_controls
+                controls = self._edited_controls(view, wanted)
                 try:
                     files = await preview_files() if new_preview else None
                     if wanted.hide_preview:
                         files = []  # an empty list takes the attachments off
                     await sink.edit(info.channel_id, view.message_id, content, files,
-                                    controls=() if drop_controls else None)
-                    if drop_controls:
-                        view.has_controls = False
+                                    controls=controls)
+                    if controls is not None:
+                        view.has_controls = bool(controls)
+                        view.controls_unknown = False
                 except MessageGone:
                     log.info("job %d: progress message %d was deleted; posting a fresh one",
                              info.job_id, view.message_id)
@@ -516,6 +530,18 @@ class Publisher:
                 and attached_mask(wanted.preview) is not None):
             # Shown (or given up on): newer previews may replace it from now on.
             self._release_mask_hold(view)
+
+    @staticmethod
+    def _edited_controls(view: _JobView, wanted: _Wanted) -> Controls | None:
+        """The buttons an edit of the progress message sets; ``None`` leaves them as they are.
+
+        A job that has ended cannot be cancelled: its Cancel button goes. A job that can still
+        be cancelled gets it back (a resumed job whose message was adopted after a restart)."""
+        if wanted.final:
+            return () if view.has_controls else None
+        if view.controls_unknown or not view.has_controls:
+            return progress_controls(view.info.job_id)
+        return None
 
     async def _offer_progress_reactions(self, info: JobInfo, message_id: int) -> None:
         """Best effort: the job and its message are fine without them."""
@@ -568,8 +594,7 @@ class Publisher:
         name = f"job-{info.job_id}-results.png"
         flagged = [r.rank for r in results if r.flagged]
         if flagged:
-            # Discord hides an attachment whose name starts with SPOILER_ until it is clicked.
-            name = "SPOILER_" + name
+            name = SPOILER_PREFIX + name
             shown = ", ".join(str(rank) for rank in flagged)
             content += (f"\n⚠️ The image safety check flagged result(s) {shown}: they are blurred, "
                         "and the grid is hidden until clicked.")
@@ -635,7 +660,12 @@ class Publisher:
         content = clip(upscaled_content(
             describe_job(info.job_id, info.kind, info.user_id, info.params), fitted
         ))
-        files = [OutgoingFile(f"job-{info.job_id}-upscaled.{fitted.extension}", fitted.data)]
+        name = f"job-{info.job_id}-upscaled.{fitted.extension}"
+        if result.flagged or await self._source_flagged(info):
+            # An upscale of a flagged result is that result, larger: it stays hidden too.
+            name = SPOILER_PREFIX + name
+            content = clip(f"{content}\n{flagged_line()}")
+        files = [OutgoingFile(name, fitted.data)]
         ping = await self._ping_target(info)
         try:
             message_id = await self._retrying(
@@ -650,6 +680,13 @@ class Publisher:
             log.error("job %d: Discord kept failing (%s); the upscaled image stays in the store",
                       info.job_id, exc)
 
+    async def _source_flagged(self, info: JobInfo) -> bool:
+        """Whether the result an upscale job started from was flagged by the safety check."""
+        record = await self.store.get_job(info.job_id)
+        if record is None or record.parent_result_id is None:
+            return False
+        source = await self.store.get_result(record.parent_result_id)
+        return source is not None and source.flagged
 
     async def _ping_target(self, info: JobInfo) -> int | None:
         """The requester, unless they turned pings off (``/prefs ping:false``)."""

@@ -759,6 +759,22 @@ class Store:
             rows = await cursor.fetchall()
         return [MessageLink(r["message_id"], r["channel_id"], r["job_id"], r["role"]) for r in rows]
 
+    async def derived_jobs(self, job_id: int, kind: JobKind) -> list[int]:
+        """Jobs of ``kind`` made from one of ``job_id``'s results (its upscales, say)."""
+        async with self._db.execute(
+            "SELECT jobs.id FROM jobs JOIN results ON jobs.parent_result_id = results.id"
+            " WHERE results.job_id = ? AND jobs.kind = ? ORDER BY jobs.id",
+            (job_id, kind.value),
+        ) as cursor:
+            return [row[0] for row in await cursor.fetchall()]
+
+    async def jobs_in_channel(self, channel_id: int) -> list[int]:
+        """Every stored job whose messages go to ``channel_id``, oldest first."""
+        async with self._db.execute(
+            "SELECT id FROM jobs WHERE channel_id = ? ORDER BY id", (channel_id,)
+        ) as cursor:
+            return [row[0] for row in await cursor.fetchall()]
+
     # -- user preferences --------------------------------------------------------------------
 
     async def user_prefs(self, user_id: int) -> UserPrefs:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,14 +26,21 @@ from discord.ext import commands
 from bot.controls import Act, Press, single_controls
 from bot.job_info import job_info_text
 from bot.jobs import JobKind, JobRequest
-from bot.publisher import MessageGone, NoPermission, OutgoingFile, TransientSendError
+from bot.publisher import (
+    SPOILER_PREFIX,
+    MessageGone,
+    NoPermission,
+    OutgoingFile,
+    TransientSendError,
+    flagged_line,
+)
 from bot.scheduler import CancelOutcome
 from bot.store import JobRecord
 from bot.timelapse import TimelapseUnavailable, timelapse_file
 from bot.upscaling import UpscaleUnavailable, upscale_request
-from cogs.checks import is_admin
+from cogs.checks import SubmitCooldown, is_admin
 from cogs.continuations import continue_from, rerun
-from cogs.replies import format_eta
+from cogs.replies import queued_text
 from cogs.submission import Refused, SubmitDesk, ensure_desk
 from pipelines.interface import InvalidRequest
 
@@ -43,6 +51,11 @@ log = logging.getLogger(__name__)
 
 KIND_COMMAND = {JobKind.IMAGINE: "/imagine", JobKind.EDIT: "/edit"}
 UPSCALE_SCALE = 4  # the label of the button a result posted alone offers
+
+
+BLOCKED_ACTOR = (
+    "You cannot use this bot's commands, reactions or buttons in this server; ask its admins why."
+)
 
 
 def expired(job_id: int) -> str:
@@ -77,6 +90,15 @@ class Actor:
 
 
 @dataclass(frozen=True)
+class _Chosen:
+    """One stored result, read: its id, its PNG, and whether the safety check flagged it."""
+
+    id: int
+    png: bytes
+    flagged: bool
+
+
+@dataclass(frozen=True)
 class Answer:
     """What to tell the actor. ``quiet`` answers (a cancel that worked) are not repeated as a
     channel notice for a reaction, exactly as before buttons existed."""
@@ -90,6 +112,8 @@ class Actions(commands.Cog):
 
     def __init__(self, bot: FaradayBot) -> None:
         self.bot = bot
+        # One pause per user between the images U n and 🎞 post in public.
+        self.post_cooldown = SubmitCooldown(bot.config.discord.post_cooldown_seconds)
 
     @classmethod
     def of(cls, bot: commands.Bot) -> Actions:
@@ -100,7 +124,27 @@ class Actions(commands.Cog):
 
     # -- the decision ------------------------------------------------------------------------
 
+    def refusal(self, actor: Actor) -> str | None:
+        """Why this actor may press nothing at all (``/block``); ``None`` if they may."""
+        if self.bot.settings.is_blocked(actor.user_id):
+            return BLOCKED_ACTOR
+        return None
+
+    def post_refusal(self, actor: Actor) -> str | None:
+        """The per-user pause between public posts (``discord.post_cooldown_seconds``)."""
+        wait = self.post_cooldown.retry_after(actor.user_id)
+        if wait <= 0:
+            return None
+        return (
+            f"Slow down a little: you can post another image in {math.ceil(wait)} s "
+            f"(one every {self.post_cooldown.seconds:g} s per user)."
+        )
+
     async def perform(self, press: Press, actor: Actor) -> Answer:
+        # Before anything else, cancelling included: a blocked user acts on nothing.
+        refusal = self.refusal(actor)
+        if refusal is not None:
+            return Answer(refusal)
         if press.act is Act.CANCEL:
             return await self.cancel(press.job_id, actor)
         job = await self.bot.store.get_job(press.job_id)
@@ -179,7 +223,7 @@ class Actions(commands.Cog):
         chosen = await self._result(job, number)
         if isinstance(chosen, Answer):
             return chosen
-        result_id, png = chosen
+        result_id, png = chosen.id, chosen.png
         request = continue_from(
             job.request,
             png,
@@ -194,7 +238,7 @@ class Actions(commands.Cog):
             what = f"remixing result {number} of job #{job.id}"
         return await self.submit(request, what, actor)
 
-    async def _result(self, job: JobRecord, number: int) -> tuple[int, bytes] | Answer:
+    async def _result(self, job: JobRecord, number: int) -> _Chosen | Answer:
         results = await self.bot.store.results_for_job(job.id)
         chosen = next((r for r in results if r.rank == number), None)
         if chosen is None:
@@ -203,27 +247,18 @@ class Actions(commands.Cog):
             png = await asyncio.to_thread(chosen.path.read_bytes)
         except OSError:
             return Answer(f"result {number} of job #{job.id} is no longer stored.")
-        return chosen.id, png
+        return _Chosen(chosen.id, png, chosen.flagged)
 
     async def submit(self, request: JobRequest, what: str, actor: Actor) -> Answer:
         try:
             # Admins are spared the daily quota, as with commands.
-            submitted = await SubmitDesk.of(self.bot).submit(request, admin=self.is_admin(actor))
+            submitted, thread_id = await SubmitDesk.of(self.bot).submit_placed(
+                request, admin=self.is_admin(actor)
+            )
         except Refused as exc:
             return Answer(f"{what} was not queued: {exc}")
-        if submitted.models_loading:
-            where = (
-                f"queued as job #{submitted.job_id}, position {submitted.position}; the models "
-                "are loading and it starts when they are ready"
-            )
-        elif submitted.position > 1:
-            where = (
-                f"queued as job #{submitted.job_id}, position {submitted.position}, "
-                f"ETA {format_eta(submitted.eta_seconds)}"
-            )
-        else:
-            where = f"started as job #{submitted.job_id}"
-        return Answer(f"{what}: {where}.")
+        # The commands' own words, so a press says where the job went (its thread, if any).
+        return Answer(f"{what}: {queued_text(submitted, thread_id=thread_id)}")
 
     # -- remix -------------------------------------------------------------------------------
 
@@ -237,6 +272,9 @@ class Actions(commands.Cog):
 
     async def remix(self, job_id: int, actor: Actor, prompt: str, result: str) -> Answer:
         """The remix modal's submit: a new prompt, from result ``result`` or from scratch."""
+        refusal = self.refusal(actor)
+        if refusal is not None:
+            return Answer(refusal)
         job = await self.bot.store.get_job(job_id)
         if job is None:
             return Answer(expired(job_id))
@@ -282,17 +320,26 @@ class Actions(commands.Cog):
         chosen = await self._result(job, number)
         if isinstance(chosen, Answer):
             return chosen
-        _, png = chosen
+        pause = self.post_refusal(actor)
+        if pause is not None:
+            return Answer(pause)
+        # Taken before the slow part, so presses arriving meanwhile wait their turn too.
+        self.post_cooldown.consume(actor.user_id)
         sink = self.bot.publisher.sink
         if sink is None:
             return Answer("I am not connected to the channel yet; try again in a moment.")
         content = f"Result {number} of job #{job.id}, at full size (asked by <@{actor.user_id}>)."
+        name = f"job-{job.id}-{number}.png"
+        if chosen.flagged:
+            # The same spoiler as on the grid: a flagged result is never shown unasked.
+            name = SPOILER_PREFIX + name
+            content += f"\n{flagged_line(number)}"
         controls = single_controls(job.id, number, UPSCALE_SCALE) if self.can_upscale() else ()
         try:
             message_id = await sink.send(
                 actor.channel_id,
                 content,
-                [OutgoingFile(f"job-{job.id}-{number}.png", png)],
+                [OutgoingFile(name, chosen.png)],
                 controls=controls,
             )
         except (NoPermission, MessageGone, TransientSendError) as exc:
@@ -323,6 +370,11 @@ class Actions(commands.Cog):
     async def timelapse(self, job: JobRecord, actor: Actor) -> Answer:
         """Post the MP4 of the /imagine forming (encoded off the loop, within the upload
         limit), in the channel where it was asked for."""
+        pause = self.post_refusal(actor)
+        if pause is not None:
+            return Answer(pause)
+        # Taken before the slow part, so presses arriving meanwhile wait their turn too.
+        self.post_cooldown.consume(actor.user_id)
         sink = self.bot.publisher.sink
         if sink is None:
             return Answer("I am not connected to the channel yet; try again in a moment.")
@@ -357,7 +409,15 @@ class Actions(commands.Cog):
             )
         if not job.status.finished:
             return Answer(f"job #{job.id} has not finished; cancel it first.")
-        links = await self.bot.store.messages_for_job(job.id)
+        store = self.bot.store
+        # Its upscales are its results, larger, posted with no 🗑 of their own: they go too
+        # (one still running is left to finish; its requester can cancel it).
+        ids = [job.id]
+        for child_id in await store.derived_jobs(job.id, JobKind.UPSCALE):
+            child = await store.get_job(child_id)
+            if child is not None and child.status.finished:
+                ids.append(child_id)
+        links = [link for job_id in ids for link in await store.messages_for_job(job_id)]
         gone = 0
         for link in links:
             channel = self.bot.get_partial_messageable(link.channel_id)
@@ -368,14 +428,47 @@ class Actions(commands.Cog):
                 gone += 1
             except discord.HTTPException as exc:
                 log.warning("job %d: could not delete message %d: %s", job.id, link.message_id, exc)
-        await self.bot.store.delete_jobs([job.id])
-        log.info("job %d deleted by user %d (%d message(s))", job.id, actor.user_id, gone)
+        thread_note = await self._delete_own_thread(job, ids)
+        await store.delete_jobs(ids)
+        log.info("job %d deleted by user %d (%d message(s), %d upscale(s))", job.id,
+                 actor.user_id, gone, len(ids) - 1)
         kept = (
             ""
             if gone == len(links)
             else f" {len(links) - gone} message(s) could not be deleted (no permission)."
         )
-        return Answer(f"Job #{job.id} is deleted: {gone} message(s) and its files.{kept}")
+        upscales = f" and {len(ids) - 1} upscale(s)" if len(ids) > 1 else ""
+        return Answer(
+            f"Job #{job.id} is deleted: {gone} message(s){upscales} and its files.{kept}"
+            f"{thread_note}"
+        )
+
+    async def _delete_own_thread(self, job: JobRecord, ids: list[int]) -> str:
+        """Delete the thread ``thread_per_job`` made for this job (its name shows the prompt),
+        unless another job still lives in it. Returns a note for the answer ("" when fine)."""
+        thread_id = job.request.channel_id
+        channel = self.bot.get_channel(thread_id)
+        if channel is None:
+            try:
+                channel = await self.bot.fetch_channel(thread_id)
+            except discord.HTTPException:
+                return ""
+        if not isinstance(channel, discord.Thread):
+            return ""
+        me = self.bot.user
+        if me is None or channel.owner_id != me.id:
+            return ""  # a thread a user made: the job was only asked there
+        others = [i for i in await self.bot.store.jobs_in_channel(thread_id) if i not in ids]
+        if others:
+            return ""  # the thread is shared with later jobs, which keep it
+        try:
+            await channel.delete()
+        except discord.NotFound:
+            return ""
+        except discord.HTTPException as exc:
+            log.warning("job %d: could not delete its thread %d: %s", job.id, thread_id, exc)
+            return " Its thread could not be deleted (I need the Manage Threads permission)."
+        return " Its thread is deleted too."
 
 
 def _with_prompt(request: JobRequest, prompt: str) -> JobRequest:

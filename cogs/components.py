@@ -86,11 +86,16 @@ async def on_press(interaction: discord.Interaction, press: Press | None) -> Non
             "That button does nothing any more.", ephemeral=True
         )
         return
+    actions = Actions.of(client)  # type: ignore[arg-type]
+    refusal = actions.refusal(actor)
+    if refusal is not None:
+        # Every press, ✏️ Remix's modal included: a blocked user gets nothing but this.
+        await interaction.response.send_message(refusal, ephemeral=True)
+        return
     config = client.config.discord  # type: ignore[attr-defined]
     if not await channel_allowed_for(client, config, interaction.channel_id, interaction.channel):
         await interaction.response.send_message(channel_refusal(config), ephemeral=True)
         return
-    actions = Actions.of(client)  # type: ignore[arg-type]
     if press.act is Act.REMIX:
         await open_remix(interaction, actions, press.job_id)
         return

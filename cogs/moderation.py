@@ -42,8 +42,8 @@ class ModerationCog(commands.Cog):
         await self.bot.settings.block_user(user.id, interaction.user.id)
         log.info("user %d blocked by admin %d", user.id, interaction.user.id)
         await interaction.response.send_message(
-            f"{user.mention} is blocked: their commands and reactions are refused. Their queued "
-            "jobs still run; /purge removes them. /unblock undoes this.",
+            f"{user.mention} is blocked: their commands, reactions and button presses are "
+            "refused. Their queued jobs still run; /purge removes them. /unblock undoes this.",
             ephemeral=True,
         )
 

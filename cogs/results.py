@@ -99,7 +99,11 @@ class ResultsCog(commands.Cog):
             await channel.send(
                 f"<@{payload.user_id}> {text}",
                 delete_after=NOTICE_SECONDS,
-                allowed_mentions=discord.AllowedMentions(users=True, roles=False, everyone=False),
+                # The reactor alone: a requester named in the text ("only <@…> can continue")
+                # is not pinged each time someone else reacts.
+                allowed_mentions=discord.AllowedMentions(
+                    users=[discord.Object(payload.user_id)], roles=False, everyone=False
+                ),
             )
         except discord.HTTPException as exc:
             log.warning("could not tell user %d about their reaction: %s", payload.user_id, exc)

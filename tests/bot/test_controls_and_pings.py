@@ -79,6 +79,11 @@ def test_the_info_command_reproduces_the_job() -> None:
     assert reproduce_command(JobKind.IMAGINE, params) == (
         "/imagine prompt:a fox | oil:0.5 seed:9 steps:40 size:384x256 cutn:16"
     )
+    with_image_prompt = {**params, "image_prompt_weights": [-0.5]}
+    assert reproduce_command(JobKind.IMAGINE, with_image_prompt) == (
+        "/imagine prompt:a fox | oil:0.5 seed:9 steps:40 size:384x256 cutn:16 "
+        "image_prompt_weight:-0.5"
+    )
     edit = {
         "prompt": "a hat",
         "seed": 1,
@@ -88,11 +93,12 @@ def test_the_info_command_reproduces_the_job() -> None:
         "guidance": 7.5,
         "background": "none",
         "shrink": True,
+        "start": "noise",
         "max_side": 512,
     }
     assert reproduce_command(JobKind.EDIT, edit) == (
         "/edit prompt:a hat seed:1 steps:50 candidates:4 blend_start:0.25 guidance:7.5 "
-        "background:none shrink:True"
+        "background:none shrink:True start:noise"
     )
 
 

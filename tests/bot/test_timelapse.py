@@ -69,14 +69,24 @@ async def test_an_imagine_keeps_its_frames_and_its_timelapse_mp4_has_them_all(
     )
 
 
+def steps_of(frames: list[Any]) -> list[int]:
+    return [int(path.stem.removeprefix("frame-")) for path in frames]
+
+
 async def test_frames_are_one_per_preview_and_capped(store: Store, run_job: Any) -> None:
+    # Under the cap: one frame per preview (every 3rd step), the last being the finished image.
+    job_id = await run_job(request(user=1, steps=12, preview_every=3), TimelapseConfig())
+    assert steps_of(frame_files(store.paths.frames_dir(job_id))) == [3, 6, 9, 12]
+
+    # 20 previews (every 3rd step of 60) against a cap of 8. Steps 3…24 fill it; step 27 thins
+    # them to every 6th step and keeps every 2nd preview from then on; step 51 thins again to
+    # every 12th step (stride 4), so 54, 57 and 60's previews are skipped; the finished image
+    # at step 60 is always kept. The frames stay evenly spread over the whole run.
     job_id = await run_job(
-        request(user=1, steps=60, preview_every=3), TimelapseConfig(max_frames=8)
+        request(user=2, steps=60, preview_every=3), TimelapseConfig(max_frames=8)
     )
     frames = frame_files(store.paths.frames_dir(job_id))
-    # 20 previews (every 3rd step of 60) thinned to the cap, plus the finished image.
-    assert 4 <= len(frames) <= 8 + 1
-    assert frames[-1].name == "frame-000060.png"
+    assert steps_of(frames) == [3, 15, 27, 39, 51, 60]
 
 
 async def test_no_frames_are_kept_when_turned_off_or_for_other_kinds(

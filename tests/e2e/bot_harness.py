@@ -35,7 +35,7 @@ WAIT = 60.0  # for quick things: a reply, a notice, a reaction removed
 
 # Small enough that a job takes well under a second on 2 shared cores.
 TINY_OVERRIDES: dict[str, Any] = {
-    "discord": {"submit_cooldown_seconds": 0.0},
+    "discord": {"submit_cooldown_seconds": 0.0, "post_cooldown_seconds": 0.0},
     "models": {"preset": "tiny", "device": "cpu", "dtype": "float32"},
     "imagine": {
         "sizes": ["64x64", "128x64"],

@@ -15,7 +15,15 @@ from bot.config import load_config
 from bot.controls import Act, custom_id
 from bot.jobs import JobStatus
 from bot.store import Store
-from tests.e2e.bot_harness import WAIT, eventually, queued_job_id, write_test_config
+from tests.e2e.bot_harness import (
+    WAIT,
+    eventually,
+    finished_job,
+    message_of,
+    queued_job_id,
+    running_bot,
+    write_test_config,
+)
 from tests.e2e.test_scenario_restart import START_TIMEOUT, bot_process, job_where, log_tail
 
 EXTRA = {
@@ -129,6 +137,13 @@ async def test_every_button_before_and_after_a_sigkill(standin, tmp_path) -> Non
             assert f"job #{long_id} is stopping" in text.lower(), (text, log_tail(log_path))
             cancelled = await job_where(store, long_id, {JobStatus.CANCELLED}, 60)
             assert cancelled.interruptions == 1
+            # The Cancel button the killed process left on the message goes with the job's end.
+            await standin.wait_for(
+                lambda: "Cancelled" in standin.message(progress.message_id).content
+                and not standin.message(progress.message_id).components,
+                timeout=WAIT,
+                description="the adopted progress message to lose its Cancel button",
+            )
             await press_every_button(standin, job_id, grid_id, single.id, alice)
             # Last, the requester deletes the job from its week-old grid.
             text = await answer_to(standin, grid_id, Act.DELETE, job_id)
@@ -138,3 +153,33 @@ async def test_every_button_before_and_after_a_sigkill(standin, tmp_path) -> Non
     finally:
         if store is not None:
             await store.close()
+
+
+async def test_a_job_resumed_after_a_clean_restart_gets_its_cancel_button_back(
+    standin, tmp_path
+) -> None:
+    config_path = write_test_config(tmp_path, standin, EXTRA)
+    async with running_bot(standin, config_path) as bot:
+        job_id = await queued_job_id(
+            await standin.send_slash_command("imagine", {"prompt": "long", "steps": 400})
+        )
+        progress = await message_of(bot, standin, job_id, "progress")
+        cancel = custom_id(Act.CANCEL, job_id)
+        await standin.wait_for(
+            lambda: progress.button(cancel), timeout=WAIT, description="the Cancel button"
+        )
+    # A clean stop pauses the job and takes Cancel off: nothing can cancel it meanwhile.
+    assert "Paused" in progress.content and not progress.components
+
+    async with running_bot(standin, config_path) as bot:
+        # Resumed, on the same message: Cancel is back, and it works.
+        await standin.wait_for(
+            lambda: "Paused" not in progress.content and progress.button(cancel),
+            timeout=WAIT,
+            description="the resumed job's Cancel button",
+        )
+        text = await answer_to(standin, progress.id, Act.CANCEL, job_id)
+        assert f"job #{job_id} is stopping" in text.lower() or "was waiting" in text, text
+        assert (await finished_job(bot, job_id, timeout=WAIT)).status is JobStatus.CANCELLED
+        await bot.publisher.wait_settled()
+        assert "Cancelled" in progress.content and not progress.components

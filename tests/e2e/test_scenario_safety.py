@@ -22,6 +22,7 @@ from tests.e2e.bot_harness import (
     WAIT,
     box_mask,
     finished_job,
+    job_id_in,
     message_of,
     picture,
     queued_job_id,
@@ -198,3 +199,40 @@ async def test_a_safety_check_that_fails_fails_the_job_and_posts_nothing(
             description="the job's message to say why, without a preview",
         )
         assert await bot.store.message_for_job(job_id, "results") is None
+
+
+async def test_a_flagged_result_alone_and_its_upscale_stay_behind_a_spoiler(
+    standin: DiscordStandin, tmp_path, checker: SafetyChecker
+) -> None:
+    from bot.controls import Act, custom_id
+
+    async with running_bot(standin, write_test_config(tmp_path, standin)) as bot:
+        checker.force_flag(True)
+        job_id = await queued_job_id(
+            await standin.send_slash_command("imagine", {"prompt": "a lighthouse"})
+        )
+        assert (await finished_job(bot, job_id)).status is JobStatus.DONE
+        assert (await bot.store.results_for_job(job_id))[0].flagged
+        grid = await message_of(bot, standin, job_id, "results")
+        # The checker flags nothing from here on, so the upscale's own output is not flagged:
+        # only its flagged source can hide it.
+        checker.force_flag(False)
+
+        handle = await standin.press_button(grid.id, custom_id(Act.SINGLE, job_id, 1), "alice")
+        reply = await handle.wait_for_reply(timeout=WAIT)
+        assert "posted at full size" in reply.content and reply.ephemeral
+        single = await message_of(bot, standin, job_id, "single")
+        [name] = single.files
+        assert name.startswith("SPOILER_"), name
+        assert "⚠️" in single.content and "flagged result 1" in single.content
+
+        handle = await standin.press_button(single.id, custom_id(Act.UPSCALE, job_id, 1), "alice")
+        reply = await handle.wait_for_reply(timeout=WAIT)
+        upscale_id = job_id_in(reply.content.split(": ", 1)[1])
+        upscaled = await finished_job(bot, upscale_id)
+        assert upscaled.status is JobStatus.DONE, upscaled.error
+        assert not (await bot.store.results_for_job(upscale_id))[0].flagged
+        posted = await message_of(bot, standin, upscale_id, "results")
+        [name] = posted.files
+        assert name.startswith("SPOILER_"), name
+        assert "⚠️" in posted.content

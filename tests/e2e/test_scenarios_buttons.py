@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import io
 import re
+from dataclasses import replace
 
 import av
+import discord
 from PIL import Image
 
 from bot.controls import Act, custom_id
@@ -26,6 +28,7 @@ from tests.e2e.bot_harness import (
 )
 from tests.e2e.standin import InteractionHandle, InvalidInvocation
 
+MANAGE_THREADS = discord.Permissions(manage_threads=True).value
 LONG = {"imagine": {"steps": {"default": 3, "min": 1, "max": 400}}}
 
 
@@ -41,7 +44,8 @@ async def press(
 
 
 def job_in(text: str) -> int:
-    match = re.search(r"job #(\d+)\.?$", text) or re.search(r"as job #(\d+)", text)
+    # "continuing from result 2 of job #1: Job #4 is starting now …" (the commands' words)
+    match = re.search(r"Job #(\d+) (?:is starting|queued)", text)
     assert match, text
     return int(match.group(1))
 
@@ -151,6 +155,12 @@ async def test_every_result_button_and_the_remix_modal(standin, tmp_path) -> Non
         for message_id in (grid.id, progress.id, single.id, video_message.id):
             assert standin.message(message_id).deleted
         assert await bot.store.get_job(job_id) is None
+        # Its upscale (an end product with no 🗑 of its own) goes with it; bob's continuation
+        # is a job of its own and stays.
+        assert "and 1 upscale(s)" in text, text
+        assert standin.message(posted.id).deleted
+        assert await bot.store.get_job(upscaled.id) is None
+        assert await bot.store.get_job(child.id) is not None
         assert not any(r.path.exists() for r in results)
 
 
@@ -309,6 +319,7 @@ async def test_a_thread_under_an_allowed_channel_and_thread_per_job(standin, tmp
         assert f"<#{thread.id}>" in handle.replies[0].content
         grid, _ = await results_with_reactions(bot, standin, job_id)
         assert grid.channel_id == thread.id
+        thread_grid = grid
         assert (await message_of(bot, standin, job_id, "progress")).channel_id == thread.id
 
         # Asked inside a thread of the allowed channel: accepted, and it stays in that thread.
@@ -321,13 +332,118 @@ async def test_a_thread_under_an_allowed_channel_and_thread_per_job(standin, tmp
         inner = await queued_job_id(handle)
         grid, _ = await results_with_reactions(bot, standin, inner)
         assert grid.channel_id == user_thread.id
+        inner_grid = grid
         assert len(standin.threads_of(allowed)) == 2  # no thread inside the thread
         # Buttons and reactions work there too.
         _, text = await press(standin, grid.id, Act.CONTINUE, inner, 1)
         assert "continuing from result 1" in text.lower()
+
+        # A grid in the channel itself (posted before thread_per_job was turned on): 🔁 there
+        # starts a new thread, and the answer says where, as a command's does.
+        with_threads = bot.config
+        bot.config = replace(
+            with_threads, discord=replace(with_threads.discord, thread_per_job=False)
+        )
+        plain = await queued_job_id(
+            await standin.send_slash_command("imagine", {"prompt": "in the open"})
+        )
+        grid, _ = await results_with_reactions(bot, standin, plain)
+        assert grid.channel_id == allowed
+        bot.config = with_threads
+        _, text = await press(standin, grid.id, Act.REROLL, plain)
+        new_thread = next(t for t in standin.threads_of(allowed) if "in the open" in t.name)
+        assert f"<#{new_thread.id}>" in text, text
+        rerolled = await bot.store.get_job(job_in(text))
+        assert rerolled.request.channel_id == new_thread.id
+
+        # 🗑 on the job that made a thread deletes that thread (its name shows the prompt);
+        # deleting a thread needs Manage Threads, as on Discord.
+        await standin.set_bot_permissions(
+            discord.Permissions(standin.bot_permissions.value | MANAGE_THREADS)
+        )
+        _, text = await press(standin, thread_grid.id, Act.DELETE, job_id)
+        assert f"Job #{job_id} is deleted" in text and "thread is deleted" in text, text
+        assert thread.id not in standin.guild.channels
+        assert all(t.id != thread.id for t in standin.threads_of(allowed))
+        assert standin.message(thread_grid.id).deleted
+        # A thread a user made is theirs: deleting a job asked there leaves it.
+        _, text = await press(standin, inner_grid.id, Act.DELETE, inner)
+        assert f"Job #{inner} is deleted" in text and "thread" not in text, text
+        assert user_thread.id in standin.guild.channels
 
         # A thread of a channel that is not allowed is refused like the channel itself.
         other = standin.add_thread("elsewhere", parent_id=999)
         handle = await standin.send_slash_command("queue", {}, channel_id=other.id)
         reply = await handle.wait_for_reply(timeout=WAIT)
         assert "I only take commands in" in reply.content
+
+
+async def test_a_blocked_user_presses_nothing_and_public_posts_are_paced(
+    standin, tmp_path
+) -> None:
+    extra = {"discord": {"post_cooldown_seconds": 600.0}}
+    async with running_bot(standin, write_test_config(tmp_path, standin, extra)) as bot:
+        job_id = await queued_job_id(
+            await standin.send_slash_command("imagine", {"prompt": "a quiet harbour"})
+        )
+        grid, _ = await results_with_reactions(bot, standin, job_id)
+        bob = standin.users["bob"]
+        block = await standin.send_slash_command("block", {"user": bob}, user="root")
+        assert "is blocked" in (await block.wait_for_reply(timeout=WAIT)).content
+        jobs = await bot.store.count_jobs()
+        posted = len(standin.bot_messages())
+
+        # Every button answers bob with the same private refusal, and posts nothing.
+        for act, n in ((Act.SINGLE, 1), (Act.TIMELAPSE, 0), (Act.CONTINUE, 1), (Act.INFO, 0)):
+            _, text = await press(standin, grid.id, act, job_id, n, user="bob")
+            assert "cannot use this bot's commands, reactions or buttons" in text, (act, text)
+        opened = await standin.press_button(grid.id, custom_id(Act.REMIX, job_id), "bob")
+        reply = await opened.wait_for_reply(timeout=WAIT)
+        assert reply.ephemeral and opened.modal is None
+        assert "reactions or buttons" in reply.content
+        # A number reaction queues nothing for him either.
+        await standin.add_reaction(grid.id, "1️⃣", "bob")
+        await standin.wait_for(
+            lambda: any("reactions or buttons" in m.content for m in standin.bot_messages()),
+            timeout=WAIT,
+            description="the refusal of bob's reaction",
+        )
+        assert await bot.store.count_jobs() == jobs
+        assert await bot.store.message_for_job(job_id, "single") is None
+        assert not any("Timelapse of job" in m.content for m in standin.bot_messages())
+        assert len(standin.bot_messages()) == posted + 1  # the reaction's notice alone
+
+        # Alice may post one result alone; the next public post waits for the pause.
+        _, text = await press(standin, grid.id, Act.SINGLE, job_id, 1)
+        assert "posted at full size" in text
+        for act, n in ((Act.SINGLE, 2), (Act.TIMELAPSE, 0)):
+            _, text = await press(standin, grid.id, act, job_id, n)
+            assert "Slow down a little" in text and "one every 600 s" in text, text
+        assert sum(m.content.startswith("Result ") for m in standin.bot_messages()) == 1
+        assert not any("Timelapse of job" in m.content for m in standin.bot_messages())
+
+
+async def test_a_reaction_notice_pings_the_reactor_alone(standin, tmp_path) -> None:
+    extra = {"discord": {"continue_by": "requester"}}
+    async with running_bot(standin, write_test_config(tmp_path, standin, extra)) as bot:
+        alice, bob = standin.users["alice"].id, standin.users["bob"].id
+        job_id = await queued_job_id(
+            await standin.send_slash_command("imagine", {"prompt": "a windmill"})
+        )
+        grid, _ = await results_with_reactions(bot, standin, job_id)
+        await standin.add_reaction(grid.id, "1️⃣", "bob")
+        notice = await standin.wait_for(
+            lambda: next(
+                (m for m in standin.bot_messages() if f"only <@{alice}> can" in m.content), None
+            ),
+            timeout=WAIT,
+            description="the refusal of bob's reaction",
+        )
+        assert notice.content.startswith(f"<@{bob}> ")
+        (post,) = [
+            r
+            for r in standin.requests_matching("POST", r"/channels/\d+/messages$")
+            if r.json and r.json.get("content") == notice.content
+        ]
+        # Bob is told; alice, named in the sentence, is not pinged.
+        assert post.json["allowed_mentions"] == {"parse": [], "users": [bob]}, post.json

@@ -112,6 +112,7 @@ class RestApi:
             "GET", r"/applications/(?P<app>\d+)/guilds/(?P<guild>\d+)/commands", self.get_commands
         )
         route("GET", r"/channels/(?P<channel>\d+)", self.get_channel)
+        route("DELETE", r"/channels/(?P<channel>\d+)", self.delete_channel)
         route("POST", r"/channels/(?P<channel>\d+)/typing", self.typing)
         route("POST", r"/channels/(?P<channel>\d+)/threads", self.create_thread)
         route("GET", r"/channels/(?P<channel>\d+)/messages", self.list_messages)
@@ -326,6 +327,26 @@ class RestApi:
 
     async def get_channel(self, call: Call) -> web.Response:
         return json_response(self.s.guild.channels[self._channel(call)].payload())
+
+    async def delete_channel(self, call: Call) -> web.Response:
+        """Deleting a thread needs Manage Threads, a channel Manage Channels (as on Discord);
+        its messages go with it."""
+        channel = self.s.guild.channels[self._channel(call)]
+        self._require("manage_threads" if channel.is_thread else "manage_channels")
+        payload = channel.payload()
+        del self.s.guild.channels[channel.id]
+        for message in self.s.messages.values():
+            if message.channel_id == channel.id:
+                message.deleted = True
+        if channel.is_thread:
+            await self.s.echo("THREAD_DELETE", {
+                "id": str(channel.id), "guild_id": str(channel.guild_id),
+                "parent_id": str(channel.parent_id), "type": channel.type,
+            })
+        else:
+            await self.s.echo("CHANNEL_DELETE", payload)
+        self.s.notify()
+        return json_response(payload)
 
     async def typing(self, call: Call) -> web.Response:
         self._channel(call)
