@@ -45,6 +45,13 @@ async def wait_for(predicate: Any, timeout: float = 60.0, what: str = "condition
         await asyncio.sleep(0.02)
 
 
+async def _a_running_job(store: Store) -> QueuedJob:
+    """A stored job as the scheduler hands it to an executor's launch()."""
+    record = await store.insert_job(request(user=1), 0)
+    return QueuedJob(record.id, record.request.kind, 1, record.request.channel_id, 0,
+                     record.request.params, JobStatus.RUNNING)
+
+
 def test_the_gpu_worker_never_imports_discord() -> None:
     code = (
         "import sys, bot.gpu_worker, bot.cluster.worker_side, bot.cluster.executor\n"
@@ -335,9 +342,7 @@ async def test_a_relaunched_job_is_not_judged_by_its_earlier_finished_attempt(
     # A job a worker handed back runs again under a new procrastinate job. Until that enqueue
     # returns, the newest row for the job is the finished first attempt, which has no outcome
     # left; reading it as this run's would count an interruption that never happened.
-    record = await store.insert_job(request(user=1), 0)
-    job = QueuedJob(record.id, record.request.kind, 1, record.request.channel_id, 0,
-                    record.request.params, JobStatus.RUNNING)
+    job = await _a_running_job(store)
     executor = PostgresExecutor(store, cluster_config)
     await executor.connect(lambda: None)
     try:
@@ -524,9 +529,7 @@ async def test_no_stall_is_judged_until_a_stall_timeout_after_reconnecting(
     # No worker could write its heartbeat while the database was away: right after the bot
     # reconnects every running job would look stalled. Only a heartbeat still stale a full
     # stall timeout later means a dead worker.
-    record = await store.insert_job(request(user=1), 0)
-    job = QueuedJob(record.id, record.request.kind, 1, record.request.channel_id, 0,
-                    record.request.params, JobStatus.RUNNING)
+    job = await _a_running_job(store)
     executor = PostgresExecutor(store, cluster_config)
     await executor._open()  # no poll loop: this test decides when the backstop runs
     try:
@@ -595,9 +598,7 @@ async def test_a_run_being_collected_is_not_given_up(
 ) -> None:
     # A NOTIFY started collecting the outcome; the backstop, racing it, must not end the run
     # as interrupted (and have its cleanup delete the results being collected).
-    record = await store.insert_job(request(user=1), 0)
-    job = QueuedJob(record.id, record.request.kind, 1, record.request.channel_id, 0,
-                    record.request.params, JobStatus.RUNNING)
+    job = await _a_running_job(store)
     executor = PostgresExecutor(store, cluster_config)
     await executor._open()  # no poll loop
     try:
